@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="ldm",
+    version="0.1.0",
+    description="Latent Diffusion Models: training, sampling and evaluation on modern PyTorch",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ldm", "ldm.*"]),
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "pytorch-lightning>=2.4,<3",
+        "omegaconf>=2.3",
+        "einops>=0.7",
+        "transformers>=4.40",
+        "torchmetrics>=1.3",
+        "lpips>=0.1.4",
+        "pillow>=10.0",
+        "safetensors>=0.4",
+        "numpy>=1.24",
+        "tqdm>=4.60",
+        "tensorboard>=2.14",
+    ],
+    extras_require={
+        "wandb": ["wandb>=0.16"],
+        "test": ["pytest>=8", "diffusers>=0.30"],
+    },
+)
