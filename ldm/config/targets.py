@@ -12,8 +12,10 @@ from typing import Any, Iterator
 
 from ldm.config.errors import ConfigError
 
-# Prefixes whose objects a config may name without opting in.
-TRUSTED_PREFIXES: tuple[str, ...] = ("ldm.", "torch.", "main.")
+# Prefixes whose objects a config may name without opting in. Lightning's callbacks are listed
+# because configs name them (ModelCheckpoint, LearningRateMonitor); none of them runs user code.
+TRUSTED_PREFIXES: tuple[str, ...] = ("ldm.", "torch.", "main.", "pytorch_lightning.callbacks.",
+                                     "lightning.pytorch.callbacks.")
 
 # Names used by the original configs that live elsewhere here. `main.*` objects moved out of the
 # 741-line original main.py; `taming.*` objects come from a package that no longer runs on

@@ -1,0 +1,169 @@
+"""Training callbacks: run-directory setup, image grids, device/epoch statistics."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torchvision
+from omegaconf import OmegaConf
+from PIL import Image
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+
+
+class SetupCallback(pl.Callback):
+    """Creates the run directory and saves the resolved configs when fitting starts (rank 0)."""
+
+    def __init__(self,
+                 resume: bool,      # continuing an existing run (keep its directory as is)
+                 now: str,          # timestamp of this invocation, names the config dumps
+                 logdir: str,       # run directory
+                 ckptdir: str,      # <logdir>/checkpoints
+                 cfgdir: str,       # <logdir>/configs
+                 config: Any,       # resolved project config (model, data)
+                 lightning_config: Any):  # resolved lightning section
+        super().__init__()
+        self.resume, self.now = resume, now
+        self.logdir, self.ckptdir, self.cfgdir = Path(logdir), Path(ckptdir), Path(cfgdir)
+        self.config, self.lightning_config = config, lightning_config
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_rank != 0:
+            return
+        for d in (self.logdir, self.ckptdir, self.cfgdir):
+            d.mkdir(parents=True, exist_ok=True)
+        for name, cfg in (("project", self.config), ("lightning", OmegaConf.create({"lightning": self.lightning_config}))):
+            path = self.cfgdir / f"{self.now}-{name}.yaml"
+            tmp = path.with_suffix(".yaml.tmp")
+            OmegaConf.save(cfg, tmp)
+            os.replace(tmp, path)
+        rank_zero_info(f"Run directory: {self.logdir}")
+
+
+class ImageLogger(pl.Callback):
+    """Saves grids of ``pl_module.log_images(batch)`` as PNG and sends them to the logger.
+
+    Logs at steps 1, 2, 4, ... up to ``batch_frequency`` (when ``increase_log_steps``), then every
+    ``batch_frequency`` steps, for training and validation.
+    """
+
+    def __init__(self,
+                 batch_frequency: int,              # log every this many steps
+                 max_images: int,                   # images per grid
+                 clamp: bool = True,                # clamp to [-1, 1] before saving
+                 increase_log_steps: bool = True,   # also log at powers of two below batch_frequency
+                 rescale: bool = True,              # map [-1, 1] to [0, 1]
+                 disabled: bool = False,
+                 log_on_batch_idx: bool = False,    # count batches instead of global steps
+                 log_first_step: bool = False,      # log at step 0 as well
+                 log_images_kwargs: Optional[dict] = None):  # passed on to log_images
+        super().__init__()
+        if batch_frequency < 1:
+            raise ValueError(f"ImageLogger.batch_frequency must be >= 1, got {batch_frequency}")
+        self.batch_freq = batch_frequency
+        self.max_images = max_images
+        self.log_steps = [2 ** n for n in range(int(np.log2(batch_frequency)) + 1)] if increase_log_steps else []
+        self.clamp, self.rescale, self.disabled = clamp, rescale, disabled
+        self.log_on_batch_idx, self.log_first_step = log_on_batch_idx, log_first_step
+        self.log_images_kwargs = log_images_kwargs or {}
+        self.save_dir: Optional[Path] = None  # the run directory; set by the trainer glue
+
+    def check_frequency(self, check_idx: int) -> bool:
+        if (check_idx % self.batch_freq == 0 or check_idx in self.log_steps) and (check_idx > 0 or self.log_first_step):
+            if check_idx in self.log_steps:
+                self.log_steps.remove(check_idx)
+            return True
+        return False
+
+    def to_grid(self, images: torch.Tensor) -> torch.Tensor:
+        grid = torchvision.utils.make_grid(images, nrow=min(len(images), 4))
+        if self.rescale:
+            grid = (grid + 1.0) / 2.0
+        return grid.clamp(0.0, 1.0)
+
+    @rank_zero_only
+    def log_local(self, save_dir: Path, split: str, images: dict[str, torch.Tensor],
+                  global_step: int, current_epoch: int, batch_idx: int) -> list[Path]:
+        root = Path(save_dir) / "images" / split
+        root.mkdir(parents=True, exist_ok=True)
+        written = []
+        for k, img in images.items():
+            grid = self.to_grid(img).permute(1, 2, 0).numpy()
+            path = root / f"{k}_gs-{global_step:06}_e-{current_epoch:06}_b-{batch_idx:06}.png"
+            Image.fromarray((grid * 255).round().astype(np.uint8)).save(path)
+            written.append(path)
+        return written
+
+    def _to_logger(self, pl_module: pl.LightningModule, split: str, images: dict[str, torch.Tensor]) -> None:
+        logger = pl_module.logger
+        if logger is None:
+            return
+        exp = getattr(logger, "experiment", None)
+        step = pl_module.global_step
+        for k, img in images.items():
+            grid = self.to_grid(img)
+            if isinstance(logger, pl.loggers.TensorBoardLogger):
+                exp.add_image(f"{split}/{k}", grid, global_step=step)
+            elif isinstance(logger, pl.loggers.WandbLogger):
+                logger.log_image(key=f"{split}/{k}", images=[grid], step=step)
+
+    def log_img(self, pl_module: pl.LightningModule, batch: Any, batch_idx: int, split: str = "train") -> None:
+        check_idx = batch_idx if self.log_on_batch_idx else pl_module.global_step
+        if self.disabled or self.max_images <= 0 or not callable(getattr(pl_module, "log_images", None)):
+            return
+        if not self.check_frequency(check_idx):
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            images = pl_module.log_images(batch, split=split, **self.log_images_kwargs)
+        if was_training:
+            pl_module.train()
+        images = {k: v[: self.max_images].detach().float().cpu() for k, v in images.items()
+                  if isinstance(v, torch.Tensor) and v.ndim == 4}
+        if self.clamp:
+            images = {k: v.clamp(-1.0, 1.0) for k, v in images.items()}
+        save_dir = self.save_dir or Path(pl_module.trainer.default_root_dir)
+        self.log_local(save_dir, split, images,
+                       pl_module.global_step, pl_module.current_epoch, batch_idx)
+        self._to_logger(pl_module, split, images)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.log_img(pl_module, batch, batch_idx, split="train")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 0 and not trainer.sanity_checking:
+            self.log_img(pl_module, batch, batch_idx, split="val")
+
+
+class DeviceStatsCallback(pl.Callback):
+    """Epoch wall time, samples/s and peak accelerator memory (the original's CUDACallback, any device)."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        device = pl_module.device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            torch.cuda.synchronize(device)
+        self._start = time.perf_counter()
+        self._samples = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if isinstance(batch, dict):
+            first = next((v for v in batch.values() if hasattr(v, "__len__")), None)
+            self._samples += len(first) if first is not None else 0
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        device = pl_module.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - getattr(self, "_start", time.perf_counter())
+        stats = {"stats/epoch_time_s": elapsed,
+                 "stats/samples_per_s": self._samples * trainer.world_size / max(elapsed, 1e-9)}
+        if device.type == "cuda":
+            stats["stats/peak_memory_MiB"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+        pl_module.log_dict(stats, rank_zero_only=True, sync_dist=False)
+        rank_zero_info("  ".join(f"{k.split('/')[1]}={v:.2f}" for k, v in stats.items()))

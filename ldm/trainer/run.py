@@ -1,0 +1,167 @@
+"""`main.py`: build model, data and trainer from configs, then train and/or test.
+
+Reads as the original's flow — parse, resolve run dir, merge configs, build, fit, test — with each
+piece in its own module so that this file stays a table of contents.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_info
+
+from ldm.config import ConfigError, check_config_tree, set_trust_all_targets
+from ldm.config.loading import load_experiment
+from ldm.trainer.checkpoint_io import AtomicCheckpointIO
+from ldm.trainer.cli import parse_args
+from ldm.trainer.loggers import build_logger
+from ldm.trainer.rundir import RunDir, new_run, resume_run
+from ldm.trainer.trainer_config import normalise_trainer_config, num_devices
+from ldm.util import count_params, instantiate_from_config
+
+
+def default_callbacks(run: RunDir, config: DictConfig, lightning_config: DictConfig,
+                      resume: bool) -> dict[str, Any]:
+    return {
+        "setup_callback": {"target": "ldm.trainer.callbacks.SetupCallback",
+                           "params": {"resume": resume, "now": run.now, "logdir": str(run.logdir),
+                                      "ckptdir": str(run.ckptdir), "cfgdir": str(run.cfgdir),
+                                      "config": config, "lightning_config": lightning_config}},
+        "image_logger": {"target": "ldm.trainer.callbacks.ImageLogger",
+                         "params": {"batch_frequency": 750, "max_images": 4, "clamp": True}},
+        "learning_rate_logger": {"target": "pytorch_lightning.callbacks.LearningRateMonitor",
+                                 "params": {"logging_interval": "step"}},
+        "device_stats": {"target": "ldm.trainer.callbacks.DeviceStatsCallback"},
+        # Periodic weights-only snapshots, kept forever: a run's history for later evaluation.
+        "step_checkpoint": {"target": "pytorch_lightning.callbacks.ModelCheckpoint",
+                            "params": {"dirpath": str(run.ckptdir / "trainstep_checkpoints"),
+                                       "filename": "{epoch:06}-{step:09}", "verbose": True,
+                                       "save_top_k": -1, "every_n_train_steps": 10000,
+                                       "save_weights_only": True}},
+    }
+
+
+def checkpoint_callback(run: RunDir, model: pl.LightningModule, lightning_config: DictConfig) -> pl.Callback:
+    params: dict[str, Any] = {"dirpath": str(run.ckptdir), "filename": "{epoch:06}", "verbose": True,
+                              "save_last": True}
+    monitor = getattr(model, "monitor", None)
+    if monitor:
+        params.update(monitor=monitor, save_top_k=3)
+    params.update(OmegaConf.to_container(lightning_config.get("modelcheckpoint", {}).get("params", {})))
+    return pl.callbacks.ModelCheckpoint(**params)
+
+
+def build_callbacks(run: RunDir, model, config, lightning_config, resume: bool) -> list[pl.Callback]:
+    specs = OmegaConf.merge(default_callbacks(run, config, lightning_config, resume),
+                            lightning_config.get("callbacks", {}))
+    callbacks = []
+    for name, spec in specs.items():
+        if spec is None:  # `lightning.callbacks.<name>: null` disables a default
+            continue
+        cb = instantiate_from_config(spec, path=f"lightning.callbacks.{name}")
+        if hasattr(cb, "save_dir"):
+            cb.save_dir = run.logdir
+        callbacks.append(cb)
+    callbacks.append(checkpoint_callback(run, model, lightning_config))
+    return callbacks
+
+
+def learning_rate(config: DictConfig, trainer_kwargs: dict, model, scale: bool) -> float:
+    base_lr = float(config.model.get("base_learning_rate", 1e-4))
+    if not scale:
+        rank_zero_info(f"Learning rate {base_lr:.2e} (base_learning_rate; --scale_lr is off)")
+        return base_lr
+    accumulate = int(trainer_kwargs.get("accumulate_grad_batches", getattr(model, "accumulate_grad_batches", 1)))
+    batch_size = int(config.data.params.batch_size)
+    ngpu = num_devices(trainer_kwargs) * int(trainer_kwargs.get("num_nodes", 1))
+    lr = accumulate * ngpu * batch_size * base_lr
+    rank_zero_info(f"Learning rate {lr:.2e} = {accumulate} (accumulate_grad_batches) * {ngpu} (devices) * "
+                   f"{batch_size} (batch size) * {base_lr:.2e} (base_learning_rate)")
+    return lr
+
+
+def describe(model, data, config: DictConfig) -> str:
+    lines = ["Resolved config:", OmegaConf.to_yaml(config), f"Model: {type(model).__module__}.{type(model).__name__}"]
+    total = count_params(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    lines.append(f"  parameters: {total / 1e6:.2f} M ({trainable / 1e6:.2f} M trainable)")
+    for name, child in model.named_children():
+        lines.append(f"  {name}: {type(child).__name__}, {count_params(child) / 1e6:.2f} M")
+    if data is not None:
+        data.prepare_data()
+        data.setup("fit")
+        for split, ds in getattr(data, "datasets", {}).items():
+            lines.append(f"Data {split}: {type(ds).__name__}, {len(ds)} examples")
+    return "\n".join(lines)
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    opt, overrides = parse_args(argv)
+    set_trust_all_targets(opt.trust_config_targets)
+    if opt.allow_missing_ckpt:
+        os.environ["LDM_ALLOW_MISSING_CKPT"] = "1"
+    run_dir = resume_run(opt.resume, opt.base) if opt.resume else new_run(
+        opt.logdir, opt.base, opt.name, opt.postfix, opt.debug)
+    config = load_experiment(run_dir.base_configs, overrides)
+    lightning_config = config.pop("lightning", OmegaConf.create())
+    check_config_tree(OmegaConf.masked_copy(config, [k for k in ("model", "data") if k in config]))
+    trainer_kwargs = normalise_trainer_config(
+        OmegaConf.to_container(lightning_config.get("trainer", OmegaConf.create())), opt)
+    pl.seed_everything(opt.seed, workers=True)
+
+    model = instantiate_from_config(config.model, path="model")
+    data = instantiate_from_config(config.data, path="data") if "data" in config else None
+    accumulate = int(trainer_kwargs.get("accumulate_grad_batches", 1))
+    if not model.automatic_optimization and accumulate > 1:
+        # Lightning 2 refuses trainer-level accumulation with manual optimisation: the model does it.
+        model.accumulate_grad_batches = trainer_kwargs.pop("accumulate_grad_batches")
+    model.learning_rate = learning_rate(config, trainer_kwargs, model, opt.scale_lr)
+    if opt.dry_run:
+        print(describe(model, data, config))
+        print(f"Trainer: {trainer_kwargs}\nRun directory would be: {run_dir.logdir}")
+        return 0
+    if data is None:
+        raise ConfigError("data", "no `data` section: nothing to train or test on")
+
+    logger_kind = opt.logger or lightning_config.get("logger", {}).get("kind", "tensorboard")
+    logger = build_logger(logger_kind, run_dir.logdir, run_dir.logdir.name, opt.project, opt.wandb_offline)
+    trainer = pl.Trainer(default_root_dir=str(run_dir.logdir), logger=logger if logger is not None else False,
+                         callbacks=build_callbacks(run_dir, model, config, lightning_config, bool(opt.resume)),
+                         plugins=[AtomicCheckpointIO()], **trainer_kwargs)
+    if opt.train:
+        try:
+            trainer.fit(model, data, ckpt_path=str(run_dir.resume_ckpt) if run_dir.resume_ckpt else None)
+        except Exception:
+            if not opt.debug and trainer.global_rank == 0 and trainer.global_step > 0:
+                _save_crash_checkpoint(trainer, run_dir)
+            raise
+    if not opt.no_test and not trainer.interrupted and _has_split(data, "test"):
+        trainer.test(model, data)
+    return 0
+
+
+def _has_split(data, split: str) -> bool:
+    return split in getattr(data, "dataset_configs", {})
+
+
+def _save_crash_checkpoint(trainer: pl.Trainer, run_dir: RunDir) -> None:
+    """Keep the state reached before a crash beside (never over) the regular checkpoints."""
+    path = run_dir.ckptdir / f"crash-{run_dir.now}.ckpt"
+    try:
+        trainer.save_checkpoint(path)
+        print(f"Saved the state before the crash to {path}", file=sys.stderr)
+    except Exception:  # the real error matters more than this checkpoint
+        traceback.print_exc()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        return run(argv)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2

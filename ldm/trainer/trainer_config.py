@@ -1,0 +1,99 @@
+"""The `lightning.trainer` section: legacy Lightning 1.x keys mapped, the rest validated, hardware resolved."""
+from __future__ import annotations
+
+import inspect
+import warnings
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from ldm.config.errors import ConfigError
+from ldm.trainer.cli import parse_gpus
+
+# Lightning 1.x trainer arguments that Lightning 2 removed: renamed ones are mapped, the others
+# were logging/UX knobs with no effect on results and are dropped with a warning.
+RENAMED = {"replace_sampler_ddp": "use_distributed_sampler", "checkpoint_callback": "enable_checkpointing"}
+DROPPED = ("weights_summary", "progress_bar_refresh_rate", "flush_logs_every_n_steps", "terminate_on_nan",
+           "auto_select_gpus", "track_grad_norm", "amp_backend", "amp_level", "multiple_trainloader_mode",
+           "stochastic_weight_avg", "prepare_data_per_node", "resume_from_checkpoint", "distributed_backend",
+           "log_gpu_memory", "truncated_bptt_steps", "auto_scale_batch_size", "auto_lr_find")
+
+
+def trainer_parameters() -> set[str]:
+    return {n for n in inspect.signature(pl.Trainer.__init__).parameters if n != "self"}
+
+
+def normalise_trainer_config(cfg: dict[str, Any], opt: Any) -> dict[str, Any]:
+    """Return Trainer kwargs from the config section and the command line (command line wins)."""
+    cfg = dict(cfg)
+    for old, new in RENAMED.items():
+        if old in cfg:
+            cfg[new] = cfg.pop(old)
+    for key in DROPPED:
+        if key in cfg:
+            value = cfg.pop(key)
+            if key == "resume_from_checkpoint" and value:
+                raise ConfigError(f"lightning.trainer.{key}", "use -r/--resume <run dir or checkpoint> instead")
+            warnings.warn(f"lightning.trainer.{key} was removed in Lightning 2 and is ignored")
+    legacy_gpus = cfg.pop("gpus", None)
+    gpus = opt.gpus if opt.gpus is not None else (None if legacy_gpus is None else str(legacy_gpus))
+    if gpus is not None:
+        try:
+            accelerator, devices = parse_gpus(gpus)
+        except ValueError as exc:
+            raise ConfigError("--gpus", str(exc)) from None
+        cfg["accelerator"], cfg["devices"] = accelerator, devices
+    for key in ("accelerator", "num_nodes", "strategy", "precision", "max_steps", "max_epochs"):
+        value = getattr(opt, key, None)
+        if value is not None:
+            cfg[key] = value
+    if opt.devices is not None:
+        cfg["devices"] = _parse_devices(opt.devices)
+    if cfg.get("precision") in (16, "16"):
+        cfg["precision"] = "16-mixed"
+    cfg.setdefault("accelerator", "auto")
+    cfg.setdefault("devices", 1 if cfg["accelerator"] in ("auto", "cpu") else "auto")
+    unknown = sorted(set(cfg) - trainer_parameters())
+    if unknown:
+        raise ConfigError(f"lightning.trainer.{unknown[0]}", "not a Lightning 2 Trainer argument")
+    check_accelerator(cfg)
+    return cfg
+
+
+def _parse_devices(spec: str) -> int | str | list[int]:
+    if spec == "auto":
+        return spec
+    if "," in spec:
+        try:
+            return [int(x) for x in spec.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError("--devices", f"expected a count, 'auto' or ids like 0,1; got {spec!r}") from None
+    try:
+        return int(spec)
+    except ValueError:
+        raise ConfigError("--devices", f"expected a count, 'auto' or ids like 0,1; got {spec!r}") from None
+
+
+def check_accelerator(cfg: dict[str, Any]) -> None:
+    accel = cfg.get("accelerator")
+    if accel in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError("--gpus/--accelerator",
+                          "GPUs were requested but no CUDA device is visible on this machine; "
+                          "run with --accelerator cpu (or check CUDA_VISIBLE_DEVICES and the driver)")
+    if accel == "gpu" and isinstance(cfg.get("devices"), list):
+        n = torch.cuda.device_count()
+        missing = [i for i in cfg["devices"] if i >= n]
+        if missing:
+            raise ConfigError("--gpus/--devices", f"GPU ids {missing} requested but only {n} visible")
+
+
+def num_devices(cfg: dict[str, Any]) -> int:
+    devices = cfg.get("devices", 1)
+    if isinstance(devices, list):
+        return len(devices)
+    if devices in ("auto", -1):
+        if cfg.get("accelerator") in ("gpu", "cuda") or (cfg.get("accelerator") == "auto" and torch.cuda.is_available()):
+            return max(torch.cuda.device_count(), 1)
+        return 1
+    return int(devices)
