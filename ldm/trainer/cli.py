@@ -6,6 +6,7 @@ after the `--base` configs are merged.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Optional, Sequence
 
 
@@ -70,9 +71,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+BOOL_FLAGS = ("-t", "--train", "--no-test", "-d", "--debug", "--scale_lr", "--wandb_offline")
+_BOOL_WORDS = ("yes", "true", "t", "y", "1", "no", "false", "f", "n", "0")
+
+
+def _explicit_bools(argv: Sequence[str]) -> list[str]:
+    """`-t model.x=1` must not read the override as the flag's value: give bare flags `true`."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if arg in BOOL_FLAGS and (nxt is None or nxt.lower() not in _BOOL_WORDS):
+            out.append("true")
+    return out
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace, list[str]]:
     parser = build_parser()
-    opt, unknown = parser.parse_known_args(argv)
+    opt, unknown = parser.parse_known_args(_explicit_bools(sys.argv[1:] if argv is None else list(argv)))
     bad = [u for u in unknown if "=" not in u or u.startswith("-")]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)} "
