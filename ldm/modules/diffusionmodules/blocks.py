@@ -1,0 +1,308 @@
+"""Layers of the time-conditional UNet eps_theta(z_t, t, y) (paper Sec. 3.2-3.3).
+
+Residual blocks take the timestep embedding, spatial transformers take the conditioning
+tau_theta(y); ``TimestepEmbedSequential`` routes each input to the layers that need it. These are
+re-exported from ``ldm.modules.diffusionmodules.openaimodel``, their original import path.
+"""
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ldm.modules.attention import SpatialTransformer
+from ldm.modules.diffusionmodules.util import avg_pool_nd, checkpoint, conv_nd, linear, normalization, zero_module
+
+__all__ = [
+    "AttentionBlock",
+    "AttentionPool2d",
+    "Downsample",
+    "QKVAttention",
+    "QKVAttentionLegacy",
+    "ResBlock",
+    "TimestepBlock",
+    "TimestepEmbedSequential",
+    "Upsample",
+]
+
+
+class TimestepBlock(nn.Module):
+    """A module whose forward takes the timestep embedding as a second argument."""
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Apply the module to ``x`` given the timestep embedding ``emb``."""
+        raise NotImplementedError
+
+
+class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
+    """Sequential that passes ``emb`` to timestep blocks and ``context`` to spatial transformers."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self:
+            if isinstance(layer, TimestepBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context)
+            else:
+                x = layer(x)
+        return x
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour 2x upsampling (the inner two dims for 3D), optionally followed by a conv."""
+
+    def __init__(
+        self,
+        channels: int,
+        use_conv: bool,
+        dims: int = 2,
+        out_channels: int | None = None,
+        padding: int = 1,
+    ) -> None:
+        super().__init__()
+        self.channels = channels
+        self.out_channels = out_channels or channels
+        self.use_conv = use_conv
+        self.dims = dims
+        if use_conv:
+            self.conv = conv_nd(dims, self.channels, self.out_channels, 3, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.channels:
+            raise ValueError(f"Upsample: expected {self.channels} input channels, got {x.shape[1]}")
+        if self.dims == 3:
+            x = F.interpolate(x, (x.shape[2], x.shape[3] * 2, x.shape[4] * 2), mode="nearest")
+        else:
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        return self.conv(x) if self.use_conv else x
+
+
+class Downsample(nn.Module):
+    """2x downsampling by a strided 3x3 conv or average pooling (inner two dims for 3D)."""
+
+    def __init__(
+        self,
+        channels: int,
+        use_conv: bool,
+        dims: int = 2,
+        out_channels: int | None = None,
+        padding: int = 1,
+    ) -> None:
+        super().__init__()
+        self.channels = channels
+        self.out_channels = out_channels or channels
+        self.use_conv = use_conv
+        self.dims = dims
+        stride = 2 if dims != 3 else (1, 2, 2)
+        if use_conv:
+            self.op = conv_nd(dims, self.channels, self.out_channels, 3, stride=stride, padding=padding)
+        else:
+            if self.channels != self.out_channels:
+                raise ValueError(
+                    f"Downsample: pooling cannot change channels ({channels} -> {out_channels}); set use_conv=True"
+                )
+            self.op = avg_pool_nd(dims, kernel_size=stride, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.channels:
+            raise ValueError(f"Downsample: expected {self.channels} input channels, got {x.shape[1]}")
+        return self.op(x)
+
+
+class ResBlock(TimestepBlock):
+    """Residual block conditioned on the timestep embedding.
+
+    h = conv(SiLU(norm(x))); the embedding is added to h, or with ``use_scale_shift_norm``
+    applied as FiLM: norm(h) * (1 + scale) + shift; then SiLU, dropout, zero-initialised conv.
+    ``up``/``down`` resample both branches inside the block (BigGAN-style ``resblock_updown``).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        emb_channels: int,                # width of the timestep embedding
+        dropout: float,
+        out_channels: int | None = None,
+        use_conv: bool = False,           # 3x3 instead of 1x1 conv on the skip path
+        use_scale_shift_norm: bool = False,
+        dims: int = 2,
+        use_checkpoint: bool = False,
+        up: bool = False,
+        down: bool = False,
+    ) -> None:
+        super().__init__()
+        self.channels = channels
+        self.emb_channels = emb_channels
+        self.dropout = dropout
+        self.out_channels = out_channels or channels
+        self.use_conv = use_conv
+        self.use_checkpoint = use_checkpoint
+        self.use_scale_shift_norm = use_scale_shift_norm
+
+        self.in_layers = nn.Sequential(
+            normalization(channels),
+            nn.SiLU(),
+            conv_nd(dims, channels, self.out_channels, 3, padding=1),
+        )
+        self.updown = up or down
+        if up:
+            self.h_upd = Upsample(channels, False, dims)
+            self.x_upd = Upsample(channels, False, dims)
+        elif down:
+            self.h_upd = Downsample(channels, False, dims)
+            self.x_upd = Downsample(channels, False, dims)
+        else:
+            self.h_upd = self.x_upd = nn.Identity()
+        self.emb_layers = nn.Sequential(
+            nn.SiLU(),
+            linear(emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels),
+        )
+        self.out_layers = nn.Sequential(
+            normalization(self.out_channels),
+            nn.SiLU(),
+            nn.Dropout(p=dropout),
+            zero_module(conv_nd(dims, self.out_channels, self.out_channels, 3, padding=1)),
+        )
+        if self.out_channels == channels:
+            self.skip_connection = nn.Identity()
+        elif use_conv:
+            self.skip_connection = conv_nd(dims, channels, self.out_channels, 3, padding=1)
+        else:
+            self.skip_connection = conv_nd(dims, channels, self.out_channels, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return checkpoint(self._forward, (x, emb), self.parameters(), self.use_checkpoint)
+
+    def _forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if self.updown:
+            # Resample between the activation and the conv, so the conv runs at the new size.
+            h = self.in_layers[:-1](x)
+            h = self.in_layers[-1](self.h_upd(h))
+            x = self.x_upd(x)
+        else:
+            h = self.in_layers(x)
+        emb_out = self.emb_layers(emb).type(h.dtype)
+        emb_out = emb_out.reshape(*emb_out.shape, *([1] * (h.ndim - emb_out.ndim)))
+        if self.use_scale_shift_norm:
+            scale, shift = emb_out.chunk(2, dim=1)
+            h = self.out_layers[0](h) * (1 + scale) + shift
+            h = self.out_layers[1:](h)
+        else:
+            h = self.out_layers(h + emb_out)
+        return self.skip_connection(x) + h
+
+
+class QKVAttentionLegacy(nn.Module):
+    """Multi-head attention on a fused qkv tensor in the original per-head layout.
+
+    Channels are ordered [head][q|k|v][channel]: (N, H*3*C, T). Released checkpoints trained with
+    this block depend on that order.
+    """
+
+    def __init__(self, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+
+    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+        bs, width, length = qkv.shape
+        if width % (3 * self.n_heads):
+            raise ValueError(f"QKVAttentionLegacy: width {width} is not divisible by 3*n_heads={3 * self.n_heads}")
+        ch = width // (3 * self.n_heads)
+        q, k, v = qkv.view(bs, self.n_heads, 3, ch, length).transpose(-1, -2).contiguous().unbind(2)
+        return _attend(q, k, v, bs, length)
+
+
+class QKVAttention(nn.Module):
+    """Multi-head attention on a fused qkv tensor in the q/k/v-major layout.
+
+    Channels are ordered [q|k|v][head][channel]: (N, 3*H*C, T) (``use_new_attention_order``).
+    """
+
+    def __init__(self, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+
+    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+        bs, width, length = qkv.shape
+        if width % (3 * self.n_heads):
+            raise ValueError(f"QKVAttention: width {width} is not divisible by 3*n_heads={3 * self.n_heads}")
+        ch = width // (3 * self.n_heads)
+        q, k, v = qkv.view(bs, 3, self.n_heads, ch, length).transpose(-1, -2).contiguous().unbind(1)
+        return _attend(q, k, v, bs, length)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bs: int, length: int) -> torch.Tensor:
+    """softmax(q k^T / sqrt(C)) v on (N, H, T, C) views; returns (N, H*C, T).
+
+    The fused qkv is channel-major (T contiguous); fused attention kernels need the head
+    dimension C contiguous, so the callers make one copy of the whole qkv, not three.
+    """
+    out = F.scaled_dot_product_attention(q, k, v)
+    return out.transpose(-1, -2).reshape(bs, -1, length)
+
+
+class AttentionPool2d(nn.Module):
+    """Attention pooling (CLIP-style): the mean token, plus learned positions, attends to all
+    pixels; the output is that token's value. Used by ``EncoderUNetModel(pool="attention")``."""
+
+    def __init__(
+        self,
+        spacial_dim: int,          # side of the (square) input feature map
+        embed_dim: int,
+        num_heads_channels: int,
+        output_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.positional_embedding = nn.Parameter(torch.randn(embed_dim, spacial_dim ** 2 + 1) / embed_dim ** 0.5)
+        self.qkv_proj = conv_nd(1, embed_dim, 3 * embed_dim, 1)
+        self.c_proj = conv_nd(1, embed_dim, output_dim or embed_dim, 1)
+        self.num_heads = embed_dim // num_heads_channels
+        self.attention = QKVAttention(self.num_heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        x = x.reshape(b, c, -1)
+        x = torch.cat([x.mean(dim=-1, keepdim=True), x], dim=-1)
+        x = x + self.positional_embedding[None].to(x.dtype)
+        x = self.c_proj(self.attention(self.qkv_proj(x)))
+        return x[:, :, 0]
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over all spatial positions (the UNet attention of the pixel-space DMs)."""
+
+    def __init__(
+        self,
+        channels: int,
+        num_heads: int = 1,
+        num_head_channels: int = -1,    # if set, overrides num_heads = channels // num_head_channels
+        use_checkpoint: bool = False,
+        use_new_attention_order: bool = False,  # q/k/v-major qkv layout instead of per-head
+    ) -> None:
+        super().__init__()
+        self.channels = channels
+        if num_head_channels == -1:
+            self.num_heads = num_heads
+        else:
+            if channels % num_head_channels:
+                raise ValueError(
+                    f"AttentionBlock: channels {channels} not divisible by num_head_channels {num_head_channels}"
+                )
+            self.num_heads = channels // num_head_channels
+        self.use_checkpoint = use_checkpoint
+        self.norm = normalization(channels)
+        self.qkv = conv_nd(1, channels, channels * 3, 1)
+        self.attention = QKVAttention(self.num_heads) if use_new_attention_order else QKVAttentionLegacy(self.num_heads)
+        self.proj_out = zero_module(conv_nd(1, channels, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return checkpoint(self._forward, (x,), self.parameters(), self.use_checkpoint)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, *spatial = x.shape
+        x = x.reshape(b, c, -1)
+        h = self.proj_out(self.attention(self.qkv(self.norm(x))))
+        return (x + h).reshape(b, c, *spatial)
