@@ -1,0 +1,220 @@
+"""Image-caption pairs for text-to-image (Sec. 4.3.1): LAION-style webdataset shards and
+Conceptual-Captions-style TSV files. Examples: ``image``, ``caption``, ``file_path_``, ``relpath``.
+
+LAION-style shards (``root`` defaults to ``$LDM_DATA_ROOT/laion`` or ``data/laion``), as written
+by img2dataset (https://github.com/rom1504/img2dataset, ``--output_format webdataset``)::
+
+    data/laion/
+      train/00000.tar 00001.tar ...        each: <key>.jpg (or .png/.webp) + <key>.txt or <key>.json
+      validation/00000.tar ...             (.json: {"caption": ...})
+
+The shards are read with the standard library ``tarfile``: construction lists every member once
+(headers only) and keeps byte offsets, so examples are random-access and shuffle like any map
+dataset. Conceptual Captions (``data/cc``)::
+
+    data/cc/
+      train.tsv          caption<TAB>image path relative to train/ (header row optional:
+      train/...          "caption<TAB>file"; other columns are ignored)
+      validation.tsv
+      validation/...
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import tarfile
+from typing import Any, Optional
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ldm.data.folder import ImageFolder
+from ldm.data.image_io import DEFAULT_MIN_SIZE, BadImageError, _to_rgb_array, hflip, resize_crop, to_float
+from ldm.data.paths import data_root, missing_data, require_dir, require_file
+
+__all__ = ["ConceptualCaptions", "ConceptualCaptionsTrain", "ConceptualCaptionsValidation", "LAIONTrain",
+           "LAIONValidation", "WebDatasetCaptions", "decode_image"]
+
+IMAGE_MEMBERS = (".jpg", ".jpeg", ".png", ".webp")
+_SHARD_LAYOUT = """{root}/
+  <shard>.tar ...   members <key>.jpg|.jpeg|.png|.webp and <key>.txt or <key>.json ({{"caption": ...}})"""
+_SHARD_PREPARE = """img2dataset --url_list <parquet> --input_format parquet --url_col URL --caption_col TEXT \\
+    --output_format webdataset --output_folder {root}   (https://github.com/rom1504/img2dataset)"""
+
+
+def decode_image(data: bytes, name: str, min_size: int = DEFAULT_MIN_SIZE, draft_size: Optional[int] = None) -> np.ndarray:
+    """Encoded image bytes -> upright uint8 RGB, with ``load_rgb``'s conversions and errors."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        if min(img.size) < min_size:
+            raise BadImageError(name, f"too small: {img.size[0]}x{img.size[1]} px, shorter side < min_size={min_size}")
+        if draft_size is not None and img.format == "JPEG":
+            img.draft("RGB", (draft_size, draft_size))
+        img.load()
+        return _to_rgb_array(ImageOps.exif_transpose(img), name)
+    except BadImageError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise BadImageError(name, f"not a readable image ({exc})") from None
+
+
+def _caption_text(raw: bytes, is_json: bool) -> str:
+    text = raw.decode("utf-8", errors="replace")
+    if is_json:
+        text = str(json.loads(text).get("caption", ""))
+    return " ".join(text.split())
+
+
+def _index_shard(path: str) -> list[tuple[int, int, int, int, int]]:
+    """(image offset, image size, caption offset, caption size, caption is json) per complete sample."""
+    samples: dict[str, dict[str, tuple[int, int]]] = {}
+    with tarfile.open(path, "r:") as tar:
+        for m in tar:
+            if not m.isfile():
+                continue
+            base = os.path.basename(m.name)
+            dot = base.find(".")
+            if dot <= 0:
+                continue
+            key, ext = os.path.join(os.path.dirname(m.name), base[:dot]), base[dot:].lower()
+            samples.setdefault(key, {})[ext] = (m.offset_data, m.size)
+    rows = []
+    for key in sorted(samples):
+        parts = samples[key]
+        image = next((parts[e] for e in IMAGE_MEMBERS if e in parts), None)
+        caption, is_json = (parts[".txt"], 0) if ".txt" in parts else (parts.get(".json"), 1)
+        if image is not None and caption is not None:
+            rows.append((*image, *caption, is_json))
+    return rows
+
+
+class WebDatasetCaptions(ImageFolder):
+    """Every complete sample of the ``*.tar`` shards in ``shard_dir`` (sorted by name)."""
+
+    def __init__(self,
+                 shard_dir: str,              # folder of .tar shards
+                 size: Optional[int] = 256,
+                 random_crop: bool = False,
+                 flip: bool = False,
+                 min_size: int = DEFAULT_MIN_SIZE,
+                 ):
+        # ImageFolder provides the skip-and-count of unreadable samples; the listing is ours.
+        name = type(self).__name__
+        layout, prepare = _SHARD_LAYOUT.format(root=shard_dir), _SHARD_PREPARE.format(root=shard_dir)
+        require_dir(name, shard_dir, layout, prepare)
+        self.shards = sorted(os.path.join(shard_dir, f) for f in os.listdir(shard_dir) if f.endswith(".tar"))
+        if not self.shards:
+            raise missing_data(name, os.path.join(shard_dir, "*.tar"), layout, prepare)
+        rows = [(s, *r) for s, shard in enumerate(self.shards) for r in _index_shard(shard)]
+        if not rows:
+            raise ValueError(f"{shard_dir}: the shards hold no sample with both an image and a caption")
+        self._index = np.array(rows, dtype=np.int64)  # one compact array: cheap to share with workers
+        self.root = os.path.abspath(shard_dir)
+        self.size, self.min_size, self.flip = size, min_size, flip
+        self.crop = "random" if random_crop else "center"
+        self.classes: list[str] = []
+        self.skipped: dict[str, str] = {}
+        self._bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def path(self, i: int) -> str:
+        return f"{self.shards[self._index[i, 0]]}#{i}"
+
+    def _read(self, shard: int, offset: int, size: int) -> bytes:
+        with open(self.shards[shard], "rb") as f:  # a fresh handle: no offset shared across workers
+            f.seek(offset)
+            return f.read(size)
+
+    def _load(self, j: int) -> dict[str, Any]:
+        shard, img_off, img_size, cap_off, cap_size, is_json = (int(v) for v in self._index[j])
+        name = self.path(j)
+        arr = decode_image(self._read(shard, img_off, img_size), name, self.min_size, self.size)
+        try:
+            caption = _caption_text(self._read(shard, cap_off, cap_size), bool(is_json))
+        except ValueError as exc:
+            raise BadImageError(name, f"unreadable caption ({exc})") from None
+        arr = resize_crop(arr, self.size, self.crop)
+        if self.flip and random.random() < 0.5:
+            arr = hflip(arr)
+        return {"image": to_float(arr), "caption": caption, "file_path_": name,
+                "relpath": f"{os.path.basename(self.shards[shard])}#{j}"}
+
+
+class LAIONTrain(WebDatasetCaptions):
+    def __init__(self, size: Optional[int] = 256, root: Optional[str] = None, random_crop: bool = True,
+                 flip: bool = False):
+        super().__init__(os.path.join(data_root("laion", root), "train"), size, random_crop, flip)
+
+
+class LAIONValidation(WebDatasetCaptions):
+    def __init__(self, size: Optional[int] = 256, root: Optional[str] = None, random_crop: bool = False,
+                 flip: bool = False):
+        super().__init__(os.path.join(data_root("laion", root), "validation"), size, random_crop, flip)
+
+
+# --------------------------------------------------------------------------------------------
+# Conceptual Captions
+# --------------------------------------------------------------------------------------------
+
+def read_caption_tsv(path: str) -> dict[str, str]:
+    """relative image path -> caption, from ``caption<TAB>file`` rows (or a header naming them)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    cap_col, file_col = 0, 1
+    if rows and "caption" in rows[0] and ("file" in rows[0] or "filepath" in rows[0]):
+        header = rows.pop(0)
+        cap_col, file_col = header.index("caption"), header.index("file" if "file" in header else "filepath")
+    out = {}
+    for n, row in enumerate(rows, 1):
+        if len(row) <= max(cap_col, file_col):
+            raise ValueError(f"{path}: row {n} has {len(row)} column(s), expected caption<TAB>file")
+        out[row[file_col].strip().removeprefix("./")] = " ".join(row[cap_col].split())
+    return out
+
+
+class ConceptualCaptions(ImageFolder):
+    """Images under ``<root>/<split>/`` with captions from ``<root>/<split>.tsv``; an image the
+    TSV does not caption is skipped with a warning."""
+
+    def __init__(self,
+                 split: str,                  # "train" or "validation"
+                 size: Optional[int] = 256,
+                 root: Optional[str] = None,  # default: $LDM_DATA_ROOT/cc or data/cc
+                 random_crop: bool = False,
+                 flip: bool = False,
+                 ):
+        root = data_root("cc", root)
+        layout = (f"{root}/\n  {split}.tsv    caption<TAB>image path relative to {split}/\n"
+                  f"  {split}/...    the downloaded images")
+        prepare = ("download the images listed in the Conceptual Captions TSV "
+                   "(https://ai.google.com/research/ConceptualCaptions/download),\n"
+                   f"and write {split}.tsv with the local file names in place of the URLs")
+        name = type(self).__name__
+        folder = require_dir(name, os.path.join(root, split), layout, prepare)
+        self.caption_of = read_caption_tsv(require_file(name, os.path.join(root, f"{split}.tsv"), layout, prepare))
+        super().__init__(root=folder, size=size, crop="random" if random_crop else "center", flip=flip)
+
+    def _load(self, j: int) -> dict[str, Any]:
+        caption = self.caption_of.get(self._paths[j])
+        if caption is None:
+            raise BadImageError(self.path(j), "no caption in the TSV")
+        example = super()._load(j)
+        example["caption"] = caption
+        return example
+
+
+class ConceptualCaptionsTrain(ConceptualCaptions):
+    def __init__(self, size: Optional[int] = 256, root: Optional[str] = None, random_crop: bool = True,
+                 flip: bool = False):
+        super().__init__("train", size, root, random_crop, flip)
+
+
+class ConceptualCaptionsValidation(ConceptualCaptions):
+    def __init__(self, size: Optional[int] = 256, root: Optional[str] = None, random_crop: bool = False,
+                 flip: bool = False):
+        super().__init__("validation", size, root, random_crop, flip)

@@ -1,0 +1,94 @@
+"""Places for inpainting (Sec. 4.5), following the LaMa protocol: image crops with masks
+from :mod:`ldm.data.masks`, as the ``inpainting_big`` model consumes them (``masked_image`` is
+encoded by the first stage and concatenated with the resized ``mask`` to z_t: 3 + 3 + 1 = 7
+UNet input channels).
+
+On-disk layout (``root`` defaults to ``$LDM_DATA_ROOT/places`` or ``data/places``), with the
+Places365-Standard high-resolution images (http://places2.csail.mit.edu/download.html)::
+
+    data/places/
+      train/...            data_large/ unpacked (any nesting: a/airfield/00000001.jpg ...)
+      val/...              val_large/ unpacked
+      val_masks/...        optional: fixed evaluation masks, <image path without extension>.png,
+                           non-zero = to fill (e.g. masks exported from LaMa's evaluation sets;
+                           they are resized to ``size`` x ``size``, so pair them with square
+                           evaluation crops such as LaMa's 512 x 512 Places test images)
+
+Examples: ``image`` HWC float32 in [-1, 1]; ``mask`` (H, W, 1) float32 in {0, 1}, 1 = to fill;
+``masked_image = image * (1 - mask)`` (the hole is 0, mid-grey); ``file_path_``, ``relpath``.
+Training masks are fresh per step; validation masks depend only on ``(mask_seed, index)``, so
+every evaluation sees the same holes. ``mask_kind="hard"`` gives the paper's 40-50 % split.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ldm.data.folder import ImageFolder
+from ldm.data.image_io import BadImageError
+from ldm.data.masks import MaskGenerator
+from ldm.data.paths import data_root, example_rng, require_dir
+
+__all__ = ["PlacesInpainting", "PlacesInpaintingTrain", "PlacesInpaintingValidation"]
+
+_SPLITS = {"train": "train", "validation": "val"}
+
+
+class PlacesInpainting(ImageFolder):
+    def __init__(self,
+                 split: str,                          # "train" or "validation"
+                 size: int = 256,                     # crop side (the paper: 256 train, 512 eval)
+                 mask_kind: str = "mixed",            # see ldm.data.masks.MASK_KINDS
+                 mask_seed: Optional[int] = None,     # fixes mask i per index; None: fresh masks
+                 random_crop: bool = False,
+                 flip: bool = False,
+                 use_mask_files: bool = False,        # read <root>/val_masks/<stem>.png instead
+                 root: Optional[str] = None,
+                 ):
+        if split not in _SPLITS:
+            raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
+        root = data_root("places", root)
+        layout = (f"{root}/\n  train/...       Places365 data_large images\n  val/...         val_large images\n"
+                  "  val_masks/...   optional fixed masks: <image path without extension>.png")
+        prepare = ("download 'High resolution images' (train and val) of Places365-Standard from\n"
+                   f"http://places2.csail.mit.edu/download.html and unpack them into {root}/train and {root}/val")
+        name = type(self).__name__
+        folder = require_dir(name, os.path.join(root, _SPLITS[split]), layout, prepare)
+        self.mask_dir = (require_dir(name, os.path.join(root, f"{_SPLITS[split]}_masks"), layout, prepare)
+                         if use_mask_files else None)
+        super().__init__(root=folder, size=size, crop="random" if random_crop else "center", flip=flip)
+        self.masks = MaskGenerator(mask_kind)
+        self.mask_seed = mask_seed
+
+    def _mask(self, j: int) -> np.ndarray:
+        if self.mask_dir is None:
+            return self.masks(self.size, rng=example_rng(j, self.mask_seed))
+        path = os.path.join(self.mask_dir, os.path.splitext(self._paths[j])[0] + ".png")
+        try:
+            with Image.open(path) as img:
+                mask = np.asarray(img.convert("L").resize((self.size, self.size), Image.Resampling.NEAREST)) > 0
+        except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
+            raise BadImageError(path, f"mask unreadable ({exc})") from None
+        return mask.astype(np.float32)
+
+    def _load(self, j: int) -> dict[str, Any]:
+        example = super()._load(j)
+        mask = self._mask(j)[..., None]
+        example.update(mask=mask, masked_image=example["image"] * (1.0 - mask))
+        return example
+
+
+class PlacesInpaintingTrain(PlacesInpainting):
+    def __init__(self, size: int = 256, mask_kind: str = "mixed", mask_seed: Optional[int] = None,
+                 random_crop: bool = True, flip: bool = True, root: Optional[str] = None):
+        super().__init__("train", size, mask_kind, mask_seed, random_crop, flip, False, root)
+
+
+class PlacesInpaintingValidation(PlacesInpainting):
+    def __init__(self, size: int = 512, mask_kind: str = "mixed", mask_seed: Optional[int] = 0,
+                 random_crop: bool = False, flip: bool = False, use_mask_files: bool = False,
+                 root: Optional[str] = None):
+        super().__init__("validation", size, mask_kind, mask_seed, random_crop, flip, use_mask_files, root)
