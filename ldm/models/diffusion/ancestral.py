@@ -1,0 +1,177 @@
+"""Ancestral sampling p_θ(x_{t-1} | x_t) with the full T-step chain (Ho et al. 2020, Alg. 2).
+
+Used by the original method names ``p_sample``/``p_sample_loop``/``progressive_denoising``/
+``sample`` of DDPM and LatentDiffusion; faster samplers (DDIM, PLMS) live beside this module.
+``model`` is a DDPM: it supplies ``apply_model``, the schedule buffers and ``parameterization``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+from tqdm import tqdm
+
+from ldm.models.diffusion import parameterization as P
+
+__all__ = ["LatentSamplingMethods", "p_mean_variance", "p_sample", "p_sample_loop", "slice_conditioning"]
+
+
+def p_mean_variance(
+    model: Any,
+    x: torch.Tensor,
+    cond: Any,
+    t: torch.Tensor,
+    clip_denoised: bool,
+    quantize_denoised: bool = False,
+    score_corrector: Any = None,
+    corrector_kwargs: Optional[dict] = None,
+):
+    """Mean, variance, log-variance of p_θ(x_{t-1} | x_t) = q(x_{t-1} | x_t, x̂_0(x_t)), and x̂_0."""
+    out = model.apply_model(x, t, cond)
+    if score_corrector is not None:
+        if model.parameterization != "eps":
+            raise ValueError("score_corrector needs an eps-parameterised model")
+        out = score_corrector.modify_score(model, out, x, t, cond, **(corrector_kwargs or {}))
+    x0 = P.model_output_to_x0(model, model.parameterization, x, t, out)
+    if clip_denoised:
+        x0 = x0.clamp(-1.0, 1.0)
+    if quantize_denoised:  # snap x̂_0 onto the VQ codebook of the first stage
+        x0 = model.first_stage_model.quantize(x0)[0]
+    mean, variance, log_variance = P.q_posterior(model, x0, x, t)
+    return mean, variance, log_variance, x0
+
+
+def p_sample(
+    model: Any,
+    x: torch.Tensor,
+    cond: Any,
+    t: torch.Tensor,
+    clip_denoised: bool = False,
+    quantize_denoised: bool = False,
+    temperature: float = 1.0,
+    noise_dropout: float = 0.0,
+    repeat_noise: bool = False,
+    score_corrector: Any = None,
+    corrector_kwargs: Optional[dict] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One reverse step x_t -> x_{t-1}; no noise is added at t = 0. Returns (x_{t-1}, x̂_0)."""
+    mean, _, log_variance, x0 = p_mean_variance(model, x, cond, t, clip_denoised, quantize_denoised,
+                                             score_corrector, corrector_kwargs)
+    if repeat_noise:
+        noise = torch.randn((1, *x.shape[1:]), device=x.device, dtype=x.dtype).expand_as(x)
+    else:
+        noise = torch.randn_like(x)
+    noise = noise * temperature
+    if noise_dropout > 0.0:
+        noise = torch.nn.functional.dropout(noise, p=noise_dropout)
+    nonzero = (t != 0).to(x.dtype).reshape(x.shape[0], *((1,) * (x.ndim - 1)))
+    return mean + nonzero * (0.5 * log_variance).exp() * noise, x0
+
+
+def slice_conditioning(cond: Any, batch_size: int) -> Any:
+    """The first ``batch_size`` entries of a condition (tensor, list of tensors or dict of those)."""
+    if cond is None:
+        return None
+    if isinstance(cond, dict):
+        return {k: slice_conditioning(v, batch_size) for k, v in cond.items()}
+    if isinstance(cond, list):
+        return [c[:batch_size] for c in cond]
+    return cond[:batch_size]
+
+
+@torch.no_grad()
+def p_sample_loop(
+    model: Any,
+    cond: Any,
+    shape: tuple[int, ...],
+    x_T: Optional[torch.Tensor] = None,
+    timesteps: Optional[int] = None,
+    start_T: Optional[int] = None,
+    log_every_t: Optional[int] = None,
+    mask: Optional[torch.Tensor] = None,
+    x0: Optional[torch.Tensor] = None,
+    quantize_denoised: bool = False,
+    progressive: bool = False,
+    verbose: bool = True,
+    callback: Optional[Callable[[int], None]] = None,
+    img_callback: Optional[Callable[[torch.Tensor, int], None]] = None,
+    **step_kwargs: Any,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run the chain from x_T ~ N(0, I). Intermediates are x_t (or x̂_0 when ``progressive``)
+    every ``log_every_t`` steps. With ``mask``, pixels where mask = 1 are taken from q(x_t | x0)."""
+    log_every_t = log_every_t or model.log_every_t
+    device = model.betas.device
+    img = torch.randn(shape, device=device) if x_T is None else x_T.to(device)
+    if mask is not None and x0 is None:
+        raise ValueError("mask given without x0: masked sampling needs the known latent x0")
+    steps = min(timesteps or model.num_timesteps, start_T or model.num_timesteps)
+    intermediates = [] if progressive else [img]
+    iterator = reversed(range(steps))
+    if verbose:
+        iterator = tqdm(iterator, desc="Progressive generation" if progressive else "Sampling t", total=steps)
+    for i in iterator:
+        ts = torch.full((shape[0],), i, device=device, dtype=torch.long)
+        if getattr(model, "shorten_cond_schedule", False):  # noised conditions (num_timesteps_cond > 1)
+            tc = model.cond_ids[ts].to(device)
+            cond = model.q_sample(x_start=cond, t=tc, noise=torch.randn_like(cond))
+        img, x0_pred = p_sample(model, img, cond, ts, clip_denoised=model.clip_denoised,
+                                quantize_denoised=quantize_denoised, **step_kwargs)
+        if mask is not None:
+            img = model.q_sample(x0, ts) * mask + (1.0 - mask) * img
+        if i % log_every_t == 0 or i == steps - 1:
+            intermediates.append(x0_pred if progressive else img)
+        if callback is not None:
+            callback(i)
+        if img_callback is not None:
+            img_callback(img, i)
+    return img, intermediates
+
+
+class LatentSamplingMethods:
+    """The original sampling methods of LatentDiffusion (conditioned: ``c`` after ``x``)."""
+
+    def p_mean_variance(self, x, c, t, clip_denoised: bool, quantize_denoised=False, return_x0=False,
+                        score_corrector=None, corrector_kwargs=None):
+        mean, var, log_var, x0 = p_mean_variance(self, x, c, t, clip_denoised, quantize_denoised,
+                                                 score_corrector, corrector_kwargs)
+        return (mean, var, log_var, x0) if return_x0 else (mean, var, log_var)
+
+    @torch.no_grad()
+    def p_sample(self, x, c, t, clip_denoised=False, repeat_noise=False, quantize_denoised=False,
+                 return_x0=False, temperature=1.0, noise_dropout=0.0, score_corrector=None, corrector_kwargs=None):
+        x_prev, x0 = p_sample(self, x, c, t, clip_denoised, quantize_denoised, temperature,
+                              noise_dropout, repeat_noise, score_corrector, corrector_kwargs)
+        return (x_prev, x0) if return_x0 else x_prev
+
+    @torch.no_grad()
+    def progressive_denoising(self, cond, shape, verbose=True, callback=None, quantize_denoised=False,
+                              img_callback=None, mask=None, x0=None, temperature=1.0, noise_dropout=0.0,
+                              score_corrector=None, corrector_kwargs=None, batch_size=None, x_T=None,
+                              start_T=None, log_every_t=None):
+        """Ancestral sampling that records the x̂_0 predictions along the chain."""
+        if batch_size is not None:
+            shape = (batch_size, *shape)
+            cond = slice_conditioning(cond, batch_size)
+        return p_sample_loop(
+            self, cond, shape, x_T=x_T, start_T=start_T, log_every_t=log_every_t, mask=mask, x0=x0,
+            quantize_denoised=quantize_denoised, progressive=True, verbose=verbose, callback=callback,
+            img_callback=img_callback, temperature=temperature, noise_dropout=noise_dropout,
+            score_corrector=score_corrector, corrector_kwargs=corrector_kwargs)
+
+    @torch.no_grad()
+    def p_sample_loop(self, cond, shape, return_intermediates=False, x_T=None, verbose=True, callback=None,
+                      timesteps=None, quantize_denoised=False, mask=None, x0=None, img_callback=None,
+                      start_T=None, log_every_t=None):
+        img, intermediates = p_sample_loop(
+            self, cond, shape, x_T=x_T, timesteps=timesteps, start_T=start_T, log_every_t=log_every_t,
+            mask=mask, x0=x0, quantize_denoised=quantize_denoised, verbose=verbose, callback=callback,
+            img_callback=img_callback)
+        return (img, intermediates) if return_intermediates else img
+
+    @torch.no_grad()
+    def sample(self, cond, batch_size=16, return_intermediates=False, x_T=None, verbose=True, timesteps=None,
+               quantize_denoised=False, mask=None, x0=None, shape=None, **kwargs):
+        shape = shape or (batch_size, self.channels, self.image_size, self.image_size)
+        return self.p_sample_loop(slice_conditioning(cond, batch_size), shape,
+                                  return_intermediates=return_intermediates, x_T=x_T, verbose=verbose,
+                                  timesteps=timesteps, quantize_denoised=quantize_denoised, mask=mask, x0=x0)

@@ -1,0 +1,451 @@
+"""DDPM (pixel space, Ho et al. 2020) and LatentDiffusion (paper Sec. 3.2-3.3) as Lightning modules.
+
+The math lives beside this file: schedules (``schedule``), the forward process and the
+parameterisations (``parameterization``), the objective (``losses``), conditioning and the
+classifier-free-guidance dropout (``conditioning``), the first stage (``first_stage``), ancestral
+sampling (``ancestral``), optimizers/checkpoints/latent rescaling (``training``) and image logging
+(``image_logging``). These classes hold the weights under their original state-dict
+names and read as the training step: get input -> encode first stage -> loss.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Optional, Union
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from einops import rearrange
+from torch import nn
+
+from ldm.models.diffusion import ancestral, image_logging, training
+from ldm.models.diffusion import parameterization as P
+from ldm.models.diffusion.conditioning import (  # noqa: F401  (original import paths)
+    DiffusionWrapper, __conditioning_keys__, default_null_class, disabled_train, drop_conditioning,
+    encode_condition, freeze, instantiate_cond_stage, resolve_conditioning_key, to_model_kwargs)
+from ldm.models.diffusion.first_stage import decode_latent, sample_latent
+from ldm.models.diffusion.losses import LOSS_TYPES, DiffusionLoss, get_loss, lvlb_weights
+from ldm.models.diffusion.schedule import (
+    BETA_SCHEDULES, buffer_device, make_beta_schedule, register_schedule_buffers, schedule_arrays)
+from ldm.util import default, instantiate_from_config
+
+__all__ = ["DDPM", "DiffusionWrapper", "LatentDiffusion", "disabled_train"]
+
+log = logging.getLogger(__name__)
+
+RAW_CONDITION_KEYS = ("caption", "txt", "coordinates_bbox")  # passed to τ_θ as they come
+
+
+class DDPM(P.ForwardProcessMethods, pl.LightningModule):
+    """Denoising diffusion in pixel space; the base of LatentDiffusion."""
+
+    def __init__(
+        self,
+        unet_config: Mapping[str, Any],          # target/params of the denoiser ε_θ
+        timesteps: int = 1000,                   # T, length of the forward chain
+        beta_schedule: str = "linear",           # linear | cosine | sqrt_linear | sqrt
+        loss_type: str = "l2",                   # l1 | l2
+        ckpt_path: Optional[str] = None,         # initialise from this checkpoint
+        ignore_keys: Sequence[str] = (),         # state-dict key prefixes not to load from ckpt_path
+        load_only_unet: bool = False,            # ckpt_path holds only the DiffusionWrapper weights
+        monitor: Optional[str] = "val/loss",     # metric for checkpointing
+        use_ema: bool = True,                    # keep an EMA copy of the denoiser (model_ema.*)
+        first_stage_key: str = "image",          # batch key of the images
+        image_size: int = 256,                   # spatial size the denoiser works at
+        channels: int = 3,                       # channels the denoiser works at
+        log_every_t: int = 100,                  # stride of logged intermediates
+        clip_denoised: bool = True,              # clamp x̂_0 to [-1, 1] while sampling
+        linear_start: float = 1e-4,              # β_1 of the linear schedules
+        linear_end: float = 2e-2,                # β_T of the linear schedules
+        cosine_s: float = 8e-3,                  # offset s of the cosine schedule
+        given_betas: Optional[Sequence[float]] = None,  # explicit β_1..β_T, overrides the schedule
+        original_elbo_weight: float = 0.0,       # weight of the VLB term
+        v_posterior: float = 0.0,                # posterior variance: (1-v) β̃_t + v β_t
+        l_simple_weight: float = 1.0,            # weight of L_simple (paper Eq. (1))
+        conditioning_key: Optional[str] = None,  # None | concat | crossattn | hybrid | adm
+        parameterization: str = "eps",           # what the network predicts: eps | x0 | v
+        scheduler_config: Optional[Mapping[str, Any]] = None,  # LambdaLR multiplier (ldm.lr_scheduler)
+        use_positional_encodings: bool = False,  # unsupported, kept so original configs validate
+        learn_logvar: bool = False,              # learn per-timestep log-variances of the loss
+        logvar_init: float = 0.0,                # their initial value
+    ):
+        super().__init__()
+        P.check_parameterization(parameterization)
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type {loss_type!r} unknown; expected one of {LOSS_TYPES}")
+        if use_positional_encodings:
+            raise ValueError("use_positional_encodings=True is not supported: the original code never "
+                             "implemented the latent shifts it requires")
+        self.parameterization = parameterization
+        self.cond_stage_model = None
+        self.clip_denoised = clip_denoised
+        self.log_every_t = log_every_t
+        self.first_stage_key = first_stage_key
+        self.image_size = image_size
+        self.channels = channels
+        self.use_positional_encodings = use_positional_encodings
+        self.model = DiffusionWrapper(unet_config, conditioning_key)
+        self.use_ema = use_ema
+        if use_ema:
+            from ldm.modules.ema import LitEma
+            self.model_ema = LitEma(self.model)
+        self.use_scheduler = scheduler_config is not None
+        self.scheduler_config = scheduler_config
+        self.v_posterior = v_posterior
+        self.original_elbo_weight = original_elbo_weight
+        self.l_simple_weight = l_simple_weight
+        self.loss_type = loss_type
+        if monitor is not None:
+            self.monitor = monitor
+        self.register_schedule(given_betas, beta_schedule, timesteps, linear_start, linear_end, cosine_s)
+        self.learn_logvar = learn_logvar
+        logvar = torch.full((self.num_timesteps,), float(logvar_init), device=buffer_device())
+        if learn_logvar:
+            self.logvar = nn.Parameter(logvar)
+        else:  # a constant: not part of released checkpoints
+            self.register_buffer("logvar", logvar, persistent=False)
+        self.restarted_from_ckpt = False
+        if ckpt_path is not None:
+            self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys, only_model=load_only_unet)
+
+    # ---- schedule and forward process ----
+
+    def register_schedule(
+        self,
+        given_betas: Optional[Sequence[float]] = None,
+        beta_schedule: str = "linear",
+        timesteps: int = 1000,
+        linear_start: float = 1e-4,
+        linear_end: float = 2e-2,
+        cosine_s: float = 8e-3,
+    ) -> None:
+        if given_betas is not None:
+            betas = np.asarray(given_betas, dtype=np.float64)
+        else:
+            if beta_schedule not in BETA_SCHEDULES:
+                raise ValueError(f"beta_schedule {beta_schedule!r} unknown; expected one of {BETA_SCHEDULES}")
+            betas = make_beta_schedule(beta_schedule, timesteps, linear_start, linear_end, cosine_s)
+        arrays = schedule_arrays(betas, self.v_posterior)
+        self.num_timesteps = int(betas.shape[0])
+        self.linear_start, self.linear_end = linear_start, linear_end
+        register_schedule_buffers(self, arrays)
+        self.register_buffer("lvlb_weights", lvlb_weights(arrays, self.parameterization), persistent=False)
+
+    # ---- denoiser and objective ----
+
+    def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Any = None, return_ids: bool = False):
+        """ε_θ(x_t, t, c) (or x_0 / v, per ``parameterization``)."""
+        out = self.model(x_noisy, t, **to_model_kwargs(cond, self.model.conditioning_key))
+        return out[0] if isinstance(out, tuple) and not return_ids else out
+
+    def get_loss(self, pred, target, mean=True):
+        return get_loss(pred, target, self.loss_type, mean=mean)
+
+    def _diffusion_loss(self, x_start, cond, t, noise=None):
+        """Paper Eq. (1)-(3): noise x_0 to x_t, predict, regress the parameterisation's target."""
+        noise = default(noise, lambda: torch.randn_like(x_start))
+        x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
+        model_output = self.apply_model(x_noisy, t, cond)
+        target = P.training_target(self, self.parameterization, x_start, noise, t)
+        loss_fn = DiffusionLoss(self.loss_type, self.l_simple_weight, self.original_elbo_weight, self.learn_logvar)
+        return loss_fn(model_output, target, t, self.logvar, self.lvlb_weights,
+                       prefix="train" if self.training else "val")
+
+    def p_losses(self, x_start, t, noise=None):
+        return self._diffusion_loss(x_start, None, t, noise)
+
+    def sample_timesteps(self, batch_size: int) -> torch.Tensor:
+        """t ~ U{0, ..., T-1} (paper Eq. (1))."""
+        return torch.randint(0, self.num_timesteps, (batch_size,), device=self.device).long()
+
+    def forward(self, x, *args, **kwargs):
+        return self.p_losses(x, self.sample_timesteps(x.shape[0]), *args, **kwargs)
+
+    # ---- sampling (ancestral, Ho et al. Alg. 2) ----
+
+    def p_mean_variance(self, x, t, clip_denoised: bool):
+        return ancestral.p_mean_variance(self, x, None, t, clip_denoised)[:3]
+
+    @torch.no_grad()
+    def p_sample(self, x, t, clip_denoised=True, repeat_noise=False):
+        return ancestral.p_sample(self, x, None, t, clip_denoised=clip_denoised, repeat_noise=repeat_noise)[0]
+
+    @torch.no_grad()
+    def p_sample_loop(self, shape, return_intermediates=False):
+        img, intermediates = ancestral.p_sample_loop(self, None, shape)
+        return (img, intermediates) if return_intermediates else img
+
+    @torch.no_grad()
+    def sample(self, batch_size=16, return_intermediates=False):
+        shape = (batch_size, self.channels, self.image_size, self.image_size)
+        return self.p_sample_loop(shape, return_intermediates=return_intermediates)
+
+    # ---- training glue ----
+
+    def get_input(self, batch, k):
+        """Images come channel-last (B, H, W, C) from the datasets; the model wants (B, C, H, W)."""
+        if k not in batch:
+            raise KeyError(f"batch has no key {k!r} (keys: {sorted(batch)}); check first_stage_key/cond_stage_key")
+        x = batch[k]
+        if x.ndim == 3:
+            x = x[..., None]
+        x = rearrange(x, "b h w c -> b c h w")
+        return x.to(memory_format=torch.contiguous_format).float()
+
+    def shared_step(self, batch):
+        x = self.get_input(batch, self.first_stage_key)
+        return self(x)
+
+    def training_step(self, batch, batch_idx):
+        loss, loss_dict = self.shared_step(batch)
+        self.log_dict(loss_dict, prog_bar=True, logger=True, on_step=True, on_epoch=True)
+        self.log("global_step", float(self.global_step), prog_bar=True, logger=True, on_step=True, on_epoch=False)
+        if self.use_scheduler:
+            lr = self.optimizers().param_groups[0]["lr"]
+            self.log("lr_abs", lr, prog_bar=True, logger=True, on_step=True, on_epoch=False)
+        return loss
+
+    @torch.no_grad()
+    def validation_step(self, batch, batch_idx):
+        _, loss_dict = self.shared_step(batch)
+        with self.ema_scope():
+            _, loss_dict_ema = self.shared_step(batch)
+        self.log_dict(loss_dict, prog_bar=False, logger=True, on_step=False, on_epoch=True, sync_dist=True)
+        self.log_dict({k + "_ema": v for k, v in loss_dict_ema.items()},
+                      prog_bar=False, logger=True, on_step=False, on_epoch=True, sync_dist=True)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.use_ema:
+            self.model_ema(self.model)
+
+    def on_load_checkpoint(self, checkpoint):
+        self.restarted_from_ckpt = True
+
+    @contextmanager
+    def ema_scope(self, context: Optional[str] = None):
+        """Run the block with the EMA weights in ``self.model``; restore the trained ones after."""
+        if self.use_ema:
+            self.model_ema.store(self.model.parameters())
+            self.model_ema.copy_to(self.model)
+            if context is not None:
+                log.info("%s: switched to EMA weights", context)
+        try:
+            yield None
+        finally:
+            if self.use_ema:
+                self.model_ema.restore(self.model.parameters())
+                if context is not None:
+                    log.info("%s: restored training weights", context)
+
+    def init_from_ckpt(self, path: str, ignore_keys: Sequence[str] = (), only_model: bool = False) -> None:
+        training.init_from_ckpt(self, path, ignore_keys, only_model)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = list(self.model.parameters())
+        if self.learn_logvar:
+            params.append(self.logvar)
+        return params
+
+    def configure_optimizers(self):
+        """AdamW on ``self.learning_rate`` (set by the trainer), with the optional LambdaLR schedule."""
+        return training.configure_optimizers(self, self.trainable_parameters())
+
+    @torch.no_grad()
+    def log_images(self, batch, N=8, n_row=2, sample=True, return_keys=None, **kwargs):
+        return image_logging.log_images_ddpm(self, batch, N=N, n_row=n_row, sample=sample, return_keys=return_keys)
+
+
+class LatentDiffusion(ancestral.LatentSamplingMethods, DDPM):
+    """Diffusion in the latent space z = E(x) of a frozen autoencoder, conditioned through τ_θ(y)."""
+
+    def __init__(
+        self,
+        first_stage_config: Mapping[str, Any],                # the frozen autoencoder E, D (paper Sec. 3.1)
+        cond_stage_config: Union[str, Mapping[str, Any]],    # τ_θ, or __is_first_stage__ / __is_unconditional__
+        num_timesteps_cond: Optional[int] = None,            # >1: noise the condition too (legacy option)
+        cond_stage_key: str = "image",                       # batch key of the condition y
+        cond_stage_trainable: bool = False,                  # optimise τ_θ jointly (paper Eq. (3))
+        concat_mode: bool = True,                            # default conditioning: concat (else crossattn)
+        cond_stage_forward: Optional[str] = None,            # method of τ_θ to call instead of encode/forward
+        conditioning_key: Optional[str] = None,              # None | concat | crossattn | hybrid | adm
+        scale_factor: float = 1.0,                           # z is scaled by this before diffusion
+        scale_by_std: bool = False,                          # set scale_factor = 1/std(z) on the first batch
+        ucg_rate: float = 0.0,                               # classifier-free guidance: P(drop condition)
+        ucg_null_class: Optional[int] = None,                # null class index (default: embedder's)
+        **kwargs: Any,                                       # DDPM parameters
+    ):
+        self.num_timesteps_cond = default(num_timesteps_cond, 1)
+        if self.num_timesteps_cond > kwargs.get("timesteps", 1000):
+            raise ValueError(f"num_timesteps_cond ({self.num_timesteps_cond}) exceeds timesteps")
+        if not 0.0 <= ucg_rate <= 1.0:
+            raise ValueError(f"ucg_rate must be in [0, 1], got {ucg_rate}")
+        self.scale_by_std = scale_by_std
+        conditioning_key = resolve_conditioning_key(conditioning_key, concat_mode, cond_stage_config)
+        ckpt_path = kwargs.pop("ckpt_path", None)  # loaded below, once every stage exists
+        ignore_keys = kwargs.pop("ignore_keys", ())
+        super().__init__(conditioning_key=conditioning_key, **kwargs)
+        self.concat_mode = concat_mode
+        self.cond_stage_trainable = cond_stage_trainable
+        self.cond_stage_key = cond_stage_key
+        self.ucg_rate = ucg_rate
+        self.ucg_null_class = ucg_null_class
+        if scale_by_std:  # a buffer, so the estimate is saved with the weights
+            self.register_buffer("scale_factor", torch.tensor(float(scale_factor), device=buffer_device()))
+        else:
+            self.scale_factor = scale_factor
+        self.instantiate_first_stage(first_stage_config)
+        self.instantiate_cond_stage(cond_stage_config)
+        self.cond_stage_forward = cond_stage_forward
+        self.clip_denoised = False
+        self.bbox_tokenizer = None
+        if ckpt_path is not None:
+            self.init_from_ckpt(ckpt_path, ignore_keys)
+
+    def register_schedule(self, given_betas=None, beta_schedule="linear", timesteps=1000,
+                          linear_start=1e-4, linear_end=2e-2, cosine_s=8e-3):
+        super().register_schedule(given_betas, beta_schedule, timesteps, linear_start, linear_end, cosine_s)
+        self.shorten_cond_schedule = self.num_timesteps_cond > 1
+        if self.shorten_cond_schedule:
+            self.make_cond_schedule()
+
+    def make_cond_schedule(self):
+        self.cond_ids = torch.full((self.num_timesteps,), self.num_timesteps - 1, dtype=torch.long)
+        ids = torch.round(torch.linspace(0, self.num_timesteps - 1, self.num_timesteps_cond)).long()
+        self.cond_ids[:self.num_timesteps_cond] = ids
+
+    def instantiate_first_stage(self, config):
+        self.first_stage_model = freeze(instantiate_from_config(config, path="first_stage_config"))
+
+    def instantiate_cond_stage(self, config):
+        self.cond_stage_model = instantiate_cond_stage(config, self.cond_stage_trainable, self.first_stage_model)
+
+    # ---- first stage: z = scale_factor * E(x), x = D(z / scale_factor) ----
+
+    @torch.no_grad()
+    def on_train_batch_start(self, batch, batch_idx):
+        """Latent rescaling (paper Sec. 4.3.2, App. C.1): on the first batch of a fresh run, set
+        scale_factor so that the latents of that batch have unit standard deviation."""
+        if not (self.scale_by_std and self.current_epoch == 0 and self.global_step == 0
+                and batch_idx == 0 and not self.restarted_from_ckpt):
+            return
+        training.rescale_latents_by_std(self, DDPM.get_input(self, batch, self.first_stage_key))
+
+    def get_first_stage_encoding(self, encoder_posterior):
+        return self.scale_factor * sample_latent(encoder_posterior)
+
+    @torch.no_grad()
+    def encode_first_stage(self, x):
+        return self.first_stage_model.encode(x)
+
+    def differentiable_decode_first_stage(self, z, predict_cids=False, force_not_quantize=False):
+        return decode_latent(self.first_stage_model, z, self.scale_factor, predict_cids, force_not_quantize)
+
+    @torch.no_grad()
+    def decode_first_stage(self, z, predict_cids=False, force_not_quantize=False):
+        return self.differentiable_decode_first_stage(z, predict_cids, force_not_quantize)
+
+    # ---- conditioning ----
+
+    def get_learned_conditioning(self, c):
+        """τ_θ(y) (paper Sec. 3.3)."""
+        return encode_condition(self.cond_stage_model, c, self.cond_stage_forward)
+
+    def null_class(self) -> int:
+        return self.ucg_null_class if self.ucg_null_class is not None else default_null_class(self.cond_stage_model)
+
+    def drop_condition(self, xc, rate: float):
+        """Classifier-free guidance training: per sample, y -> null with probability ``rate``."""
+        class_key = getattr(self.cond_stage_model, "key", self.cond_stage_key)
+        needs_class = isinstance(xc, Mapping) or (isinstance(xc, torch.Tensor) and not xc.is_floating_point())
+        return drop_conditioning(xc, rate, class_key, self.null_class() if needs_class else None)[0]
+
+    @torch.no_grad()
+    def get_unconditional_conditioning(self, xc, batch_size: Optional[int] = None):
+        """τ_θ(∅) shaped like the conditioning of raw condition ``xc`` (for guided sampling)."""
+        c = self.get_learned_conditioning(self.drop_condition(xc, 1.0))
+        return ancestral.slice_conditioning(c, batch_size) if batch_size else c
+
+    def _raw_condition(self, batch, cond_key, x):
+        if cond_key == self.first_stage_key:
+            return x
+        if cond_key == "class_label":  # the class embedder picks its key from the batch
+            return batch
+        if cond_key in RAW_CONDITION_KEYS or not isinstance(batch.get(cond_key), torch.Tensor):
+            return batch[cond_key]
+        return DDPM.get_input(self, batch, cond_key).to(self.device)
+
+    @torch.no_grad()
+    def get_input(self, batch, k, return_first_stage_outputs=False, force_c_encode=False, cond_key=None,
+                  return_original_cond=False, bs=None, drop_cond: Optional[bool] = None):
+        """(z, c[, x, D(z)][, y]): latents of ``batch[k]`` and the (encoded unless τ_θ is trained)
+        condition. While training, the condition is dropped with probability ``ucg_rate``."""
+        x = super().get_input(batch, k)
+        if bs is not None:
+            x = x[:bs]
+        x = x.to(self.device)
+        z = self.get_first_stage_encoding(self.encode_first_stage(x)).detach()
+        c = xc = None
+        if self.model.conditioning_key is not None:
+            xc = self._raw_condition(batch, cond_key or self.cond_stage_key, x)
+            if default(drop_cond, self.training) and self.ucg_rate > 0:
+                xc = self.drop_condition(xc, self.ucg_rate)
+            c = xc
+            if not self.cond_stage_trainable or force_c_encode:
+                c = self.get_learned_conditioning(xc if isinstance(xc, (dict, list)) else xc.to(self.device))
+            if bs is not None and isinstance(c, (torch.Tensor, list)):
+                c = c[:bs]
+        out = [z, c]
+        if return_first_stage_outputs:
+            out.extend([x, self.decode_first_stage(z)])
+        if return_original_cond:
+            out.append(xc)
+        return out
+
+    # ---- objective ----
+
+    def shared_step(self, batch, **kwargs):
+        x, c = self.get_input(batch, self.first_stage_key)
+        return self(x, c)
+
+    def forward(self, x, c, *args, **kwargs):
+        t = self.sample_timesteps(x.shape[0])
+        if self.model.conditioning_key is not None:
+            if c is None:
+                raise ValueError(f"conditioning_key={self.model.conditioning_key!r} needs a condition, got None")
+            if self.cond_stage_trainable:
+                c = self.get_learned_conditioning(c)
+            if self.shorten_cond_schedule:
+                tc = self.cond_ids[t].to(self.device)
+                c = self.q_sample(x_start=c, t=tc, noise=torch.randn_like(c.float()))
+        return self.p_losses(x, c, t, *args, **kwargs)
+
+    def p_losses(self, x_start, cond, t, noise=None):
+        return self._diffusion_loss(x_start, cond, t, noise)
+
+    def trainable_parameters(self):
+        params = super().trainable_parameters()
+        if self.cond_stage_trainable:
+            params.extend(self.cond_stage_model.parameters())
+        return params
+
+    # ---- sampling: p_mean_variance, p_sample, progressive_denoising, p_sample_loop, sample
+    #      come from ancestral.LatentSamplingMethods ----
+
+    @torch.no_grad()
+    def sample_log(self, cond, batch_size, ddim, ddim_steps, **kwargs):
+        return image_logging.sample_log(self, cond, batch_size, ddim, ddim_steps, **kwargs)
+
+    @torch.no_grad()
+    def log_images(self, batch, N=8, n_row=4, sample=True, ddim_steps=200, ddim_eta=1.0, return_keys=None,
+                   quantize_denoised=True, inpaint=True, plot_denoise_rows=False, plot_progressive_rows=True,
+                   plot_diffusion_rows=True, unconditional_guidance_scale=1.0, **kwargs):
+        return image_logging.log_images_ldm(
+            self, batch, N=N, n_row=n_row, sample=sample, ddim_steps=ddim_steps, ddim_eta=ddim_eta,
+            return_keys=return_keys, quantize_denoised=quantize_denoised, inpaint=inpaint,
+            plot_denoise_rows=plot_denoise_rows, plot_progressive_rows=plot_progressive_rows,
+            plot_diffusion_rows=plot_diffusion_rows, unconditional_guidance_scale=unconditional_guidance_scale)
+
+    def to_rgb(self, x):
+        return image_logging.to_rgb(self, x)

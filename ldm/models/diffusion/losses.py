@@ -1,0 +1,99 @@
+"""The diffusion training objective: L_simple (paper Eq. (1)-(3)) plus an optional VLB term.
+
+    loss = l_simple_weight * mean_b[ L_simple(b) / exp(logvar_t) + logvar_t ]
+           + original_elbo_weight * mean_b[ λ_t L_simple(b) ]
+
+with per-timestep log-variances ``logvar`` (fixed at ``logvar_init`` unless learned, in which case
+this is the heteroscedastic weighting of Kendall & Gal 2017) and VLB weights λ_t (Ho et al. Eq. (5)).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ldm.models.diffusion.schedule import buffer_device
+
+__all__ = ["LOSS_TYPES", "DiffusionLoss", "get_loss", "lvlb_weights"]
+
+LOSS_TYPES = ("l1", "l2")
+
+
+def get_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str, mean: bool = True) -> torch.Tensor:
+    """Elementwise L1 or squared L2 error; averaged over everything when ``mean``."""
+    if loss_type == "l1":
+        loss = (target - pred).abs()
+    elif loss_type == "l2":
+        loss = F.mse_loss(target, pred, reduction="none")
+    else:
+        raise ValueError(f"loss_type {loss_type!r} unknown; expected one of {LOSS_TYPES}")
+    return loss.mean() if mean else loss
+
+
+def lvlb_weights(arrays: dict[str, np.ndarray], parameterization: str) -> torch.Tensor:
+    """λ_t turning the per-sample regression error into the VLB term L_{t-1} (Ho et al. Eq. (5)).
+
+    L_{t-1} = ||μ̃_t - μ_θ||² / (2σ_t²) and μ̃_t - μ_θ = coef1_t (x_0 - x̂_0), so λ_t is
+    coef1_t² / (2σ_t²) times the factor converting the parameterisation's error into an x_0 error:
+    (1 - ᾱ_t)/ᾱ_t for ε (which gives β_t² / (2σ_t² α_t (1 - ᾱ_t)), Ho et al. Eq. (12)), 1 for x_0 and
+    (1 - ᾱ_t) for v. At t=0 the posterior variance is 0, so λ_0 copies λ_1 as in the original.
+    The original code's x0 weight had an operator-precedence slip and its v weight was constant 1;
+    both only matter for original_elbo_weight > 0, which no released config uses.
+    """
+    ac = arrays["alphas_cumprod"]
+    factor = {"eps": (1 - ac) / ac, "x0": np.ones_like(ac), "v": 1 - ac}.get(parameterization)
+    if factor is None:
+        raise ValueError(f"parameterization {parameterization!r} has no VLB weighting; expected eps, x0 or v")
+    with np.errstate(divide="ignore", invalid="ignore"):  # t=0 is replaced below
+        weights = arrays["posterior_mean_coef1"] ** 2 / (2 * arrays["posterior_variance"]) * factor
+    if len(weights) > 1:
+        weights[0] = weights[1]
+    weights = torch.tensor(weights, dtype=torch.float32, device=buffer_device())
+    if not torch.isfinite(weights).all():
+        raise ValueError("VLB weights are not finite: check the beta schedule (given_betas / v_posterior)")
+    return weights
+
+
+class DiffusionLoss:
+    """Combines L_simple, the learned/fixed log-variance weighting and the VLB term.
+
+    Stateless apart from its weights; the tensors it reads (``logvar``, ``lvlb_weights``) live on
+    the model so they move with it between devices.
+    """
+
+    def __init__(
+        self,
+        loss_type: str = "l2",              # l1 | l2 elementwise error
+        l_simple_weight: float = 1.0,       # weight of L_simple (paper Eq. (1))
+        original_elbo_weight: float = 0.0,  # weight of the VLB term L_vlb
+        learn_logvar: bool = False,         # report the logvar statistics when they are learned
+    ):
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type {loss_type!r} unknown; expected one of {LOSS_TYPES}")
+        self.loss_type = loss_type
+        self.l_simple_weight = l_simple_weight
+        self.original_elbo_weight = original_elbo_weight
+        self.learn_logvar = learn_logvar
+
+    def __call__(
+        self,
+        model_output: torch.Tensor,
+        target: torch.Tensor,
+        t: torch.Tensor,
+        logvar: torch.Tensor,
+        lvlb_weights: torch.Tensor,
+        prefix: str = "train",
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        per_sample = get_loss(model_output, target, self.loss_type, mean=False).mean(dim=list(range(1, target.ndim)))
+        log = {f"{prefix}/loss_simple": per_sample.mean()}
+        logvar_t = logvar.to(per_sample.device)[t]
+        weighted = per_sample / torch.exp(logvar_t) + logvar_t
+        if self.learn_logvar:
+            log[f"{prefix}/loss_gamma"] = weighted.mean()
+            log["logvar"] = logvar.detach().mean()
+        loss = self.l_simple_weight * weighted.mean()
+        loss_vlb = (lvlb_weights.to(per_sample.device)[t] * per_sample).mean()
+        log[f"{prefix}/loss_vlb"] = loss_vlb
+        loss = loss + self.original_elbo_weight * loss_vlb
+        log[f"{prefix}/loss"] = loss
+        return loss, log

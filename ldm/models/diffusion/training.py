@@ -1,0 +1,71 @@
+"""Training glue of the diffusion models: optimizers, checkpoint initialisation, latent rescaling."""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from ldm.util import instantiate_from_config
+
+__all__ = ["configure_optimizers", "init_from_ckpt", "rescale_latents_by_std"]
+
+log = logging.getLogger(__name__)
+
+
+def configure_optimizers(model: Any, params: Iterable[nn.Parameter]):
+    """AdamW on ``model.learning_rate``; with ``model.scheduler_config``, a per-step LambdaLR whose
+    multiplier is an ``ldm.lr_scheduler`` object (the original setup)."""
+    lr = getattr(model, "learning_rate", None)
+    if lr is None:
+        raise AttributeError(f"{type(model).__name__}.learning_rate is not set; the trainer sets it from "
+                             "model.base_learning_rate (set it yourself when training without it)")
+    opt = torch.optim.AdamW(list(params), lr=lr)
+    if model.scheduler_config is None:
+        return opt
+    multiplier = instantiate_from_config(model.scheduler_config, path="model.params.scheduler_config")
+    scheduler = {"scheduler": LambdaLR(opt, lr_lambda=multiplier.schedule), "interval": "step", "frequency": 1}
+    return [opt], [scheduler]
+
+
+def init_from_ckpt(model: Any, path: str, ignore_keys: Sequence[str] = (), only_model: bool = False) -> None:
+    """Load weights from ``path`` without unpickling code (``ldm.checkpoint``).
+
+    Keys under ``ignore_keys`` keep their initialisation; every other key must match (the original
+    loaded non-strictly and silently kept random weights). An EMA absent from the file restarts
+    from the loaded weights instead of the random ones. ``only_model``: load into the
+    DiffusionWrapper, from a full checkpoint (``model.*``) or a bare one.
+    """
+    from ldm import checkpoint as ckpt
+    from ldm.modules.ema import LitEma
+    target = model.model if only_model else model
+    if not os.path.isfile(path):
+        ckpt.init_from_ckpt(target, path)  # raises, or warns when LDM_ALLOW_MISSING_CKPT=1
+        return
+    sd = ckpt.load_state_dict(path)
+    if only_model and any(k.startswith("model.") for k in sd):
+        sd = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
+    report = ckpt.load_into(target, sd, strict=False, ignore_keys=ignore_keys, path=path)
+    missing = [k for k in report.missing if not k.startswith(("model_ema.", *ignore_keys))]
+    if missing or report.unexpected or report.mismatched:
+        raise RuntimeError(f"checkpoint does not match {type(target).__name__}:\n{report}")
+    if model.use_ema and not any(k.startswith("model_ema.") for k in sd):
+        model.model_ema = LitEma(model.model)
+    log.info("%s", report)
+    model.restarted_from_ckpt = True
+
+
+@torch.no_grad()
+def rescale_latents_by_std(model: Any, x: torch.Tensor) -> None:
+    """Set ``model.scale_factor`` so the latents of images ``x`` have unit standard deviation
+    (paper Sec. 4.3.2 and App. C.1). Under DDP every rank takes rank 0's estimate."""
+    z = model.get_first_stage_encoding(model.encode_first_stage(x.to(model.device))).detach()
+    new = (model.scale_factor / z.flatten().std()).to(model.scale_factor)  # z already carries the old factor
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.broadcast(new, src=0)
+    model.scale_factor.copy_(new)
+    log.info("scale_by_std: scale_factor set to %.6f", float(model.scale_factor))
