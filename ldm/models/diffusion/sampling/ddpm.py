@@ -1,0 +1,62 @@
+"""Ancestral DDPM sampling (Ho et al. 2020, Alg. 2) on any descending noise-level sequence.
+
+Each step draws from the posterior q(x_next | x, x0_hat) (Ho et al. 2020, Eq. 6-7); in
+x = x0 + sigma*n coordinates with r = sigma_next^2 / sigma^2 its mean is x0_hat + r (x - x0_hat)
+and its standard deviation sigma_next * sqrt(1 - r). On the full chain ``ddpm_sigmas`` this is
+the original ``p_sample_loop`` with the fixed-small variance; the last step to sigma = 0 returns
+the x0 estimate.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ._common import (Callback, Denoiser, NoiseSampler, call_denoiser, check_mask, check_sigmas,
+                      default_noise_sampler, paste_known, progress, report)
+
+__all__ = ["sample_ddpm"]
+
+
+@torch.no_grad()
+def sample_ddpm(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    extra_args: Optional[dict] = None,
+    callback: Optional[Callback] = None,
+    disable: Optional[bool] = None,
+    generator: Optional[torch.Generator] = None,
+    noise_sampler: Optional[NoiseSampler] = None,
+    mask: Optional[torch.Tensor] = None,
+    x0: Optional[torch.Tensor] = None,
+    clip_denoised: bool = False,
+) -> torch.Tensor:
+    """Ancestral sampling from ``sigmas[0]`` to ``sigmas[-1]``.
+
+    clip_denoised: clamp the x0 estimate to [-1, 1] before forming the posterior mean (the
+        original ``clip_denoised``; meant for pixel-space models).
+    noise_sampler / mask / x0: as in ``sample_ddim`` (re-noising draw first, then the step noise,
+        which is skipped when sigma_next = 0).
+    """
+    levels = check_sigmas(sigmas)
+    check_mask(mask, x0, x)
+    extra_args = {} if extra_args is None else extra_args
+    noise_sampler = default_noise_sampler(x, generator) if noise_sampler is None else noise_sampler
+    for i in progress(len(levels) - 1, disable, "DDPM"):
+        sigma, sigma_next = levels[i], levels[i + 1]
+        if mask is not None:
+            x = paste_known(x, x0, mask, sigma, noise_sampler(sigma, sigma_next))
+        denoised = call_denoiser(denoiser, x, sigma, extra_args)
+        if clip_denoised:
+            denoised = denoised.clamp(-1.0, 1.0)
+        ratio = (sigma_next / sigma) ** 2
+        x_next = denoised + ratio * (x - denoised)
+        if sigma_next > 0.0:
+            x_next = x_next + sigma_next * (1.0 - ratio) ** 0.5 * noise_sampler(sigma, sigma_next)
+        report(callback, i, sigma, sigma_next, x, denoised, x_next)
+        x = x_next
+    if mask is not None:
+        x = mask * x0 + (1.0 - mask) * x
+    return x
