@@ -1,7 +1,10 @@
 """Data layer: synthetic shapes, robust image folders, image decoding, the Lightning data module."""
 from __future__ import annotations
 
+import inspect
+import io
 import os
+import pickle
 import random
 import struct
 import time
@@ -15,12 +18,13 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 from pytorch_lightning.utilities.model_helpers import is_overridden
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ldm.config.errors import ConfigError
 from ldm.data.base import DataModuleFromConfig, WrappedDataset, collate_examples, worker_init_fn
 from ldm.data.folder import BadImageWarning, ImageFolder, ImageFolderTrain, ImageFolderValidation
 from ldm.data.image_io import BadImageError, load_rgb, resize_crop, to_float, to_uint8
+from ldm.data.skipping import SkipBadImages
 from ldm.data.synthetic import (
     COLOURS,
     SHAPES,
@@ -498,3 +502,145 @@ def test_worker_init_fn_seeds_numpy_and_random_from_torch():
     np.random.seed(123)
     random.seed(123)
     assert draws == (np.random.random(), random.random())
+
+
+# ============================================================================================
+# Image sources, public hooks, skipping mixin, file lists, named variants
+# ============================================================================================
+
+
+def test_load_rgb_accepts_path_bytes_and_file_objects(tmp_path):
+    Image.fromarray(RGBA).save(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    with open(tmp_path / "a.png", "rb") as f:
+        from_stream = load_rgb(f)
+        assert not f.closed  # the caller's stream stays the caller's
+    for decoded in (load_rgb(data), load_rgb(bytearray(data)), load_rgb(io.BytesIO(data)), from_stream):
+        assert np.array_equal(decoded, RGBA_ON_WHITE)
+    with pytest.raises(BadImageError, match="too small") as e:
+        load_rgb(data, min_size=17, name="shard.tar#3")
+    assert e.value.path == "shard.tar#3"
+    with pytest.raises(BadImageError) as e:
+        load_rgb(b"\x89PNG broken")
+    assert e.value.path == "<11 bytes>" and "not a readable image" in e.value.reason
+    with pytest.raises(BadImageError, match="file not found"):
+        load_rgb(tmp_path / "missing.png")
+
+
+def test_decode_image_is_load_rgb_on_bytes(tmp_path):
+    from ldm.data.laion import decode_image
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    jpeg = buf.getvalue()
+    assert np.array_equal(decode_image(jpeg, "x#0", draft_size=16), load_rgb(jpeg, draft_size=16))
+    assert decode_image(jpeg, "x#0", draft_size=16).shape == (16, 16, 3)  # DCT-domain 1/4 scale
+    with pytest.raises(BadImageError, match="truncated") as e:  # same error classes as files
+        decode_image(jpeg[:-2000], "x#0")
+    assert e.value.path == "x#0"
+
+
+class _Squares(ImageFolder):
+    """A subclass using only the public hooks."""
+
+    def transform(self, arr):
+        return arr[:8, :8]
+
+    def caption(self, j):
+        return f"file {self.relpath(j)}"
+
+
+def test_image_folder_public_hooks(tmp_path):
+    for i in range(3):
+        Image.fromarray(np.full((12, 16, 3), 10 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    ds = _Squares(str(tmp_path), size=None)
+    assert [ds.relpath(j) for j in range(3)] == ["0.png", "1.png", "2.png"]
+    assert ds.path(1) == str(tmp_path / "1.png")
+    assert ds.read_image(2).shape == (12, 16, 3) and ds.read_image(2).dtype == np.uint8
+    ex = ds[2]
+    assert list(ex) == ["caption", "image", "file_path_", "relpath"]
+    assert ex["caption"] == "file 2.png" and np.array_equal(ex["image"], np.full((8, 8, 3), to_float(np.uint8(20))))
+
+
+class _EveryOther(SkipBadImages, Dataset):
+    """Items are their index; odd items are bad."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.root, self.n = "numbers", n
+
+    def __len__(self):
+        return self.n
+
+    def path(self, j):
+        return f"numbers#{j}"
+
+    def load_example(self, j):
+        if j % 2:
+            raise BadImageError(self.path(j), "odd")
+        return {"value": j}
+
+
+def test_skip_bad_images_mixin():
+    ds = _EveryOther(5)
+    with pytest.warns(BadImageWarning) as caught:
+        assert [ds[i]["value"] for i in range(5)] == [0, 2, 2, 4, 4]
+    assert [str(w.message) for w in caught] == ["skipping image numbers#1: odd", "skipping image numbers#3: odd"]
+    assert ds[-4]["value"] == 2 and ds.skipped == {"numbers#1": "odd", "numbers#3": "odd"}
+    with pytest.raises(IndexError):
+        ds[5]
+    with pytest.warns(BadImageWarning), pytest.raises(ValueError, match="_OnlyBad 'numbers': none of its 1 "):
+        _OnlyBad()[0]
+
+
+class _OnlyBad(_EveryOther):
+    def __init__(self):
+        super().__init__(1)
+
+    def load_example(self, j):
+        raise BadImageError(self.path(j), "odd")
+
+
+def test_file_list_as_paths_without_scanning(tmp_path, monkeypatch):
+    for rel in ("a/1.png", "a/2.png", "b/3.png", "c/4.png"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(tmp_path / rel)
+
+    def no_scan(*args):
+        raise AssertionError("a file_list dataset must not scan the folder")
+
+    monkeypatch.setattr("ldm.data.folder._scan", no_scan)
+    ds = ImageFolder(str(tmp_path), size=8, file_list=["b/3.png", "./a/1.png", "a/1.png"], labels_from_subfolders=True)
+    assert [ds.relpath(j) for j in range(len(ds))] == ["a/1.png", "b/3.png"]
+    # Class indices come from the class folders, so every list of the same root agrees on them.
+    assert ds.classes == ["a", "b", "c"] and [ds[j]["class_label"] for j in range(2)] == [0, 1]
+    assert ImageFolder(str(tmp_path), size=8, file_list=["c/4.png"], labels_from_subfolders=True)[0]["class_label"] == 2
+    with pytest.raises(ValueError, match=r"\[2 path\(s\)\] names 1 file\(s\) not found.*'a/9.png'"):
+        ImageFolder(str(tmp_path), file_list=["a/1.png", "a/9.png"])
+    with pytest.raises(ValueError, match="not images by their extension"):
+        ImageFolder(str(tmp_path), file_list=["a/1.txt"])
+    with pytest.raises(ValueError, match="outside root"):
+        ImageFolder(str(tmp_path), file_list=["../x.png"])
+    lazy = ImageFolder(str(tmp_path), size=8, file_list=["a/1.png", "a/9.png"], verify_file_list=False)
+    assert len(lazy) == 2
+    with pytest.warns(BadImageWarning, match="9.png: file not found"):
+        assert lazy[1]["relpath"] == "a/1.png"  # the missing file is skipped, wrapping around
+
+
+def test_named_variants_fix_the_split_and_pickle(tmp_path):
+    for i in range(6):
+        Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(tmp_path / f"{i}.png")
+    sig = inspect.signature(ImageFolderTrain)
+    assert "split" not in sig.parameters and sig.parameters["crop"].default == "random"
+    assert sig.parameters["flip"].default is True and inspect.signature(ImageFolderValidation).parameters["flip"].default is False
+    with pytest.raises(ValueError, match="ImageFolderTrain fixes split='train'; use ImageFolder"):
+        ImageFolderTrain(str(tmp_path), split="validation")
+    ds = ImageFolderValidation(str(tmp_path), size=8, val_fraction=0.5)
+    clone = pickle.loads(pickle.dumps(ds))
+    assert type(clone) is ImageFolderValidation and ImageFolderValidation.__module__ == "ldm.data.folder"
+    assert [clone.relpath(j) for j in range(len(clone))] == [ds.relpath(j) for j in range(len(ds))]
+    with pytest.raises(ConfigError, match="split"):
+        instantiate_from_config({"target": "ldm.data.folder.ImageFolderTrain",
+                                 "params": {"root": str(tmp_path), "split": "train"}}, path="data")
+    with pytest.raises(ConfigError, match=r"data\.params\.flip"):
+        instantiate_from_config({"target": "ldm.data.folder.ImageFolderTrain",
+                                 "params": {"root": str(tmp_path), "flip": "yes"}}, path="data")

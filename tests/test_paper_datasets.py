@@ -445,3 +445,128 @@ def test_data_module_collates_layout_and_caption_batches(tmp_path):
     assert tuple(batch["coordinates_bbox"].shape) == (2, 92) and str(batch["coordinates_bbox"].dtype) == "torch.int64"
     text = next(iter(dm.test_dataloader()))
     assert text["caption"] == ["a red bird", "two cats"]
+
+
+# ------------------------------------------------------------------------------ OpenImages box index cache
+
+def _fail_parse(path):
+    raise AssertionError(f"{path} was parsed again although its cached index is valid")
+
+
+def test_openimages_box_index_is_cached_reused_and_invalidated(tmp_path, monkeypatch):
+    from ldm.data import openimages_boxes
+    from ldm.data.openimages import OpenImagesBBoxValidation
+    _openimages(tmp_path)
+    csv_path = tmp_path / "annotations" / "validation-annotations-bbox.csv"
+    cache = Path(f"{csv_path}.boxindex.npz")
+    first = OpenImagesBBoxValidation(size=16, root=str(tmp_path))
+    assert cache.is_file()
+    with np.load(cache, allow_pickle=False) as z:
+        assert z["ids"].tolist() == [b"bbb"] and z["offsets"].tolist() == [0, 3]
+        assert int(z["source_size"]) == csv_path.stat().st_size
+    expected = first[0]
+
+    monkeypatch.setattr(openimages_boxes, "parse_box_csv", _fail_parse)
+    again = OpenImagesBBoxValidation(size=16, root=str(tmp_path))  # served from the cache
+    np.testing.assert_array_equal(again[0]["coordinates_bbox"], expected["coordinates_bbox"])
+    np.testing.assert_array_equal(again[0]["bboxes"], expected["bboxes"])
+    monkeypatch.undo()
+
+    # A CSV of another size: parsed again, the new box is seen, the cache rewritten.
+    with open(csv_path, "a") as f:
+        f.write("ccc,xclick,/m/01,1,0.25,0.75,0.25,0.75,0,0,0,0,0\n")
+    changed = OpenImagesBBoxValidation(size=16, root=str(tmp_path))
+    assert changed[1]["n_objects"] == 1 and changed[1]["relpath"] == "ccc.jpg"
+    with np.load(cache, allow_pickle=False) as z:
+        assert z["ids"].tolist() == [b"bbb", b"ccc"]
+    # Same size, new modification time (an edited value): parsed again too.
+    text = csv_path.read_text().replace("ccc,xclick,/m/01", "ccc,xclick,/m/02")
+    csv_path.write_text(text)
+    st = csv_path.stat()
+    os.utime(csv_path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    relabelled = OpenImagesBBoxValidation(size=16, root=str(tmp_path))
+    assert relabelled[1]["bboxes"][0, 0] == 1  # class 1 = /m/02 (Dog)
+
+
+def test_openimages_box_csv_parsing_and_cache_fallback(tmp_path, monkeypatch):
+    from ldm.data.openimages_boxes import box_index_cache_paths, load_box_index, parse_box_csv
+    csv_path = tmp_path / "boxes.csv"
+    csv_path.write_text('LabelName,"Source, quoted",ImageID,XMin,XMax,YMin,YMax\r\n'
+                        '/m/b,"a, b",img2,0.5,0.75,0.0,1.0\r\n'
+                        '/m/a,x,img1,0.0,0.5,0.25,0.5\r\n'
+                        '/m/a,x,img2,0.0,0.25,0.0,0.125\r\n')
+    index = parse_box_csv(str(csv_path))
+    assert index.ids.tolist() == [b"img1", b"img2"] and index.offsets.tolist() == [0, 1, 3]
+    assert index.label_names == ["/m/b", "/m/a"]
+    rows = index.rows({"/m/a": 0, "/m/b": 1})
+    np.testing.assert_array_equal(rows, [[0, 0.0, 0.25, 0.5, 0.5], [1, 0.5, 0.0, 0.75, 1.0], [0, 0.0, 0.0, 0.25, 0.125]])
+    with pytest.raises(ValueError, match="label '/m/b' of image img2 is not a listed class"):
+        index.rows({"/m/a": 0})
+    bad = tmp_path / "bad.csv"
+    bad.write_text("ImageID,LabelName,XMin,XMax,YMin\n")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['YMax'\]"):
+        parse_box_csv(str(bad))
+    bad.write_text("ImageID,LabelName,XMin,XMax,YMin,YMax\nimg,/m/a,0.1,zero,0.1,0.2\n")
+    with pytest.raises(ValueError, match="bad.csv: malformed row"):
+        parse_box_csv(str(bad))
+    # The folder beside the CSV cannot take the cache: it goes to the user cache instead.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    beside, user = box_index_cache_paths(str(csv_path))
+    os.mkdir(beside)  # a directory where the cache file would go
+    load_box_index(str(csv_path))
+    assert os.path.isfile(user) and user.startswith(str(tmp_path / "user-cache" / "ldm" / "openimages"))
+    monkeypatch.setattr("ldm.data.openimages_boxes.parse_box_csv", _fail_parse)
+    assert load_box_index(str(csv_path)).ids.tolist() == [b"img1", b"img2"]
+
+
+# ------------------------------------------------------------------------------ shared plumbing
+
+def test_webdataset_captions_use_the_skip_mixin_not_image_folder(tmp_path):
+    from ldm.data.folder import ImageFolder
+    from ldm.data.laion import LAIONTrain, WebDatasetCaptions
+    from ldm.data.skipping import SkipBadImages
+    assert issubclass(WebDatasetCaptions, SkipBadImages) and not issubclass(WebDatasetCaptions, ImageFolder)
+    _shards(tmp_path / "laion" / "train")
+    ds = LAIONTrain(size=16, root=str(tmp_path / "laion"))
+    assert ds.crop == "random" and len(ds) == 4 and ds.skipped == {}
+    assert ds.relpath(3) == "00001.tar#3" and ds.path(3) == str(tmp_path / "laion" / "train" / "00001.tar") + "#3"
+    with pytest.warns(BadImageWarning):
+        ds[2]
+    assert list(ds.skipped) == [ds.path(2)]
+    ds = WebDatasetCaptions(str(tmp_path / "laion" / "train"), size=None)
+    ds._index[:, 2] = 3  # every image member cut to 3 bytes
+    with pytest.warns(BadImageWarning), pytest.raises(ValueError, match=r"none of its 4 sample\(s\)"):
+        ds[0]
+
+
+@pytest.mark.parametrize("target, fixed", [
+    ("ldm.data.faceshq.FFHQTrain", {"name": "ffhq", "split": "train"}),
+    ("ldm.data.imagenet.ImageNetSRValidation", {"split": "validation"}),
+    ("ldm.data.openimages.OpenImagesBBoxTrain", {"split": "train"}),
+    ("ldm.data.previews.pytorch_dataset.PreviewsValidation", {"name": "previews", "split": "validation"}),
+])
+def test_named_dataset_variants_have_real_signatures(target, fixed):
+    import inspect
+    from ldm.config.targets import get_obj_from_str
+    cls = get_obj_from_str(target)
+    assert f"{cls.__module__}.{cls.__qualname__}" == target
+    params = inspect.signature(cls).parameters
+    assert not set(fixed) & set(params) and "size" in params and "root" in params
+    with pytest.raises(ValueError, match=f"{cls.__name__} fixes"):
+        cls(**{next(iter(fixed)): "other"})
+
+
+def test_variant_defaults_follow_the_original_classes():
+    import inspect
+    from ldm.data.imagenet import ImageNetSRTrain, ImageNetSRValidation
+    from ldm.data.lsun import LSUNBedroomsValidation, LSUNChurchesTrain
+    from ldm.data.places import PlacesInpaintingTrain, PlacesInpaintingValidation
+
+    def defaults(cls):
+        return {k: p.default for k, p in inspect.signature(cls).parameters.items()}
+
+    assert defaults(ImageNetSRTrain)["random_crop"] is True and defaults(ImageNetSRTrain)["seed"] is None
+    assert defaults(ImageNetSRValidation)["random_crop"] is False and defaults(ImageNetSRValidation)["seed"] == 0
+    assert defaults(LSUNChurchesTrain)["flip_p"] == 0.5 and defaults(LSUNBedroomsValidation)["flip_p"] == 0.0
+    assert "use_mask_files" not in defaults(PlacesInpaintingTrain)
+    assert defaults(PlacesInpaintingValidation)["size"] == 512 and defaults(PlacesInpaintingValidation)["mask_seed"] == 0

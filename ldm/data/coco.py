@@ -20,17 +20,18 @@ import json
 import os
 import random
 from collections import defaultdict
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from ldm.data.folder import ImageFolder
 from ldm.data.image_io import BadImageError
-from ldm.data.layout import BBoxImageDataset, LayoutTokenizer
-from ldm.data.paths import data_root, require_dir, require_file
+from ldm.data.layout import LayoutSplit
+from ldm.data.paths import ExpectedLayout, data_root
+from ldm.data.variants import dataset_variant
 
-__all__ = ["CocoBBoxTrain", "CocoBBoxValidation", "CocoCaptions", "CocoCaptionsTrain", "CocoCaptionsValidation",
-           "read_coco_instances"]
+__all__ = ["CocoBBox", "CocoBBoxTrain", "CocoBBoxValidation", "CocoCaptions", "CocoCaptionsTrain",
+           "CocoCaptionsValidation", "read_coco_instances"]
 
 _LAYOUT = """{root}/
   train2017/*.jpg, val2017/*.jpg
@@ -41,15 +42,14 @@ from https://cocodataset.org/#download into {root}"""
 _SPLITS = {"train": "train2017", "validation": "val2017"}
 
 
-def _paths(name: str, root: Optional[str], split: str, kind: str) -> tuple[str, str]:
+def _split_paths(name: str, root: Optional[str], split: str, kind: str) -> tuple[str, str]:
+    """(image folder, ``<kind>_<split>2017.json``) of a split, or the missing-data error."""
     if split not in _SPLITS:
         raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
     root = data_root("coco", root)
-    layout, prepare = _LAYOUT.format(root=root), _PREPARE.format(root=root)
-    folder = require_dir(name, os.path.join(root, _SPLITS[split]), layout, prepare)
-    annotations = require_file(name, os.path.join(root, "annotations", f"{kind}_{_SPLITS[split]}.json"),
-                               layout, prepare)
-    return folder, annotations
+    expected = ExpectedLayout(name, _LAYOUT.format(root=root), _PREPARE.format(root=root))
+    folder = expected.dir(os.path.join(root, _SPLITS[split]))
+    return folder, expected.file(os.path.join(root, "annotations", f"{kind}_{_SPLITS[split]}.json"))
 
 
 def _load_json(path: str) -> dict[str, Any]:
@@ -68,7 +68,7 @@ class CocoCaptions(ImageFolder):
                  flip: bool = False,
                  random_caption: bool = True,   # else always the first caption
                  ):
-        folder, annotations = _paths(type(self).__name__, root, split, "captions")
+        folder, annotations = _split_paths(type(self).__name__, root, split, "captions")
         super().__init__(root=folder, size=size, crop="random" if random_crop else "center", flip=flip)
         data = _load_json(annotations)
         files = {im["id"]: im["file_name"] for im in data["images"]}
@@ -78,25 +78,17 @@ class CocoCaptions(ImageFolder):
         self.caption_lists = dict(captions)
         self.random_caption = random_caption
 
-    def _load(self, j: int) -> dict[str, Any]:
-        options = self.caption_lists.get(self._paths[j])
+    def caption(self, j: int) -> Optional[str]:
+        options = self.caption_lists.get(self.relpath(j))
         if not options:
             raise BadImageError(self.path(j), "no caption in the annotation file")
-        example = super()._load(j)
-        example["caption"] = random.choice(options) if self.random_caption else options[0]
-        return example
+        return random.choice(options) if self.random_caption else options[0]
 
 
-class CocoCaptionsTrain(CocoCaptions):
-    def __init__(self, size: Optional[int] = 256, root: Optional[str] = None, random_crop: bool = True,
-                 flip: bool = False, random_caption: bool = True):
-        super().__init__("train", size, root, random_crop, flip, random_caption)
-
-
-class CocoCaptionsValidation(CocoCaptions):
-    def __init__(self, size: Optional[int] = 256, root: Optional[str] = None, random_crop: bool = False,
-                 flip: bool = False, random_caption: bool = False):
-        super().__init__("validation", size, root, random_crop, flip, random_caption)
+CocoCaptionsTrain = dataset_variant(CocoCaptions, "CocoCaptionsTrain", fixed={"split": "train"},
+                                    defaults={"random_crop": True})
+CocoCaptionsValidation = dataset_variant(CocoCaptions, "CocoCaptionsValidation", fixed={"split": "validation"},
+                                         defaults={"random_caption": False})
 
 
 def read_coco_instances(path: str) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -127,37 +119,15 @@ class _BoxLookup:
         return self.boxes.get(relpath, np.zeros((0, 5), dtype=np.float32))
 
 
-class _CocoBBox(BBoxImageDataset):
-    def __init__(self, split: str, size: int, random_crop: bool, random_flip: bool, min_object_area: float,
-                 max_objects: int, no_tokens: int, grid: int, encode_crop: bool, root: Optional[str]):
-        folder, annotations = _paths(type(self).__name__, root, split, "instances")
+class CocoBBox(LayoutSplit):
+    """Layout-to-image on COCO: same keys and token format as the OpenImages layout datasets."""
+
+    def read_annotations(self, split: str, root: Optional[str]) -> tuple[str, Callable[[str], np.ndarray], list[str]]:
+        folder, annotations = _split_paths(type(self).__name__, root, split, "instances")
         boxes, names = read_coco_instances(annotations)
-        tokenizer = LayoutTokenizer(len(names), no_tokens, max_objects, grid, encode_crop)
-        super().__init__(folder, _BoxLookup(boxes), names, size=size, random_crop=random_crop,
-                         random_flip=random_flip, min_object_area=min_object_area, tokenizer=tokenizer)
+        return folder, _BoxLookup(boxes), names
 
 
-class CocoBBoxTrain(_CocoBBox):
-    """Layout-to-image on COCO: same keys and token format as ``OpenImagesBBoxTrain``."""
-
-    def __init__(self,
-                 size: int = 256,
-                 random_crop: bool = True,
-                 random_flip: bool = True,
-                 min_object_area: float = 1e-4,
-                 max_objects: int = 30,
-                 no_tokens: int = 8192,
-                 grid: int = 64,
-                 encode_crop: bool = True,
-                 root: Optional[str] = None,
-                 ):
-        super().__init__("train", size, random_crop, random_flip, min_object_area, max_objects, no_tokens, grid,
-                         encode_crop, root)
-
-
-class CocoBBoxValidation(_CocoBBox):
-    def __init__(self, size: int = 256, random_crop: bool = False, random_flip: bool = False,
-                 min_object_area: float = 1e-4, max_objects: int = 30, no_tokens: int = 8192, grid: int = 64,
-                 encode_crop: bool = True, root: Optional[str] = None):
-        super().__init__("validation", size, random_crop, random_flip, min_object_area, max_objects, no_tokens,
-                         grid, encode_crop, root)
+CocoBBoxTrain = dataset_variant(CocoBBox, "CocoBBoxTrain", fixed={"split": "train"},
+                                defaults={"random_crop": True, "random_flip": True})
+CocoBBoxValidation = dataset_variant(CocoBBox, "CocoBBoxValidation", fixed={"split": "validation"})

@@ -19,7 +19,8 @@ import os
 from typing import Optional
 
 from ldm.data.folder import ImageFolder
-from ldm.data.paths import data_root, require_dir, require_file
+from ldm.data.paths import ExpectedLayout, data_root
+from ldm.data.variants import dataset_variant
 
 __all__ = ["CelebAHQTrain", "CelebAHQValidation", "FFHQTrain", "FFHQValidation", "FacesHQ"]
 
@@ -37,34 +38,18 @@ class FacesHQ(ImageFolder):
         if name not in ("celebahq", "ffhq") or split not in ("train", "validation"):
             raise ValueError(f"unknown faces dataset {name!r} / split {split!r}")
         root = data_root(name, root)
-        listing = f"{name}{split}.txt"
         layout = (f"{root}/\n  {name}train.txt        one image path per line, relative to the root\n"
                   f"  {name}validation.txt\n  <the images>            e.g. "
                   + ("imgHQ00000.png" if name == "celebahq" else "00000.png"))
         prepare = (f"python scripts/prepare_faces.py --dataset {name} --root {root}\n"
                    + ("(CelebA-HQ: the 30k 1024^2 images, from the Progressive GAN release)" if name == "celebahq"
                       else "(FFHQ: images1024x1024 from https://github.com/NVlabs/ffhq-dataset)"))
-        dataset = f"{type(self).__name__}"
-        require_dir(dataset, root, layout, prepare)
-        file_list = require_file(dataset, os.path.join(root, listing), layout, prepare)
+        expected = ExpectedLayout(type(self).__name__, layout, prepare)
+        file_list = expected.file(os.path.join(expected.dir(root), f"{name}{split}.txt"))
         super().__init__(root=root, size=size, crop="center", flip=flip, file_list=file_list)
 
 
-class CelebAHQTrain(FacesHQ):
-    def __init__(self, size: Optional[int] = 256, root: Optional[str] = None, flip: bool = False):
-        super().__init__("celebahq", "train", size=size, root=root, flip=flip)
-
-
-class CelebAHQValidation(FacesHQ):
-    def __init__(self, size: Optional[int] = 256, root: Optional[str] = None, flip: bool = False):
-        super().__init__("celebahq", "validation", size=size, root=root, flip=flip)
-
-
-class FFHQTrain(FacesHQ):
-    def __init__(self, size: Optional[int] = 256, root: Optional[str] = None, flip: bool = False):
-        super().__init__("ffhq", "train", size=size, root=root, flip=flip)
-
-
-class FFHQValidation(FacesHQ):
-    def __init__(self, size: Optional[int] = 256, root: Optional[str] = None, flip: bool = False):
-        super().__init__("ffhq", "validation", size=size, root=root, flip=flip)
+CelebAHQTrain = dataset_variant(FacesHQ, "CelebAHQTrain", fixed={"name": "celebahq", "split": "train"})
+CelebAHQValidation = dataset_variant(FacesHQ, "CelebAHQValidation", fixed={"name": "celebahq", "split": "validation"})
+FFHQTrain = dataset_variant(FacesHQ, "FFHQTrain", fixed={"name": "ffhq", "split": "train"})
+FFHQValidation = dataset_variant(FacesHQ, "FFHQValidation", fixed={"name": "ffhq", "split": "validation"})

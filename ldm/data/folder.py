@@ -10,7 +10,17 @@ synthesis), ``captions="sidecar"`` reads ``<stem>.txt`` beside each image (text-
 Listing the folder is the only work done up front: nothing is decoded until it is needed, so a
 million-image folder is ready in seconds. A file that turns out unreadable, truncated or tiny is
 skipped with one warning naming it and recorded in ``skipped``; the item index then moves on to
-the next readable file, so a bad file never stops a training run and never makes it random.
+the next readable file, so a bad file never stops a training run and never makes it random
+(:class:`~ldm.data.skipping.SkipBadImages`).
+
+With a ``file_list`` (a text file or a list of relative paths) the folder is not scanned at all:
+the listed files are the dataset, checked with one ``stat`` each (or not at all with
+``verify_file_list=False``, in which case a missing file is skipped when it is first read).
+
+Datasets built on this class (the paper datasets) change what an example holds through public
+hooks rather than by reimplementing the class: ``relpath(j)``/``path(j)`` locate item j,
+``read_image(j)`` decodes it, ``transform(arr)`` crops and flips, ``caption(j)`` supplies a
+caption, and ``load_example(j)`` assembles the example dict.
 """
 from __future__ import annotations
 
@@ -20,7 +30,7 @@ import random
 import warnings
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -35,12 +45,14 @@ from ldm.data.image_io import (
     resize_crop,
     to_float,
 )
+from ldm.data.skipping import BadImageWarning, SkipBadImages
+from ldm.data.variants import dataset_variant
 
-__all__ = ["BadImageWarning", "ImageFolder", "ImageFolderTrain", "ImageFolderValidation"]
+__all__ = ["BadImageWarning", "FileList", "ImageFolder", "ImageFolderTrain", "ImageFolderValidation",
+           "read_file_list"]
 
-
-class BadImageWarning(UserWarning):
-    """An image was skipped; the message names the file and the reason."""
+# A text file of relative paths (one a line, '#' comments), or the paths themselves.
+FileList = Union[str, os.PathLike, Sequence[str]]
 
 
 class _PathTable:
@@ -108,13 +120,23 @@ def _in_validation(rel: str, seed: int, fraction: float) -> bool:
     return int.from_bytes(digest, "little") / 2.0 ** 64 < fraction
 
 
-def _read_file_list(file_list: str) -> list[str]:
-    with open(file_list, encoding="utf-8") as f:
-        lines = (line.strip().replace(os.sep, "/") for line in f)
-        return [line.removeprefix("./") for line in lines if line and not line.startswith("#")]
+def read_file_list(file_list: FileList) -> tuple[list[str], str]:
+    """(sorted unique '/'-separated relative paths, a description for errors) of a file list."""
+    if isinstance(file_list, (str, os.PathLike)):
+        with open(file_list, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        label = repr(os.fspath(file_list))
+    else:
+        lines = list(file_list)
+        bad = [e for e in lines if not isinstance(e, str)]
+        if bad:
+            raise TypeError(f"file_list entries must be strings, got {type(bad[0]).__name__} {bad[0]!r}")
+        label = f"[{len(lines)} path(s)]"
+    entries = (line.strip().replace(os.sep, "/").removeprefix("./") for line in lines)
+    return sorted({e for e in entries if e and not e.startswith("#")}), label
 
 
-class ImageFolder(Dataset):
+class ImageFolder(SkipBadImages, Dataset):
     """Images under ``root`` as CompVis examples: ``image`` (HWC float32 in [-1, 1]) and, as
     configured, ``class_label``/``human_label`` and ``caption``; plus ``file_path_``/``relpath``.
     """
@@ -132,7 +154,8 @@ class ImageFolder(Dataset):
                  split: Optional[Literal["train", "validation"]] = None,  # None: every file
                  val_fraction: float = 0.05,                    # share of files hashed to validation
                  split_seed: int = 0,                           # changes which files are held out
-                 file_list: Optional[str] = None,               # text file of relative paths to use
+                 file_list: Optional[FileList] = None,          # the files to use, relative to root
+                 verify_file_list: bool = True,                 # stat each listed file up front
                  ):
         if crop not in ("random", "center", "none"):
             raise ValueError(f"crop must be 'random', 'center' or 'none', got {crop!r}")
@@ -144,15 +167,22 @@ class ImageFolder(Dataset):
             raise ValueError(f"val_fraction must lie in [0, 1], got {val_fraction}")
         if not os.path.isdir(root):
             raise ValueError(f"ImageFolder root {root!r} is not a directory")
+        super().__init__()
         self.root = os.path.abspath(root)
         self.size, self.crop, self.flip, self.min_size = size, crop, flip, min_size
+        self.draft_size = size  # JPEG draft decoding bound for read_image; subclasses may change it
         self.captions = captions
         exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
 
-        files, caption_stems, others = _scan(self.root, recursive, exts)
-        found = self._describe_found(files, others, exts)
+        if file_list is not None:
+            files, found = self._listed_files(file_list, exts, verify_file_list)
+            caption_stems = None  # sidecar captions of listed files are read (or found missing) lazily
+        else:
+            files, caption_stems, others = _scan(self.root, recursive, exts)
+            found = self._describe_found(files, others, exts)
 
-        # Classes come from every file before splitting, so train and validation share indices.
+        # Classes come from every file before splitting, so train and validation share indices;
+        # with a file list, from the class folders under root, for the same reason.
         self.classes: list[str] = []
         if labels_from_subfolders:
             in_root = [f for f in files if "/" not in f]
@@ -161,10 +191,14 @@ class ImageFolder(Dataset):
                               f"folder (e.g. {in_root[0]!r}); with labels_from_subfolders each image "
                               "must lie in a class folder", BadImageWarning, stacklevel=2)
             files = [f for f in files if "/" in f]
-            self.classes = sorted({f.split("/", 1)[0] for f in files})
+            folders = {f.split("/", 1)[0] for f in files}
+            if file_list is not None:
+                with os.scandir(self.root) as entries:
+                    folders |= {e.name for e in entries if e.is_dir() and not e.name.startswith(".")}
+            self.classes = sorted(folders)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
-        if captions == "sidecar":
+        if captions == "sidecar" and caption_stems is not None:
             uncaptioned = [f for f in files if os.path.splitext(f)[0] not in caption_stems]
             if uncaptioned and len(uncaptioned) < len(files):
                 warnings.warn(f"{self.root}: ignoring {len(uncaptioned)} image(s) without a sidecar "
@@ -172,25 +206,33 @@ class ImageFolder(Dataset):
             files = [f for f in files if os.path.splitext(f)[0] in caption_stems]
             found += f", {len(files)} with a sidecar .txt caption"
 
-        if file_list is not None:
-            wanted = _read_file_list(file_list)
-            available = set(files)
-            missing = [f for f in wanted if f not in available]
-            if missing:
-                raise ValueError(f"file_list {file_list!r} names {len(missing)} file(s) not usable under "
-                                 f"{self.root} (e.g. {missing[:3]}); {found}")
-            files = sorted(set(wanted))
-        elif split is not None:
+        if file_list is None and split is not None:
             files = [f for f in files if _in_validation(f, split_seed, val_fraction) == (split == "validation")]
             found += f", {len(files)} in split {split!r} (val_fraction={val_fraction}, split_seed={split_seed})"
 
         if not files:
             raise ValueError(f"ImageFolder {self.root!r} has no usable images: {found}")
-        self._paths = _PathTable(files)
+        self._files = _PathTable(files)
         self._labels = np.array([self.class_to_idx[f.split("/", 1)[0]] for f in files] if self.classes else [],
                                 dtype=np.int64)
-        self.skipped: dict[str, str] = {}  # absolute path -> reason, in the order found
-        self._bad: set[int] = set()
+
+    def _listed_files(self, file_list: FileList, exts: tuple[str, ...], verify: bool) -> tuple[list[str], str]:
+        """The listed files, checked by name (and with one stat each when ``verify``); no scan."""
+        files, label = read_file_list(file_list)
+        outside = [f for f in files if os.path.isabs(f) or f == ".." or f.startswith("../")]
+        if outside:
+            raise ValueError(f"file_list {label} names path(s) outside root {self.root} (e.g. {outside[:3]}); "
+                             "entries must be relative to root")
+        not_images = [f for f in files if os.path.splitext(f)[1].lower() not in exts]
+        if not_images:
+            raise ValueError(f"file_list {label} names {len(not_images)} file(s) that are not images by their "
+                             f"extension (e.g. {not_images[:3]}); accepted: {list(exts)}")
+        if verify:
+            missing = [f for f in files if not os.path.isfile(os.path.join(self.root, f))]
+            if missing:
+                raise ValueError(f"file_list {label} names {len(missing)} file(s) not found under {self.root} "
+                                 f"(e.g. {missing[:3]}); pass verify_file_list=False to skip them when read")
+        return files, f"file_list {label} lists {len(files)} image file(s)"
 
     @staticmethod
     def _describe_found(files: list[str], others: Counter, exts: tuple[str, ...]) -> str:
@@ -200,86 +242,64 @@ class ImageFolder(Dataset):
         return text
 
     def __len__(self) -> int:
-        return len(self._paths)
+        return len(self._files)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def path(self, i: int) -> str:
-        return os.path.join(self.root, self._paths[i])
+    # ---------------------------------------------------------------- hooks for subclasses
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"index {i} out of range for ImageFolder of length {n}")
-        i %= n
-        for k in range(n):
-            j = (i + k) % n
-            if j in self._bad:
-                continue
-            try:
-                return self._load(j)
-            except BadImageError as exc:
-                self._skip(j, exc.reason)
-        reasons = Counter(r.split(" (")[0] for r in self.skipped.values())
-        raise ValueError(f"ImageFolder {self.root!r}: none of its {n} image file(s) could be read "
-                         f"({dict(reasons)}); e.g. {next(iter(self.skipped.items()))}")
+    def relpath(self, j: int) -> str:
+        """Item ``j``'s path relative to ``root``, '/'-separated (the example's ``relpath``)."""
+        return self._files[j]
 
-    def _skip(self, j: int, reason: str) -> None:
-        path = self.path(j)
-        self._bad.add(j)
-        self.skipped[path] = reason
-        warnings.warn(f"skipping image {path}: {reason}", BadImageWarning, stacklevel=3)
+    def path(self, j: int) -> str:
+        """Item ``j``'s absolute path (the example's ``file_path_``)."""
+        return os.path.join(self.root, self._files[j])
 
-    def _load(self, j: int) -> dict[str, Any]:
-        rel = self._paths[j]
-        path = os.path.join(self.root, rel)
-        example: dict[str, Any] = {}
-        if self.captions == "sidecar":
-            txt = os.path.splitext(path)[0] + ".txt"
-            try:
-                with open(txt, encoding="utf-8", errors="replace") as f:
-                    example["caption"] = " ".join(f.read().split())
-            except OSError as exc:
-                raise BadImageError(path, f"caption file {txt} unreadable ({exc})") from None
-        arr = load_rgb(path, min_size=self.min_size, draft_size=self.size)
+    def read_image(self, j: int) -> np.ndarray:
+        """Item ``j`` decoded to upright uint8 RGB; raises ``BadImageError`` for unusable files."""
+        return load_rgb(self.path(j), min_size=self.min_size, draft_size=self.draft_size)
+
+    def transform(self, arr: np.ndarray) -> np.ndarray:
+        """Geometry of one image: shorter side to ``size``, the ``crop``, then maybe a flip."""
         arr = resize_crop(arr, self.size, self.crop)
         if self.flip and random.random() < 0.5:
             arr = hflip(arr)
-        example["image"] = to_float(arr)
+        return arr
+
+    def caption(self, j: int) -> Optional[str]:
+        """Item ``j``'s caption (None: the examples have none); ``BadImageError`` skips the item."""
+        if self.captions != "sidecar":
+            return None
+        path = self.path(j)
+        txt = os.path.splitext(path)[0] + ".txt"
+        try:
+            with open(txt, encoding="utf-8", errors="replace") as f:
+                return " ".join(f.read().split())
+        except OSError as exc:
+            raise BadImageError(path, f"caption file {txt} unreadable ({exc})") from None
+
+    def load_example(self, j: int) -> dict[str, Any]:
+        """Example ``j``: ``caption`` (if any), ``image``, class labels (if any), paths."""
+        example: dict[str, Any] = {}
+        caption = self.caption(j)
+        if caption is not None:
+            example["caption"] = caption
+        example["image"] = to_float(self.transform(self.read_image(j)))
         if self.classes:
             label = int(self._labels[j])
             example["class_label"] = label
             example["human_label"] = self.classes[label]
-        example["file_path_"] = path
-        example["relpath"] = rel
+        example["file_path_"] = self.path(j)
+        example["relpath"] = self.relpath(j)
         return example
 
 
-class ImageFolderTrain(ImageFolder):
-    """The training share of ``root`` (hash split, or ``file_list``); random crops and flips."""
-
-    def __init__(self,
-                 root: str,
-                 crop: CropMode = "random",
-                 flip: bool = True,
-                 **kwargs: Any,  # every other ImageFolder parameter
-                 ):
-        if "split" in kwargs:
-            raise ValueError(f"{type(self).__name__} is the 'train' split; use ImageFolder to choose split")
-        super().__init__(root=root, crop=crop, flip=flip, split="train", **kwargs)
-
-
-class ImageFolderValidation(ImageFolder):
-    """The held-out share of ``root``: the files the training split leaves out; center crops."""
-
-    def __init__(self,
-                 root: str,
-                 crop: CropMode = "center",
-                 flip: bool = False,
-                 **kwargs: Any,  # every other ImageFolder parameter
-                 ):
-        if "split" in kwargs:
-            raise ValueError(f"{type(self).__name__} is the 'validation' split; use ImageFolder to choose split")
-        super().__init__(root=root, crop=crop, flip=flip, split="validation", **kwargs)
+ImageFolderTrain = dataset_variant(
+    ImageFolder, "ImageFolderTrain", fixed={"split": "train"}, defaults={"crop": "random", "flip": True},
+    doc="The training share of ``root`` (hash split, or ``file_list``); random crops and flips.")
+ImageFolderValidation = dataset_variant(
+    ImageFolder, "ImageFolderValidation", fixed={"split": "validation"},
+    doc="The held-out share of ``root``: the files the training split leaves out; center crops.")

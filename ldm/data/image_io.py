@@ -10,9 +10,10 @@ Images enter the models as HWC float32 in [-1, 1] (``to_float``), the CompVis ba
 """
 from __future__ import annotations
 
+import io
 import os
 import random
-from typing import Literal, Optional
+from typing import BinaryIO, Literal, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,6 +23,7 @@ __all__ = [
     "CropMode",
     "DEFAULT_MIN_SIZE",
     "IMAGE_EXTENSIONS",
+    "ImageSource",
     "center_crop",
     "hflip",
     "load_rgb",
@@ -56,11 +58,28 @@ class BadImageError(ValueError):
 # Decoding and colour conversion
 # --------------------------------------------------------------------------------------------
 
-def load_rgb(path: str | os.PathLike,
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
+
+
+def _source_name(source: ImageSource, name: Optional[str]) -> str:
+    """What errors call the image: ``name`` if given, else the path, the stream's name or a tag."""
+    if name is not None:
+        return name
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    stream_name = getattr(source, "name", None)
+    return stream_name if isinstance(stream_name, str) else "<binary stream>"
+
+
+def load_rgb(source: ImageSource,
              min_size: int = DEFAULT_MIN_SIZE,  # reject images whose shorter side is smaller (px)
              draft_size: Optional[int] = None,  # JPEG only: decode at a reduced scale >= this
+             name: Optional[str] = None,        # what errors call the image (default: the path)
              ) -> np.ndarray:
-    """Decode ``path`` to an upright uint8 RGB array of shape (H, W, 3).
+    """Decode ``source`` (a path, encoded bytes, or a readable binary file object) to an upright
+    uint8 RGB array of shape (H, W, 3).
 
     Conversions: grayscale/1-bit replicate to 3 channels; palette images use their palette (and
     their transparency, if any); CMYK/YCbCr convert with Pillow's formulas; 16-bit data keep
@@ -72,26 +91,35 @@ def load_rgb(path: str | os.PathLike,
     ``draft_size`` lets the JPEG decoder scale by 1/2, 1/4 or 1/8 in the DCT domain while both
     sides stay >= ``draft_size``: several times faster when images are much larger than the
     training resolution, and harmless because they are downsampled afterwards anyway.
+
+    Every failure to produce an image raises :class:`BadImageError` whose ``path`` is ``name``
+    (or the path / the stream's name), so datasets can skip the item.
     """
-    path = os.fspath(path)
+    label = _source_name(source, name)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(source)
+    elif isinstance(source, os.PathLike):
+        source = os.fspath(source)
     try:
-        img = Image.open(path)
+        img = Image.open(source)
+    except FileNotFoundError:
+        raise BadImageError(label, "file not found") from None
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise BadImageError(path, f"not a readable image ({exc})") from None
+        raise BadImageError(label, f"not a readable image ({exc})") from None
     with img:
         w, h = img.size
         if min(w, h) < min_size:
-            raise BadImageError(path, f"too small: {w}x{h} px, shorter side < min_size={min_size}")
+            raise BadImageError(label, f"too small: {w}x{h} px, shorter side < min_size={min_size}")
         try:
             if draft_size is not None and img.format == "JPEG":
                 img.draft("RGB", (draft_size, draft_size))
             img.load()  # decode now so truncation surfaces here, not in a later conversion
             img = ImageOps.exif_transpose(img)
-            return _to_rgb_array(img, path)
+            return _to_rgb_array(img, label)
         except BadImageError:
             raise
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise BadImageError(path, f"corrupt or truncated image data ({exc})") from None
+            raise BadImageError(label, f"corrupt or truncated image data ({exc})") from None
 
 
 def _to_rgb_array(img: Image.Image, path: str) -> np.ndarray:

@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 from ldm.data.folder import ImageFolder
-from ldm.data.image_io import load_rgb
-from ldm.data.paths import data_root, example_rng, require_dir, require_file
-from ldm.data.superres import SuperResolutionPair
+from ldm.data.paths import ExpectedLayout, data_root
+from ldm.data.superres import SuperResolutionExamples, SuperResolutionPair
+from ldm.data.variants import dataset_variant
 
 __all__ = ["ImageNetBase", "ImageNetSR", "ImageNetSRTrain", "ImageNetSRValidation", "ImageNetTrain",
            "ImageNetValidation", "read_synset_mapping"]
@@ -59,39 +59,6 @@ def read_synset_mapping(path: str) -> tuple[list[str], list[str]]:
     return wnids, labels
 
 
-class ImageNetBase(ImageFolder):
-    """One split of ImageNet with labels from ``synset_mapping.txt``."""
-
-    def __init__(self,
-                 split: str,                          # "train" or "validation"
-                 root: Optional[str] = None,          # default: $LDM_DATA_ROOT/imagenet or data/imagenet
-                 size: Optional[int] = 256,           # output side in px; None keeps the native size
-                 random_crop: bool = False,           # random instead of center crops
-                 ):
-        if split not in SPLIT_DIRS:
-            raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
-        root = data_root("imagenet", root)
-        layout, prepare, name = _LAYOUT.format(root=root), _PREPARE.format(root=root), type(self).__name__
-        split_dir = require_dir(name, os.path.join(root, SPLIT_DIRS[split]), layout, prepare)
-        mapping = require_file(name, os.path.join(root, "synset_mapping.txt"), layout, prepare)
-        file_list = os.path.join(root, f"{SPLIT_DIRS[split]}.txt")
-        super().__init__(root=split_dir, size=size, crop="random" if random_crop else "center",
-                         file_list=file_list if os.path.isfile(file_list) else None)
-        self.synsets, self.human_labels = read_synset_mapping(mapping)
-        self.synset_to_index = {s: i for i, s in enumerate(self.synsets)}
-        unknown = sorted({self._paths[i].split("/", 1)[0] for i in range(len(self))} - set(self.synsets))
-        if unknown:
-            raise ValueError(f"{split_dir}: class folder(s) {unknown[:5]} are not in {mapping}; "
-                             "images must lie in <wnid>/ folders named in the synset mapping")
-
-    def _load(self, j: int) -> dict[str, Any]:
-        example = super()._load(j)
-        synset = example["relpath"].split("/", 1)[0]
-        label = self.synset_to_index[synset]
-        example.update(class_label=label, human_label=self.human_labels[label], synset=synset)
-        return example
-
-
 def _merge_config(config: Optional[Mapping], **values: Any) -> dict[str, Any]:
     """The original classes took ``config: {size: ...}``; explicit parameters fill the rest."""
     merged = dict(values)
@@ -102,27 +69,46 @@ def _merge_config(config: Optional[Mapping], **values: Any) -> dict[str, Any]:
     return merged
 
 
-class ImageNetTrain(ImageNetBase):
+class ImageNetBase(ImageFolder):
+    """One split of ImageNet with labels from ``synset_mapping.txt``."""
+
     def __init__(self,
+                 split: str,                          # "train" or "validation"
                  config: Optional[Mapping] = None,    # the original form: {size: 256, random_crop: false}
-                 root: Optional[str] = None,
-                 size: Optional[int] = 256,
-                 random_crop: bool = False,
+                 root: Optional[str] = None,          # default: $LDM_DATA_ROOT/imagenet or data/imagenet
+                 size: Optional[int] = 256,           # output side in px; None keeps the native size
+                 random_crop: bool = False,           # random instead of center crops
                  ):
-        super().__init__("train", **_merge_config(config, root=root, size=size, random_crop=random_crop))
+        if split not in SPLIT_DIRS:
+            raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
+        opts = _merge_config(config, root=root, size=size, random_crop=random_crop)
+        root = data_root("imagenet", opts["root"])
+        expected = ExpectedLayout(type(self).__name__, _LAYOUT.format(root=root), _PREPARE.format(root=root))
+        split_dir = expected.dir(os.path.join(root, SPLIT_DIRS[split]))
+        mapping = expected.file(os.path.join(root, "synset_mapping.txt"))
+        file_list = os.path.join(root, f"{SPLIT_DIRS[split]}.txt")
+        super().__init__(root=split_dir, size=opts["size"], crop="random" if opts["random_crop"] else "center",
+                         file_list=file_list if os.path.isfile(file_list) else None)
+        self.synsets, self.human_labels = read_synset_mapping(mapping)
+        self.synset_to_index = {s: i for i, s in enumerate(self.synsets)}
+        unknown = sorted({self.relpath(i).split("/", 1)[0] for i in range(len(self))} - set(self.synsets))
+        if unknown:
+            raise ValueError(f"{split_dir}: class folder(s) {unknown[:5]} are not in {mapping}; "
+                             "images must lie in <wnid>/ folders named in the synset mapping")
+
+    def load_example(self, j: int) -> dict[str, Any]:
+        example = super().load_example(j)
+        synset = example["relpath"].split("/", 1)[0]
+        label = self.synset_to_index[synset]
+        example.update(class_label=label, human_label=self.human_labels[label], synset=synset)
+        return example
 
 
-class ImageNetValidation(ImageNetBase):
-    def __init__(self,
-                 config: Optional[Mapping] = None,
-                 root: Optional[str] = None,
-                 size: Optional[int] = 256,
-                 random_crop: bool = False,
-                 ):
-        super().__init__("validation", **_merge_config(config, root=root, size=size, random_crop=random_crop))
+ImageNetTrain = dataset_variant(ImageNetBase, "ImageNetTrain", fixed={"split": "train"})
+ImageNetValidation = dataset_variant(ImageNetBase, "ImageNetValidation", fixed={"split": "validation"})
 
 
-class ImageNetSR(ImageNetBase):
+class ImageNetSR(SuperResolutionExamples, ImageNetBase):
     """HR ``image`` and degraded ``LR_image`` (see :mod:`ldm.data.superres`)."""
 
     def __init__(self,
@@ -136,26 +122,11 @@ class ImageNetSR(ImageNetBase):
                  root: Optional[str] = None,
                  seed: Optional[int] = None,          # fixes crops/degradations per index (validation)
                  ):
-        self.pair = SuperResolutionPair(size, degradation, downscale_f, min_crop_f, max_crop_f, random_crop)
-        self.seed = seed
+        pair = SuperResolutionPair(size, degradation, downscale_f, min_crop_f, max_crop_f, random_crop)
         super().__init__(split, root=root, size=size, random_crop=random_crop)
-
-    def _load(self, j: int) -> dict[str, Any]:
-        path = self.path(j)
-        example = self.pair(load_rgb(path, min_size=self.min_size), example_rng(j, self.seed))
-        example.update(file_path_=path, relpath=self._paths[j])
-        return example
+        self.use_pair(pair, seed)
 
 
-class ImageNetSRTrain(ImageNetSR):
-    def __init__(self, size: int = 256, degradation: str = "bsrgan_light", downscale_f: int = 4,
-                 min_crop_f: float = 0.5, max_crop_f: float = 1.0, random_crop: bool = True,
-                 root: Optional[str] = None, seed: Optional[int] = None):
-        super().__init__("train", size, degradation, downscale_f, min_crop_f, max_crop_f, random_crop, root, seed)
-
-
-class ImageNetSRValidation(ImageNetSR):
-    def __init__(self, size: int = 256, degradation: str = "bsrgan_light", downscale_f: int = 4,
-                 min_crop_f: float = 0.5, max_crop_f: float = 1.0, random_crop: bool = False,
-                 root: Optional[str] = None, seed: Optional[int] = 0):
-        super().__init__("validation", size, degradation, downscale_f, min_crop_f, max_crop_f, random_crop, root, seed)
+ImageNetSRTrain = dataset_variant(ImageNetSR, "ImageNetSRTrain", fixed={"split": "train"})
+ImageNetSRValidation = dataset_variant(ImageNetSR, "ImageNetSRValidation", fixed={"split": "validation"},
+                                       defaults={"random_crop": False, "seed": 0})

@@ -21,7 +21,6 @@ dataset. Conceptual Captions (``data/cc``)::
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import random
@@ -29,14 +28,16 @@ import tarfile
 from typing import Any, Optional
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
 
 from ldm.data.folder import ImageFolder
-from ldm.data.image_io import DEFAULT_MIN_SIZE, BadImageError, _to_rgb_array, hflip, resize_crop, to_float
-from ldm.data.paths import data_root, missing_data, require_dir, require_file
+from ldm.data.image_io import DEFAULT_MIN_SIZE, BadImageError, hflip, load_rgb, resize_crop, to_float
+from ldm.data.paths import ExpectedLayout, data_root
+from ldm.data.skipping import SkipBadImages
+from ldm.data.variants import dataset_variant
 
 __all__ = ["ConceptualCaptions", "ConceptualCaptionsTrain", "ConceptualCaptionsValidation", "LAIONTrain",
-           "LAIONValidation", "WebDatasetCaptions", "decode_image"]
+           "LAIONValidation", "ShardsUnderRoot", "WebDatasetCaptions", "decode_image", "read_caption_tsv"]
 
 IMAGE_MEMBERS = (".jpg", ".jpeg", ".png", ".webp")
 _SHARD_LAYOUT = """{root}/
@@ -45,20 +46,13 @@ _SHARD_PREPARE = """img2dataset --url_list <parquet> --input_format parquet --ur
     --output_format webdataset --output_folder {root}   (https://github.com/rom1504/img2dataset)"""
 
 
-def decode_image(data: bytes, name: str, min_size: int = DEFAULT_MIN_SIZE, draft_size: Optional[int] = None) -> np.ndarray:
-    """Encoded image bytes -> upright uint8 RGB, with ``load_rgb``'s conversions and errors."""
-    try:
-        img = Image.open(io.BytesIO(data))
-        if min(img.size) < min_size:
-            raise BadImageError(name, f"too small: {img.size[0]}x{img.size[1]} px, shorter side < min_size={min_size}")
-        if draft_size is not None and img.format == "JPEG":
-            img.draft("RGB", (draft_size, draft_size))
-        img.load()
-        return _to_rgb_array(ImageOps.exif_transpose(img), name)
-    except BadImageError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise BadImageError(name, f"not a readable image ({exc})") from None
+def decode_image(data: bytes,
+                 name: str,                         # what errors call the image (e.g. shard#index)
+                 min_size: int = DEFAULT_MIN_SIZE,
+                 draft_size: Optional[int] = None,
+                 ) -> np.ndarray:
+    """Encoded image bytes -> upright uint8 RGB: :func:`~ldm.data.image_io.load_rgb` on bytes."""
+    return load_rgb(data, min_size=min_size, draft_size=draft_size, name=name)
 
 
 def _caption_text(raw: bytes, is_json: bool) -> str:
@@ -91,23 +85,26 @@ def _index_shard(path: str) -> list[tuple[int, int, int, int, int]]:
     return rows
 
 
-class WebDatasetCaptions(ImageFolder):
-    """Every complete sample of the ``*.tar`` shards in ``shard_dir`` (sorted by name)."""
+class WebDatasetCaptions(SkipBadImages, Dataset):
+    """Every complete sample of the ``*.tar`` shards in ``shard_dir`` (sorted by name); an
+    unreadable sample is skipped like a bad file of an :class:`~ldm.data.folder.ImageFolder`."""
+
+    item_noun = "sample"
 
     def __init__(self,
                  shard_dir: str,              # folder of .tar shards
-                 size: Optional[int] = 256,
+                 size: Optional[int] = 256,   # output side in px; None: native size
                  random_crop: bool = False,
-                 flip: bool = False,
+                 flip: bool = False,          # random horizontal flips (p = 0.5)
                  min_size: int = DEFAULT_MIN_SIZE,
                  ):
-        # ImageFolder provides the skip-and-count of unreadable samples; the listing is ours.
-        name = type(self).__name__
-        layout, prepare = _SHARD_LAYOUT.format(root=shard_dir), _SHARD_PREPARE.format(root=shard_dir)
-        require_dir(name, shard_dir, layout, prepare)
+        super().__init__()
+        expected = ExpectedLayout(type(self).__name__, _SHARD_LAYOUT.format(root=shard_dir),
+                                  _SHARD_PREPARE.format(root=shard_dir))
+        expected.dir(shard_dir)
         self.shards = sorted(os.path.join(shard_dir, f) for f in os.listdir(shard_dir) if f.endswith(".tar"))
         if not self.shards:
-            raise missing_data(name, os.path.join(shard_dir, "*.tar"), layout, prepare)
+            raise expected.missing(os.path.join(shard_dir, "*.tar"))
         rows = [(s, *r) for s, shard in enumerate(self.shards) for r in _index_shard(shard)]
         if not rows:
             raise ValueError(f"{shard_dir}: the shards hold no sample with both an image and a caption")
@@ -115,25 +112,26 @@ class WebDatasetCaptions(ImageFolder):
         self.root = os.path.abspath(shard_dir)
         self.size, self.min_size, self.flip = size, min_size, flip
         self.crop = "random" if random_crop else "center"
-        self.classes: list[str] = []
-        self.skipped: dict[str, str] = {}
-        self._bad: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._index)
 
-    def path(self, i: int) -> str:
-        return f"{self.shards[self._index[i, 0]]}#{i}"
+    def path(self, j: int) -> str:
+        """``<shard path>#<index>``: what warnings, ``skipped`` and ``file_path_`` call sample j."""
+        return f"{self.shards[self._index[j, 0]]}#{j}"
+
+    def relpath(self, j: int) -> str:
+        return f"{os.path.basename(self.shards[self._index[j, 0]])}#{j}"
 
     def _read(self, shard: int, offset: int, size: int) -> bytes:
         with open(self.shards[shard], "rb") as f:  # a fresh handle: no offset shared across workers
             f.seek(offset)
             return f.read(size)
 
-    def _load(self, j: int) -> dict[str, Any]:
+    def load_example(self, j: int) -> dict[str, Any]:
         shard, img_off, img_size, cap_off, cap_size, is_json = (int(v) for v in self._index[j])
         name = self.path(j)
-        arr = decode_image(self._read(shard, img_off, img_size), name, self.min_size, self.size)
+        arr = load_rgb(self._read(shard, img_off, img_size), self.min_size, self.size, name=name)
         try:
             caption = _caption_text(self._read(shard, cap_off, cap_size), bool(is_json))
         except ValueError as exc:
@@ -141,20 +139,26 @@ class WebDatasetCaptions(ImageFolder):
         arr = resize_crop(arr, self.size, self.crop)
         if self.flip and random.random() < 0.5:
             arr = hflip(arr)
-        return {"image": to_float(arr), "caption": caption, "file_path_": name,
-                "relpath": f"{os.path.basename(self.shards[shard])}#{j}"}
+        return {"image": to_float(arr), "caption": caption, "file_path_": name, "relpath": self.relpath(j)}
 
 
-class LAIONTrain(WebDatasetCaptions):
-    def __init__(self, size: Optional[int] = 256, root: Optional[str] = None, random_crop: bool = True,
-                 flip: bool = False):
-        super().__init__(os.path.join(data_root("laion", root), "train"), size, random_crop, flip)
+class ShardsUnderRoot(WebDatasetCaptions):
+    """The shards of ``<root>/<split>/``, ``root`` defaulting to ``$LDM_DATA_ROOT/<name>`` or ``data/<name>``."""
+
+    def __init__(self,
+                 name: str,                   # data folder name ("laion", "previews")
+                 split: str,                  # "train" or "validation": the shard folder
+                 size: Optional[int] = 256,
+                 root: Optional[str] = None,
+                 random_crop: bool = False,
+                 flip: bool = False,
+                 ):
+        super().__init__(os.path.join(data_root(name, root), split), size, random_crop, flip)
 
 
-class LAIONValidation(WebDatasetCaptions):
-    def __init__(self, size: Optional[int] = 256, root: Optional[str] = None, random_crop: bool = False,
-                 flip: bool = False):
-        super().__init__(os.path.join(data_root("laion", root), "validation"), size, random_crop, flip)
+LAIONTrain = dataset_variant(ShardsUnderRoot, "LAIONTrain", fixed={"name": "laion", "split": "train"},
+                             defaults={"random_crop": True})
+LAIONValidation = dataset_variant(ShardsUnderRoot, "LAIONValidation", fixed={"name": "laion", "split": "validation"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,27 +198,19 @@ class ConceptualCaptions(ImageFolder):
         prepare = ("download the images listed in the Conceptual Captions TSV "
                    "(https://ai.google.com/research/ConceptualCaptions/download),\n"
                    f"and write {split}.tsv with the local file names in place of the URLs")
-        name = type(self).__name__
-        folder = require_dir(name, os.path.join(root, split), layout, prepare)
-        self.caption_of = read_caption_tsv(require_file(name, os.path.join(root, f"{split}.tsv"), layout, prepare))
+        expected = ExpectedLayout(type(self).__name__, layout, prepare)
+        folder = expected.dir(os.path.join(root, split))
+        self.caption_of = read_caption_tsv(expected.file(os.path.join(root, f"{split}.tsv")))
         super().__init__(root=folder, size=size, crop="random" if random_crop else "center", flip=flip)
 
-    def _load(self, j: int) -> dict[str, Any]:
-        caption = self.caption_of.get(self._paths[j])
+    def caption(self, j: int) -> Optional[str]:
+        caption = self.caption_of.get(self.relpath(j))
         if caption is None:
             raise BadImageError(self.path(j), "no caption in the TSV")
-        example = super()._load(j)
-        example["caption"] = caption
-        return example
+        return caption
 
 
-class ConceptualCaptionsTrain(ConceptualCaptions):
-    def __init__(self, size: Optional[int] = 256, root: Optional[str] = None, random_crop: bool = True,
-                 flip: bool = False):
-        super().__init__("train", size, root, random_crop, flip)
-
-
-class ConceptualCaptionsValidation(ConceptualCaptions):
-    def __init__(self, size: Optional[int] = 256, root: Optional[str] = None, random_crop: bool = False,
-                 flip: bool = False):
-        super().__init__("validation", size, root, random_crop, flip)
+ConceptualCaptionsTrain = dataset_variant(ConceptualCaptions, "ConceptualCaptionsTrain", fixed={"split": "train"},
+                                          defaults={"random_crop": True})
+ConceptualCaptionsValidation = dataset_variant(ConceptualCaptions, "ConceptualCaptionsValidation",
+                                               fixed={"split": "validation"})

@@ -25,8 +25,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ldm.data.folder import ImageFolder
-from ldm.data.image_io import BadImageError, hflip, load_rgb, resize_shorter, to_float
-from ldm.data.paths import data_root, require_dir, require_file
+from ldm.data.image_io import BadImageError, hflip, resize_shorter, to_float
+from ldm.data.paths import ExpectedLayout, data_root
+from ldm.data.variants import dataset_variant
 
 __all__ = ["RFWTrain", "RFWValidation", "SFLCKRTrain", "SFLCKRValidation", "SegmentationBase"]
 
@@ -75,20 +76,21 @@ class SegmentationBase(ImageFolder):
                   "  images/<name>.jpg\n  segmentations/<name>.png     label id per pixel, same size")
         prepare = ("place the photos and their label maps as above; write the lists with e.g.\n"
                    f"(cd {root}/images && ls) > {root}/train.txt")
-        dataset = type(self).__name__
-        images = require_dir(dataset, os.path.join(root, "images"), layout, prepare)
-        self.segmentation_root = require_dir(dataset, os.path.join(root, "segmentations"), layout, prepare)
-        file_list = require_file(dataset, os.path.join(root, f"{split}.txt"), layout, prepare)
+        expected = ExpectedLayout(type(self).__name__, layout, prepare)
+        images = expected.dir(os.path.join(root, "images"))
+        self.segmentation_root = expected.dir(os.path.join(root, "segmentations"))
+        file_list = expected.file(os.path.join(root, f"{split}.txt"))
         crop_size = crop_size or size
         super().__init__(root=images, size=crop_size, crop="random" if random_crop else "center", flip=flip,
                          file_list=file_list)
+        self.draft_size = None  # the label map must match the decoded photo pixel for pixel
         self.resize_to, self.n_labels, self.shift = size, n_labels, int(shift_segmentation)
         self.onehot = np.eye(n_labels, dtype=np.float32 if segmentation_to_float32 else np.float64)
 
-    def _load(self, j: int) -> dict[str, Any]:
-        path, rel = self.path(j), self._paths[j]
+    def load_example(self, j: int) -> dict[str, Any]:
+        path, rel = self.path(j), self.relpath(j)
         seg_path = os.path.join(self.segmentation_root, os.path.splitext(rel)[0] + ".png")
-        arr, seg = load_rgb(path, min_size=self.min_size), load_label_map(seg_path) + self.shift
+        arr, seg = self.read_image(j), load_label_map(seg_path) + self.shift
         if seg.shape != arr.shape[:2]:
             raise BadImageError(seg_path, f"label map is {seg.shape[1]}x{seg.shape[0]}, the image "
                                           f"{arr.shape[1]}x{arr.shape[0]}")
@@ -111,33 +113,10 @@ class SegmentationBase(ImageFolder):
         return {"image": to_float(arr), "segmentation": self.onehot[seg], "file_path_": path, "relpath": rel}
 
 
-class RFWTrain(SegmentationBase):
-    def __init__(self, size: Optional[int] = None, crop_size: Optional[int] = None, random_crop: bool = True,
-                 flip: bool = False, n_labels: int = 182, shift_segmentation: bool = False,
-                 segmentation_to_float32: bool = True, root: Optional[str] = None):
-        super().__init__("rfw", "train", size, crop_size, random_crop, flip, n_labels, shift_segmentation,
-                         segmentation_to_float32, root)
-
-
-class RFWValidation(SegmentationBase):
-    def __init__(self, size: Optional[int] = None, crop_size: Optional[int] = None, random_crop: bool = False,
-                 flip: bool = False, n_labels: int = 182, shift_segmentation: bool = False,
-                 segmentation_to_float32: bool = True, root: Optional[str] = None):
-        super().__init__("rfw", "validation", size, crop_size, random_crop, flip, n_labels, shift_segmentation,
-                         segmentation_to_float32, root)
-
-
-class SFLCKRTrain(SegmentationBase):
-    def __init__(self, size: Optional[int] = None, crop_size: Optional[int] = None, random_crop: bool = True,
-                 flip: bool = False, n_labels: int = 182, shift_segmentation: bool = False,
-                 segmentation_to_float32: bool = True, root: Optional[str] = None):
-        super().__init__("sflckr", "train", size, crop_size, random_crop, flip, n_labels, shift_segmentation,
-                         segmentation_to_float32, root)
-
-
-class SFLCKRValidation(SegmentationBase):
-    def __init__(self, size: Optional[int] = None, crop_size: Optional[int] = None, random_crop: bool = False,
-                 flip: bool = False, n_labels: int = 182, shift_segmentation: bool = False,
-                 segmentation_to_float32: bool = True, root: Optional[str] = None):
-        super().__init__("sflckr", "validation", size, crop_size, random_crop, flip, n_labels, shift_segmentation,
-                         segmentation_to_float32, root)
+RFWTrain = dataset_variant(SegmentationBase, "RFWTrain", fixed={"name": "rfw", "split": "train"},
+                           defaults={"random_crop": True})
+RFWValidation = dataset_variant(SegmentationBase, "RFWValidation", fixed={"name": "rfw", "split": "validation"})
+SFLCKRTrain = dataset_variant(SegmentationBase, "SFLCKRTrain", fixed={"name": "sflckr", "split": "train"},
+                              defaults={"random_crop": True})
+SFLCKRValidation = dataset_variant(SegmentationBase, "SFLCKRValidation",
+                                   fixed={"name": "sflckr", "split": "validation"})

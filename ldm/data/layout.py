@@ -17,10 +17,10 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ldm.data.folder import ImageFolder
-from ldm.data.image_io import hflip, load_rgb, resize_shorter, to_float
+from ldm.data.folder import FileList, ImageFolder
+from ldm.data.image_io import hflip, resize_shorter, to_float
 
-__all__ = ["BBoxImageDataset", "LayoutTokenizer"]
+__all__ = ["BBoxImageDataset", "LayoutSplit", "LayoutTokenizer"]
 
 
 class LayoutTokenizer:
@@ -93,16 +93,16 @@ class BBoxImageDataset(ImageFolder):
                  random_flip: bool = False,
                  min_object_area: float = 1e-4,
                  tokenizer: Optional[LayoutTokenizer] = None,
-                 file_list: Optional[str] = None,
+                 file_list: Optional[FileList] = None,
                  ):
         super().__init__(root=root, size=size, crop="random" if random_crop else "center", file_list=file_list)
         self.random_crop, self.random_flip, self.min_object_area = random_crop, random_flip, min_object_area
         self.boxes_for, self.class_names = boxes_for, class_names
         self.tokenizer = tokenizer or LayoutTokenizer(len(class_names))
 
-    def _load(self, j: int) -> dict[str, Any]:
-        path, rel = self.path(j), self._paths[j]
-        arr = resize_shorter(load_rgb(path, min_size=self.min_size, draft_size=self.size), self.size)
+    def load_example(self, j: int) -> dict[str, Any]:
+        path, rel = self.path(j), self.relpath(j)
+        arr = resize_shorter(self.read_image(j), self.size)
         h, w = arr.shape[:2]
         top = random.randint(0, h - self.size) if self.random_crop else (h - self.size) // 2
         left = random.randint(0, w - self.size) if self.random_crop else (w - self.size) // 2
@@ -129,3 +129,29 @@ class BBoxImageDataset(ImageFolder):
         keep = area >= max(self.min_object_area, math.ulp(0.0))
         order = np.argsort(-area[keep], kind="stable")
         return out[keep][order]
+
+
+class LayoutSplit(BBoxImageDataset):
+    """One split of a box-annotated collection (COCO, OpenImages), with the layout2img config's
+    parameters; a subclass implements :meth:`read_annotations`."""
+
+    def __init__(self,
+                 split: str,                     # "train" or "validation"
+                 size: int = 256,                # output side in px
+                 random_crop: bool = False,
+                 random_flip: bool = False,
+                 min_object_area: float = 1e-4,  # drop boxes smaller than this share of the crop
+                 max_objects: int = 30,          # 3 tokens each; 30 * 3 + 2 = 92 = max_seq_len
+                 no_tokens: int = 8192,          # the embedder's vocab_size
+                 grid: int = 64,                 # corner quantisation grid
+                 encode_crop: bool = True,       # append the crop window's corner tokens
+                 root: Optional[str] = None,     # the collection's folder (default under data/)
+                 ):
+        folder, boxes_for, names = self.read_annotations(split, root)
+        tokenizer = LayoutTokenizer(len(names), no_tokens, max_objects, grid, encode_crop)
+        super().__init__(folder, boxes_for, names, size=size, random_crop=random_crop, random_flip=random_flip,
+                         min_object_area=min_object_area, tokenizer=tokenizer)
+
+    def read_annotations(self, split: str, root: Optional[str]) -> tuple[str, Callable[[str], np.ndarray], list[str]]:
+        """(image folder, relpath -> (N, 5) boxes, class names) of ``split``."""
+        raise NotImplementedError

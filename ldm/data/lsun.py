@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any, Optional
+from typing import Optional
+
+import numpy as np
 
 from ldm.data.folder import ImageFolder
-from ldm.data.image_io import center_crop, hflip, load_rgb, to_float
-from ldm.data.paths import data_root, require_dir, require_file
+from ldm.data.image_io import center_crop, hflip
+from ldm.data.paths import ExpectedLayout
+from ldm.data.paths import data_root as default_root  # `data_root` is the original parameter name
+from ldm.data.variants import dataset_variant
 from ldm.modules.image_degradation.resize import pil_resize
 
 __all__ = ["LSUNBase", "LSUNBedroomsTrain", "LSUNBedroomsValidation", "LSUNChurchesTrain",
@@ -33,10 +37,6 @@ __all__ = ["LSUNBase", "LSUNBedroomsTrain", "LSUNBedroomsValidation", "LSUNChurc
 # The original names ("linear" is bilinear) -> Pillow filters.
 _INTERPOLATIONS = {"linear": "bilinear", "bilinear": "bilinear", "bicubic": "bicubic", "lanczos": "lanczos",
                    "nearest": "nearest", "box": "box", "hamming": "hamming"}
-
-
-def _lsun(path: str) -> str:
-    return os.path.join(data_root("lsun"), path)
 
 
 class LSUNBase(ImageFolder):
@@ -57,46 +57,46 @@ class LSUNBase(ImageFolder):
                   f"{data_root}\n{data_root}/\n  <the exported LSUN images>")
         prepare = ("export the LSUN LMDB with https://github.com/fyu/lsun (python data.py export ...),\n"
                    f"then: python scripts/prepare_lsun.py --data-root {data_root} --train-list {txt_file} ...")
-        require_dir(type(self).__name__, data_root, layout, prepare)
-        require_file(type(self).__name__, txt_file, layout, prepare)
-        super().__init__(root=data_root, size=size, crop="center", file_list=txt_file)
+        expected = ExpectedLayout(type(self).__name__, layout, prepare)
+        expected.dir(data_root)
+        super().__init__(root=data_root, size=size, crop="center", file_list=expected.file(txt_file))
         self.interpolation = _INTERPOLATIONS[interpolation]
         self.flip_p = flip_p
 
-    def _load(self, j: int) -> dict[str, Any]:
-        path = self.path(j)
-        arr = load_rgb(path, min_size=self.min_size, draft_size=self.size)
+    def transform(self, arr: np.ndarray) -> np.ndarray:
+        """The original geometry: the central square, resized with ``interpolation``, flipped."""
         arr = center_crop(arr, min(arr.shape[:2]))
         if self.size is not None and arr.shape[0] != self.size:
             arr = pil_resize(arr, (self.size, self.size), self.interpolation)
         if random.random() < self.flip_p:
             arr = hflip(arr)
-        return {"image": to_float(arr), "file_path_": path, "relpath": self._paths[j]}
+        return arr
 
 
-class LSUNChurchesTrain(LSUNBase):
-    def __init__(self, txt_file: Optional[str] = None, data_root: Optional[str] = None, size: Optional[int] = None,
-                 interpolation: str = "bicubic", flip_p: float = 0.5):
-        super().__init__(txt_file or _lsun("church_outdoor_train.txt"), data_root or _lsun("churches"),
+class _LSUNCategory(LSUNBase):
+    """One category's split, with the list and image folder defaulting under ``data/lsun``."""
+
+    def __init__(self,
+                 list_name: str,                 # default list file name under data/lsun
+                 folder: str,                    # default image folder name under data/lsun
+                 txt_file: Optional[str] = None,
+                 data_root: Optional[str] = None,
+                 size: Optional[int] = None,
+                 interpolation: str = "bicubic",
+                 flip_p: float = 0.5,
+                 ):
+        lsun = default_root("lsun")
+        super().__init__(txt_file or os.path.join(lsun, list_name), data_root or os.path.join(lsun, folder),
                          size=size, interpolation=interpolation, flip_p=flip_p)
 
 
-class LSUNChurchesValidation(LSUNBase):
-    def __init__(self, txt_file: Optional[str] = None, data_root: Optional[str] = None, size: Optional[int] = None,
-                 interpolation: str = "bicubic", flip_p: float = 0.0):
-        super().__init__(txt_file or _lsun("church_outdoor_val.txt"), data_root or _lsun("churches"),
-                         size=size, interpolation=interpolation, flip_p=flip_p)
-
-
-class LSUNBedroomsTrain(LSUNBase):
-    def __init__(self, txt_file: Optional[str] = None, data_root: Optional[str] = None, size: Optional[int] = None,
-                 interpolation: str = "bicubic", flip_p: float = 0.5):
-        super().__init__(txt_file or _lsun("bedrooms_train.txt"), data_root or _lsun("bedrooms"),
-                         size=size, interpolation=interpolation, flip_p=flip_p)
-
-
-class LSUNBedroomsValidation(LSUNBase):
-    def __init__(self, txt_file: Optional[str] = None, data_root: Optional[str] = None, size: Optional[int] = None,
-                 interpolation: str = "bicubic", flip_p: float = 0.0):
-        super().__init__(txt_file or _lsun("bedrooms_val.txt"), data_root or _lsun("bedrooms"),
-                         size=size, interpolation=interpolation, flip_p=flip_p)
+LSUNChurchesTrain = dataset_variant(
+    _LSUNCategory, "LSUNChurchesTrain", fixed={"list_name": "church_outdoor_train.txt", "folder": "churches"})
+LSUNChurchesValidation = dataset_variant(
+    _LSUNCategory, "LSUNChurchesValidation", fixed={"list_name": "church_outdoor_val.txt", "folder": "churches"},
+    defaults={"flip_p": 0.0})
+LSUNBedroomsTrain = dataset_variant(
+    _LSUNCategory, "LSUNBedroomsTrain", fixed={"list_name": "bedrooms_train.txt", "folder": "bedrooms"})
+LSUNBedroomsValidation = dataset_variant(
+    _LSUNCategory, "LSUNBedroomsValidation", fixed={"list_name": "bedrooms_val.txt", "folder": "bedrooms"},
+    defaults={"flip_p": 0.0})

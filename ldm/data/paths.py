@@ -17,8 +17,8 @@ import numpy as np
 
 from ldm.data.image_io import IMAGE_EXTENSIONS
 
-__all__ = ["DATA_ROOT_ENV", "data_root", "example_rng", "list_images", "missing_data", "require_dir",
-           "require_file", "write_list"]
+__all__ = ["DATA_ROOT_ENV", "ExpectedLayout", "data_root", "example_rng", "list_images", "missing_data",
+           "write_list"]
 
 DATA_ROOT_ENV = "LDM_DATA_ROOT"
 
@@ -41,16 +41,40 @@ def missing_data(dataset: str, path: str, layout: str, prepare: str) -> FileNotF
     return FileNotFoundError(message)
 
 
-def require_dir(dataset: str, path: str, layout: str, prepare: str) -> str:
-    if not os.path.isdir(path):
-        raise missing_data(dataset, path, layout, prepare)
-    return path
+class ExpectedLayout:
+    """One dataset's on-disk contract: checks that raise :func:`missing_data` errors.
 
+    ``layout`` and ``prepare`` are shown in every error, so each dataset writes them once.
+    """
 
-def require_file(dataset: str, path: str, layout: str, prepare: str) -> str:
-    if not os.path.isfile(path):
-        raise missing_data(dataset, path, layout, prepare)
-    return path
+    def __init__(self,
+                 dataset: str,   # the class name users see in the error
+                 layout: str,    # the expected tree, one entry per line
+                 prepare: str,   # the commands or download page that produce it
+                 ):
+        self.dataset, self.layout, self.prepare = dataset, layout, prepare
+
+    def missing(self, path: str) -> FileNotFoundError:
+        return missing_data(self.dataset, path, self.layout, self.prepare)
+
+    def dir(self, path: str) -> str:
+        """``path`` if it is a directory, else the missing-data error."""
+        if not os.path.isdir(path):
+            raise self.missing(path)
+        return path
+
+    def file(self, path: str) -> str:
+        """``path`` if it is a file, else the missing-data error."""
+        if not os.path.isfile(path):
+            raise self.missing(path)
+        return path
+
+    def first_file(self, candidates: list[str]) -> str:
+        """The first of ``candidates`` that exists (alternative names across releases)."""
+        for path in candidates:
+            if os.path.isfile(path):
+                return path
+        raise self.missing(candidates[0])
 
 
 def _indent(text: str) -> str:

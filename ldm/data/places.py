@@ -30,7 +30,8 @@ from PIL import Image, UnidentifiedImageError
 from ldm.data.folder import ImageFolder
 from ldm.data.image_io import BadImageError
 from ldm.data.masks import MaskGenerator
-from ldm.data.paths import data_root, example_rng, require_dir
+from ldm.data.paths import ExpectedLayout, data_root, example_rng
+from ldm.data.variants import dataset_variant
 
 __all__ = ["PlacesInpainting", "PlacesInpaintingTrain", "PlacesInpaintingValidation"]
 
@@ -38,6 +39,8 @@ _SPLITS = {"train": "train", "validation": "val"}
 
 
 class PlacesInpainting(ImageFolder):
+    """``image`` plus ``mask`` and ``masked_image`` (see the module docstring)."""
+
     def __init__(self,
                  split: str,                          # "train" or "validation"
                  size: int = 256,                     # crop side (the paper: 256 train, 512 eval)
@@ -55,10 +58,9 @@ class PlacesInpainting(ImageFolder):
                   "  val_masks/...   optional fixed masks: <image path without extension>.png")
         prepare = ("download 'High resolution images' (train and val) of Places365-Standard from\n"
                    f"http://places2.csail.mit.edu/download.html and unpack them into {root}/train and {root}/val")
-        name = type(self).__name__
-        folder = require_dir(name, os.path.join(root, _SPLITS[split]), layout, prepare)
-        self.mask_dir = (require_dir(name, os.path.join(root, f"{_SPLITS[split]}_masks"), layout, prepare)
-                         if use_mask_files else None)
+        expected = ExpectedLayout(type(self).__name__, layout, prepare)
+        folder = expected.dir(os.path.join(root, _SPLITS[split]))
+        self.mask_dir = expected.dir(os.path.join(root, f"{_SPLITS[split]}_masks")) if use_mask_files else None
         super().__init__(root=folder, size=size, crop="random" if random_crop else "center", flip=flip)
         self.masks = MaskGenerator(mask_kind)
         self.mask_seed = mask_seed
@@ -66,7 +68,7 @@ class PlacesInpainting(ImageFolder):
     def _mask(self, j: int) -> np.ndarray:
         if self.mask_dir is None:
             return self.masks(self.size, rng=example_rng(j, self.mask_seed))
-        path = os.path.join(self.mask_dir, os.path.splitext(self._paths[j])[0] + ".png")
+        path = os.path.join(self.mask_dir, os.path.splitext(self.relpath(j))[0] + ".png")
         try:
             with Image.open(path) as img:
                 mask = np.asarray(img.convert("L").resize((self.size, self.size), Image.Resampling.NEAREST)) > 0
@@ -74,21 +76,15 @@ class PlacesInpainting(ImageFolder):
             raise BadImageError(path, f"mask unreadable ({exc})") from None
         return mask.astype(np.float32)
 
-    def _load(self, j: int) -> dict[str, Any]:
-        example = super()._load(j)
+    def load_example(self, j: int) -> dict[str, Any]:
+        example = super().load_example(j)
         mask = self._mask(j)[..., None]
         example.update(mask=mask, masked_image=example["image"] * (1.0 - mask))
         return example
 
 
-class PlacesInpaintingTrain(PlacesInpainting):
-    def __init__(self, size: int = 256, mask_kind: str = "mixed", mask_seed: Optional[int] = None,
-                 random_crop: bool = True, flip: bool = True, root: Optional[str] = None):
-        super().__init__("train", size, mask_kind, mask_seed, random_crop, flip, False, root)
-
-
-class PlacesInpaintingValidation(PlacesInpainting):
-    def __init__(self, size: int = 512, mask_kind: str = "mixed", mask_seed: Optional[int] = 0,
-                 random_crop: bool = False, flip: bool = False, use_mask_files: bool = False,
-                 root: Optional[str] = None):
-        super().__init__("validation", size, mask_kind, mask_seed, random_crop, flip, use_mask_files, root)
+PlacesInpaintingTrain = dataset_variant(
+    PlacesInpainting, "PlacesInpaintingTrain", fixed={"split": "train", "use_mask_files": False},
+    defaults={"random_crop": True, "flip": True})
+PlacesInpaintingValidation = dataset_variant(PlacesInpainting, "PlacesInpaintingValidation",
+                                             fixed={"split": "validation"}, defaults={"size": 512, "mask_seed": 0})

@@ -13,13 +13,16 @@ From a decoded photo: a square crop whose side is a random fraction in
 """
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import numpy as np
 
 from ldm.data.image_io import to_float
+from ldm.data.paths import example_rng
 from ldm.modules.image_degradation import BSR, BSR_LIGHT, bicubic_downsample, bsr_degrade, pil_resize, resize
 from ldm.modules.image_degradation.resize import CV_METHODS, PIL_METHODS
 
-__all__ = ["DEGRADATIONS", "SuperResolutionPair"]
+__all__ = ["DEGRADATIONS", "SuperResolutionExamples", "SuperResolutionPair"]
 
 DEGRADATIONS: tuple[str, ...] = (("bsrgan", "bsrgan_light", "bicubic")
                                  + tuple(f"cv_{m}" for m in CV_METHODS)
@@ -74,3 +77,21 @@ class SuperResolutionPair:
         if d.startswith("cv_"):
             return resize(hr, lr_size, d[3:])
         return pil_resize(hr, lr_size, d[4:])
+
+
+class SuperResolutionExamples:
+    """Mixin for an :class:`~ldm.data.folder.ImageFolder`: example j is the HR/LR pair of its
+    full-resolution photo, plus ``file_path_``/``relpath``. Call :meth:`use_pair` in ``__init__``.
+    """
+
+    def use_pair(self,
+                 pair: SuperResolutionPair,
+                 seed: Optional[int],  # fixes crop and degradation per index (validation); None: fresh
+                 ) -> None:
+        self.pair, self.seed = pair, seed
+        self.draft_size = None  # the crop is a fraction of the photo: decode it at full resolution
+
+    def load_example(self, j: int) -> dict[str, Any]:
+        example = self.pair(self.read_image(j), example_rng(j, self.seed))
+        example.update(file_path_=self.path(j), relpath=self.relpath(j))
+        return example

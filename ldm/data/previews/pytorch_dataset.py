@@ -13,22 +13,12 @@ Examples: ``image`` (HWC float32 in [-1, 1]) and ``caption``, the config's ``con
 """
 from __future__ import annotations
 
-import os
-from typing import Optional
-
-from ldm.data.laion import WebDatasetCaptions
-from ldm.data.paths import data_root
+from ldm.data.laion import ShardsUnderRoot
+from ldm.data.variants import dataset_variant
 
 __all__ = ["PreviewsTrain", "PreviewsValidation"]
 
-
-class PreviewsTrain(WebDatasetCaptions):
-    def __init__(self, size: Optional[int] = 256, root: Optional[str] = None, random_crop: bool = True,
-                 flip: bool = False):
-        super().__init__(os.path.join(data_root("previews", root), "train"), size, random_crop, flip)
-
-
-class PreviewsValidation(WebDatasetCaptions):
-    def __init__(self, size: Optional[int] = 256, root: Optional[str] = None, random_crop: bool = False,
-                 flip: bool = False):
-        super().__init__(os.path.join(data_root("previews", root), "validation"), size, random_crop, flip)
+PreviewsTrain = dataset_variant(ShardsUnderRoot, "PreviewsTrain", fixed={"name": "previews", "split": "train"},
+                                defaults={"random_crop": True})
+PreviewsValidation = dataset_variant(ShardsUnderRoot, "PreviewsValidation",
+                                     fixed={"name": "previews", "split": "validation"})
