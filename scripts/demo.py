@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # (stage name, config, needs the autoencoder checkpoint)
 STAGES = [
     ("autoencoder", "configs/demo/autoencoder_kl.yaml", False),
+    ("ldm_uncond", "configs/demo/ldm_uncond.yaml", True),
+    ("ldm_class", "configs/demo/ldm_class.yaml", True),
+    ("ldm_text", "configs/demo/ldm_text.yaml", True),
 ]
 
 

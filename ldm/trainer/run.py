@@ -52,8 +52,18 @@ def checkpoint_callback(run: RunDir, model: pl.LightningModule, lightning_config
     monitor = getattr(model, "monitor", None)
     if monitor:
         params.update(monitor=monitor, save_top_k=3)
-    params.update(OmegaConf.to_container(lightning_config.get("modelcheckpoint", {}).get("params", {})))
+    params.update(_section(lightning_config, "modelcheckpoint", "params"))
     return pl.callbacks.ModelCheckpoint(**params)
+
+
+def _section(config: DictConfig, *keys: str) -> dict:
+    """A nested config section as a plain dict ({} when absent)."""
+    node: Any = config
+    for key in keys:
+        node = node.get(key) if node is not None else None
+    if node is None:
+        return {}
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
 
 
 def build_callbacks(run: RunDir, model, config, lightning_config, resume: bool) -> list[pl.Callback]:
@@ -110,8 +120,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     config = load_experiment(run_dir.base_configs, overrides)
     lightning_config = config.pop("lightning", OmegaConf.create())
     check_config_tree(OmegaConf.masked_copy(config, [k for k in ("model", "data") if k in config]))
-    trainer_kwargs = normalise_trainer_config(
-        OmegaConf.to_container(lightning_config.get("trainer", OmegaConf.create())), opt)
+    trainer_kwargs = normalise_trainer_config(_section(lightning_config, "trainer"), opt)
     pl.seed_everything(opt.seed, workers=True)
 
     model = instantiate_from_config(config.model, path="model")
@@ -128,7 +137,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     if data is None:
         raise ConfigError("data", "no `data` section: nothing to train or test on")
 
-    logger_kind = opt.logger or lightning_config.get("logger", {}).get("kind", "tensorboard")
+    logger_kind = opt.logger or _section(lightning_config, "logger").get("kind", "tensorboard")
     logger = build_logger(logger_kind, run_dir.logdir, run_dir.logdir.name, opt.project, opt.wandb_offline)
     trainer = pl.Trainer(default_root_dir=str(run_dir.logdir), logger=logger if logger is not None else False,
                          callbacks=build_callbacks(run_dir, model, config, lightning_config, bool(opt.resume)),
