@@ -49,7 +49,14 @@ def instantiate_from_config(config: Any, *, path: str = "", **extra: Any) -> Any
         raise ConfigError(f"{path}.params" if path else "params", "params must be a mapping")
     if getattr(obj, "__module__", "").startswith("ldm."):
         check_params(obj, {**params, **extra}, path or "<config>")
-    return obj(**params, **extra)
+    try:
+        return obj(**params, **extra)
+    except ConfigError as exc:
+        # Constructors name paths relative to their own params (e.g. `ddconfig.ch`); prefix ours so
+        # the message points at the full config path, e.g. `model.params.ddconfig.ch`.
+        if not path or exc.path.startswith(path):
+            raise
+        raise ConfigError(f"{path}.params.{exc.path}", exc.message) from exc
 
 
 def exists(x: Any) -> bool:

@@ -30,6 +30,8 @@ def test_cli_parses_original_flags_and_overrides():
     assert opt.base == ["a.yaml", "b.yaml"] and opt.train is True and opt.no_test is True
     assert (opt.gpus, opt.name, opt.seed, opt.scale_lr) == ("0,1", "exp", 7, False)
     assert overrides == ["model.params.x=1", "data.params.batch_size=4"]
+    opt, overrides = parse_args(["--base", "a.yaml", "model.params.x=1"])  # nargs="*" must not eat it
+    assert opt.base == ["a.yaml"] and overrides == ["model.params.x=1"]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -167,3 +167,21 @@ class DeviceStatsCallback(pl.Callback):
             stats["stats/peak_memory_MiB"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
         pl_module.log_dict(stats, rank_zero_only=True, sync_dist=False)
         rank_zero_info("  ".join(f"{k.split('/')[1]}={v:.2f}" for k, v in stats.items()))
+
+
+class FinalCheckpoint(pl.Callback):
+    """Saves `last.ckpt` when fitting ends, so steps after the last validation are never lost.
+
+    Lightning's ModelCheckpoint writes `last.ckpt` only after validation (when validation runs
+    every `val_check_interval` batches); a run stopped by `max_steps` in between would otherwise
+    resume from an older state than the one it reached.
+    """
+
+    def __init__(self, ckptdir: str):
+        super().__init__()
+        self.path = Path(ckptdir) / "last.ckpt"
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.interrupted or trainer.sanity_checking:
+            return
+        trainer.save_checkpoint(self.path)

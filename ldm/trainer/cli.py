@@ -6,6 +6,7 @@ after the `--base` configs are merged.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -89,6 +90,10 @@ def _explicit_bools(argv: Sequence[str]) -> list[str]:
 def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace, list[str]]:
     parser = build_parser()
     opt, unknown = parser.parse_known_args(_explicit_bools(sys.argv[1:] if argv is None else list(argv)))
+    # `--base a.yaml key=value` : nargs="*" swallows the override; hand it back.
+    overrides = [b for b in opt.base if "=" in b and not os.path.exists(b)]
+    opt.base = [b for b in opt.base if b not in overrides]
+    unknown = overrides + unknown
     bad = [u for u in unknown if "=" not in u or u.startswith("-")]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)} "

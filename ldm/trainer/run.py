@@ -17,6 +17,7 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from ldm.config import ConfigError, check_config_tree, set_trust_all_targets
 from ldm.config.loading import load_experiment
+from ldm.trainer.callbacks import FinalCheckpoint
 from ldm.trainer.checkpoint_io import AtomicCheckpointIO
 from ldm.trainer.cli import parse_args
 from ldm.trainer.loggers import build_logger
@@ -78,6 +79,7 @@ def build_callbacks(run: RunDir, model, config, lightning_config, resume: bool) 
             cb.save_dir = run.logdir
         callbacks.append(cb)
     callbacks.append(checkpoint_callback(run, model, lightning_config))
+    callbacks.append(FinalCheckpoint(str(run.ckptdir)))
     return callbacks
 
 
