@@ -1,0 +1,143 @@
+"""Command-line plumbing shared by the sampling scripts: argument groups, model loading from
+``-r``/``--config``/``--ckpt``, and the per-run output layout."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from PIL import Image
+
+from ldm.inference.images import safe_join, safe_name, save_grid, save_images, to_uint8
+from ldm.inference.loading import RunFiles, find_run, load_model
+from ldm.inference.pipelines import SamplingOptions
+from ldm.inference.runtime import PRECISIONS, select_device
+from ldm.inference.sampling import SAMPLER_NAMES
+
+__all__ = ["LoadedModel", "add_model_args", "add_output_args", "add_sampling_args", "model_from_args",
+           "options_from_args", "Outputs", "timestamp"]
+
+
+def timestamp() -> str:
+    return datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("-r", "--resume", metavar="RUN_OR_CKPT",
+                   help="a run directory (logs/<run>: configs/*.yaml + checkpoints/last.ckpt) or a checkpoint")
+    g.add_argument("--config", nargs="+", metavar="YAML",
+                   help="model config(s), merged in order; needed for a checkpoint outside a run directory")
+    g.add_argument("--ckpt", metavar="PATH", help="checkpoint (.ckpt or .safetensors) to load with --config")
+    g.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1, mps ... (default: cuda if available, else mps, else cpu)")
+    g.add_argument("--no-ema", dest="prefer_ema", action="store_false",
+                   help="sample with the trained weights instead of their EMA")
+
+
+def add_sampling_args(p: argparse.ArgumentParser, samplers: Sequence[str] = tuple(SAMPLER_NAMES), steps: int = 50,
+                      scale: Optional[float] = 1.0, eta: Optional[float] = 0.0, guidance: bool = True,
+                      short_flags: bool = False) -> None:
+    """Sampler options; ``short_flags`` adds the original sample_diffusion.py spellings -c and -e."""
+    g = p.add_argument_group("sampling")
+    g.add_argument("--sampler", choices=list(samplers), default=samplers[0], help="sampler (default %(default)s)")
+    g.add_argument(*(["-c"] if short_flags else []), "--steps", "--ddim_steps", dest="steps", type=int,
+                   default=steps, help="sampling steps (default %(default)s)")
+    g.add_argument(*(["-e"] if short_flags else []), "--eta", type=float, default=eta,
+                   help="DDIM eta: 0 deterministic, 1 ancestral (ddim only; default "
+                        f"{'1.0 for ddim, else 0' if eta is None else eta})")
+    if guidance:
+        g.add_argument("--scale", type=float, default=scale,
+                       help="classifier-free guidance scale; 1 = no guidance (default %(default)s)")
+    g.add_argument("--seed", type=int, default=42, help="random seed; the same seed reproduces the images "
+                   "(default %(default)s)")
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="network precision via autocast (default %(default)s)")
+    g.add_argument("--decode-tile", type=int, default=None, metavar="CELLS",
+                   help="decode the latent in overlapping tiles of this many latent cells to bound memory "
+                        "(default: automatic beyond twice the training size; 0 = never)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+
+
+def add_output_args(p: argparse.ArgumentParser, outdir: Optional[str], grid: bool = True) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("--outdir", "-o", default=outdir, help="where images are written (default %(default)s)")
+    g.add_argument("--skip_save", action="store_true", help="do not save individual samples")
+    if grid:
+        g.add_argument("--skip_grid", action="store_true", help="do not save the grid")
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    run: Optional[RunFiles]  # None when loaded from --config/--ckpt outside a run directory
+
+
+def model_from_args(args: argparse.Namespace) -> LoadedModel:
+    """``-r`` (run directory or checkpoint, configs found beside it) or ``--config`` + ``--ckpt``."""
+    device = select_device(args.device)
+    if args.resume:
+        if args.ckpt:
+            raise SystemExit("give either -r/--resume or --ckpt, not both")
+        run = find_run(args.resume)
+        configs = args.config or run.configs
+        if not configs:
+            raise SystemExit(f"{run.logdir}/configs has no saved configs for {run.ckpt}; pass --config")
+        return LoadedModel(load_model(configs, run.ckpt, device=device, prefer_ema=args.prefer_ema), run)
+    if not (args.config and args.ckpt):
+        raise SystemExit("no model given: pass -r <run dir or checkpoint>, or --config <yaml> --ckpt <checkpoint>")
+    return LoadedModel(load_model(args.config, args.ckpt, device=device, prefer_ema=args.prefer_ema), None)
+
+
+def options_from_args(args: argparse.Namespace, scale: Optional[float] = None) -> SamplingOptions:
+    scale = getattr(args, "scale", None) if scale is None else scale
+    return SamplingOptions(sampler=args.sampler, steps=args.steps, eta=args.eta if args.eta is not None else 0.0,
+                           scale=1.0 if scale is None else scale, precision=args.precision,
+                           decode_tile=args.decode_tile, progress=args.progress)
+
+
+class Outputs:
+    """The output folder of one script call: numbered samples, grids, nothing outside ``root``."""
+
+    def __init__(self, root: str | os.PathLike, skip_save: bool = False, skip_grid: bool = False):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.skip_save, self.skip_grid = skip_save, skip_grid
+        self.written: list[Path] = []
+
+    def folder(self, *names: str) -> Path:
+        """A sub-folder named from user text (prompts, file stems), sanitised."""
+        return safe_join(self.root, *(safe_name(n) for n in names))
+
+    def samples(self, images: torch.Tensor, *names: str, start: Optional[int] = None) -> list[Path]:
+        if self.skip_save:
+            return []
+        paths = save_images(images, self.folder(*names) if names else self.root, start=start)
+        self.written += paths
+        return paths
+
+    def image(self, image: torch.Tensor, name: str) -> Path:
+        """One image (3, H, W) in [-1, 1] as ``<name>.png`` (name sanitised)."""
+        path = safe_join(self.root, safe_name(name) + ".png")
+        Image.fromarray(to_uint8(image[None] if image.ndim == 3 else image)[0]).save(path)
+        self.written.append(path)
+        return path
+
+    def grid(self, images: torch.Tensor, name: str, nrow: int) -> Optional[Path]:
+        if self.skip_grid or images.numel() == 0:
+            return None
+        stem, index = safe_name(name), 0
+        while (path := safe_join(self.root, f"{stem}-{index:04d}.png")).exists():
+            index += 1
+        self.written.append(save_grid(images, path, nrow))
+        return path
+
+
+def add_condition_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("condition (text or class-conditional models)")
+    g.add_argument("--prompt", default=None, help="prompt for a text-conditioned model")
+    g.add_argument("--class", dest="class_label", type=int, default=None, help="class id for a class model")

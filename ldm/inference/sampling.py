@@ -1,0 +1,118 @@
+"""Drawing latents from a trained model with any sampler of ``ldm.models.diffusion.sampling``.
+
+    z = sample_latents(model, (B, C, h, w), cond=c, uncond=uc, scale=5.0, sampler="ddim", steps=50)
+
+The model is wrapped once into the samplers' denoiser interface (``CompVisDenoiser``), classifier-
+free guidance is a wrapper around that (Ho & Salimans 2021), and the noise-level grid is the one
+the original implementation of each sampler uses. Latents enter and leave in the model's own
+(variance-preserving) coordinates.
+
+Convolutional sampling (paper Sec. 4.3.2): nothing here ties ``shape`` to the training
+resolution. The UNet is convolutional, so a latent larger than ``model.image_size`` is sampled
+as is; for spatially conditioned models (semantic maps, super-resolution, inpainting) the
+condition fixes the layout and the model generalises to larger sizes, up to the megapixel regime.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from ldm.models.diffusion.sampling import (SAMPLERS, ClassifierFreeGuidance, CompVisDenoiser, ddim_sigmas,
+                                           ddpm_sigmas, dpm_solver_sigmas, ve_to_vp, vp_to_ve)
+
+__all__ = ["SAMPLER_NAMES", "initial_noise", "noise_levels", "noise_to_level", "sample_latents"]
+
+# user-facing name -> sampler function key; "dpm" is DPM-Solver++(2M) as the original DPMSolverSampler
+SAMPLER_NAMES = {"ddim": "ddim", "plms": "plms", "dpm": "dpmpp_2m", "unipc": "unipc", "ddpm": "ddpm"}
+MASKED_SAMPLERS = ("ddim", "plms", "ddpm")  # those with in-/out-painting (mask, x0)
+
+
+def noise_levels(model: Any, sampler: str, steps: int) -> torch.Tensor:
+    """Descending sigmas for ``sampler`` with ``steps`` steps on the model's training schedule.
+
+    ddim/plms: the original DDIM grid (uniform, +1 offset). dpm/unipc: DPM-Solver's time-uniform
+    grid from t = T-1 to 0. ddpm: the full ancestral chain when ``steps >= T``, otherwise the
+    DDIM grid walked with ancestral (eta = 1) steps.
+    """
+    if sampler not in SAMPLER_NAMES:
+        raise ValueError(f"sampler must be one of {tuple(SAMPLER_NAMES)}, got {sampler!r}")
+    ac = model.alphas_cumprod
+    if sampler in ("ddim", "plms"):
+        return ddim_sigmas(ac, steps)
+    if sampler in ("dpm", "unipc"):
+        return dpm_solver_sigmas(ac, steps, "time_uniform")
+    return ddpm_sigmas(ac) if steps >= model.num_timesteps else ddim_sigmas(ac, steps)
+
+
+def initial_noise(shape: tuple, generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
+    """x_T ~ N(0, I), drawn on the generator's device (CPU: the same numbers everywhere)."""
+    if generator is None:
+        return torch.randn(shape, device=device)
+    return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
+def noise_to_level(z0: torch.Tensor, sigma: float | torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """q(z_t | z_0) at noise level sigma, in VP coordinates: sqrt(abar) z_0 + sqrt(1 - abar) n
+    with abar = 1 / (1 + sigma^2) (paper Eq. (1), Ho et al. 2020 Eq. 4)."""
+    return ve_to_vp(z0 + torch.as_tensor(sigma, dtype=z0.dtype, device=z0.device) * noise, sigma)
+
+
+def sample_latents(
+    model: Any,
+    shape: tuple,                               # (B, C, h, w) of the latent
+    cond: Any = None,                           # conditioning as the model's apply_model takes it
+    uncond: Any = None,                         # the unconditional counterpart, for guidance
+    scale: float = 1.0,                         # guidance weight w; 1 = plain conditional sampling
+    sampler: str = "ddim",
+    steps: int = 50,
+    eta: float = 0.0,                           # DDIM stochasticity (ddim only)
+    generator: Optional[torch.Generator] = None,
+    x_T: Optional[torch.Tensor] = None,         # start latent (VP coordinates); default fresh noise
+    mask: Optional[torch.Tensor] = None,        # 1 = keep x0 there (latent resolution)
+    x0: Optional[torch.Tensor] = None,          # known latent for masked sampling
+    progress: bool = True,
+    first_step: int = 0,                        # start this many levels into the grid (img2img)
+) -> torch.Tensor:
+    """A latent sample of ``shape`` in the model's VP coordinates (paper Eq. (1)-(2) reversed).
+
+    With ``mask``/``x0`` the known region is re-imposed at every step and the returned latent
+    equals ``x0`` exactly where ``mask == 1`` (in-/out-painting with any model, Sec. 4.5).
+    With ``first_step = k`` only the last ``steps - k`` steps run, from ``x_T`` taken to be at
+    level ``noise_levels(...)[k]`` (see ``noise_to_level``).
+    """
+    if len(shape) != 4:
+        raise ValueError(f"shape must be (B, C, h, w), got {tuple(shape)}")
+    if eta != 0.0 and sampler != "ddim":
+        raise ValueError(f"eta={eta} is only defined for the ddim sampler, not {sampler!r}")
+    if (mask is None) != (x0 is None):
+        raise ValueError("masked sampling needs both `mask` and `x0`")
+    if mask is not None and sampler not in MASKED_SAMPLERS:
+        raise ValueError(f"masked sampling (inpainting) needs one of {MASKED_SAMPLERS}, got {sampler!r}")
+    if scale != 1.0 and uncond is None:
+        raise ValueError(f"guidance scale {scale} needs an unconditional conditioning")
+    device = model.alphas_cumprod.device
+    sigmas = noise_levels(model, sampler, steps).to(device)
+    if not 0 <= first_step < len(sigmas) - 1:
+        raise ValueError(f"first_step must lie in [0, {len(sigmas) - 2}], got {first_step}")
+    sigmas = sigmas[first_step:]
+    denoiser: Any = CompVisDenoiser(model)
+    if scale != 1.0:
+        denoiser = ClassifierFreeGuidance(denoiser, scale=scale, uncond=uncond)
+    z = initial_noise(tuple(shape), generator, device) if x_T is None else x_T.to(device)
+    if tuple(z.shape) != tuple(shape):
+        raise ValueError(f"x_T has shape {tuple(z.shape)}, expected {tuple(shape)}")
+    options: dict[str, Any] = {}
+    if sampler == "ddim":
+        options["eta"] = eta
+    if sampler == "ddpm":
+        options["clip_denoised"] = False
+    if mask is not None:
+        options.update(mask=mask.to(device), x0=x0.to(device))
+    fn = SAMPLERS[SAMPLER_NAMES[sampler]]
+    x = fn(denoiser, vp_to_ve(z.float(), sigmas[0]), sigmas, extra_args={"cond": cond},
+           disable=not progress, generator=generator, **options)
+    out = ve_to_vp(x, sigmas[-1])
+    if mask is not None:  # exact at the end, also when the last level sigma(0) is above zero
+        out = mask * x0 + (1.0 - mask) * out
+    return out
