@@ -352,6 +352,17 @@ def test_stochastic_encode_then_decode(model):
         sampler.decode(z, None, t_start=51)
 
 
+def test_decode_single_step(model):
+    """img2img with a low strength runs one step: a one-element schedule must work too."""
+    sampler = DDIMSampler(model)
+    sampler.make_schedule(50, ddim_eta=0.0, verbose=False)
+    z = torch.randn(SHAPE)
+    out = sampler.decode(z, None, t_start=1)
+    sigmas = ddim_sigmas(model.alphas_cumprod, 50)[-2:]  # step 0 of the grid, then sigma(0)
+    ref = ve_to_vp(sample_ddim(CompVisDenoiser(model), vp_to_ve(z, sigmas[0]), sigmas, disable=True), sigmas[-1])
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+
+
 def test_class_api_errors(model):
     with pytest.raises(ValueError, match="ddim_eta must be 0 for PLMS"):
         PLMSSampler(model).sample(10, 2, SHAPE[1:], eta=0.5, verbose=False)

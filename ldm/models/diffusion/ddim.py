@@ -38,7 +38,7 @@ class DDIMGridSampler(CompVisSampler):
     def _levels(self, steps: np.ndarray, final_zero: bool = False) -> torch.Tensor:
         """Noise levels visiting ``steps`` (descending) and ending at sigma(0), or 0."""
         table = self.level_table()
-        idx = torch.as_tensor(np.ascontiguousarray(np.flip(steps)), device=table.device)
+        idx = torch.as_tensor(np.flip(steps).copy(), device=table.device)  # copy: a 1-element flip keeps its negative stride
         end = table.new_zeros(1) if final_zero else table[:1]
         return torch.cat([table[idx], end]).float()
 
