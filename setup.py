@@ -22,6 +22,7 @@ setup(
         "pillow>=10.0",
         "safetensors>=0.4",
         "numpy>=1.24",
+        "scipy>=1.10",
         "tqdm>=4.60",
         "tensorboard>=2.14",
     ],

@@ -52,6 +52,23 @@ def run_stage(name: str, config: str, ae_ckpt: Path | None, logdir: Path, fast: 
     return run
 
 
+def sample_commands(runs: dict[str, Path], outdir: Path) -> list[list[str]]:
+    """Sampling-script calls on the trained demo models (those whose stage ran)."""
+    py = sys.executable
+    cmds = []
+    if "ldm_uncond" in runs:
+        cmds.append([py, "scripts/sample_diffusion.py", "-r", str(runs["ldm_uncond"]), "-n", "16", "-c", "50",
+                     "-l", str(outdir / "uncond")])
+    if "ldm_class" in runs:
+        cmds.append([py, "scripts/sample_diffusion.py", "-r", str(runs["ldm_class"]), "-n", "16",
+                     "--classes", *map(str, range(8)), "--scale", "3.0", "-c", "50", "-l", str(outdir / "class")])
+    if "ldm_text" in runs:
+        cmds.append([py, "scripts/txt2img.py", "-r", str(runs["ldm_text"]), "--prompt",
+                     "a red circle and a blue square", "--sampler", "unipc", "--steps", "20", "--scale", "3.0",
+                     "--n_samples", "8", "--outdir", str(outdir / "text")])
+    return cmds
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stages", nargs="*", default=[s[0] for s in STAGES], choices=[s[0] for s in STAGES])
@@ -60,18 +77,23 @@ def main() -> None:
     args = p.parse_args()
     logdir = (ROOT / args.logdir).resolve()
     ae_ckpt = None
+    runs: dict[str, Path] = {}
     for name, config, needs_ae in STAGES:
         if name not in args.stages:
             continue
         if needs_ae and ae_ckpt is None:
             ae_ckpt = latest_run(logdir, "demo_autoencoder") / "checkpoints" / "last.ckpt"
         run = run_stage(name, config, ae_ckpt if needs_ae else None, logdir, args.fast)
+        runs[name] = run
         if name == "autoencoder":
             ae_ckpt = run / "checkpoints" / "last.ckpt"
         grids = sorted((run / "images").rglob("*.png"), key=lambda p: p.stat().st_mtime)
         for g in grids[-3:]:
             print(f"    {g.relative_to(ROOT) if g.is_relative_to(ROOT) else g}")
-    print("\nDemo done. Image grids are under each run's images/ folder.")
+    for cmd in sample_commands(runs, logdir / "demo_samples"):
+        print(f"\n==> sampling: {shlex.join(cmd)}", flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True)
+    print(f"\nDemo done. Training grids are under each run's images/ folder; samples under {logdir / 'demo_samples'}.")
 
 
 if __name__ == "__main__":

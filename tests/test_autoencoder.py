@@ -508,12 +508,11 @@ def test_missing_ckpt_path_errors_unless_allowed(monkeypatch):
     with pytest.warns(UserWarning, match="RANDOM weights"):
         AutoencoderKL(ddconfig=KL_DD, lossconfig=IDENTITY, embed_dim=4, ckpt_path=missing)
     monkeypatch.delenv(ckpt_io.ALLOW_MISSING_ENV)
-    try:
-        ckpt_io.allow_missing_checkpoints(True)
-        with pytest.warns(UserWarning, match="RANDOM weights"):
-            VQModel(ddconfig=VQ_DD, lossconfig=IDENTITY, n_embed=8, embed_dim=4, ckpt_path=missing)
-    finally:
-        ckpt_io.allow_missing_checkpoints(False)
+    monkeypatch.setattr(ckpt_io, "_allow_missing", None)  # restored after the test: no leak into others
+    ckpt_io.allow_missing_checkpoints(True)
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        VQModel(ddconfig=VQ_DD, lossconfig=IDENTITY, n_embed=8, embed_dim=4, ckpt_path=missing)
+    ckpt_io.allow_missing_checkpoints(False)
     assert not ckpt_io.missing_checkpoints_allowed()
 
 

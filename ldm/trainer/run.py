@@ -5,7 +5,6 @@ piece in its own module so that this file stays a table of contents.
 """
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
 
+from ldm.checkpoint import allow_missing_checkpoints
 from ldm.config import ConfigError, check_config_tree, set_trust_all_targets
 from ldm.config.loading import load_experiment
 from ldm.trainer.callbacks import FinalCheckpoint
@@ -116,7 +116,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     opt, overrides = parse_args(argv)
     set_trust_all_targets(opt.trust_config_targets)
     if opt.allow_missing_ckpt:
-        os.environ["LDM_ALLOW_MISSING_CKPT"] = "1"
+        allow_missing_checkpoints(True)
     run_dir = resume_run(opt.resume, opt.base) if opt.resume else new_run(
         opt.logdir, opt.base, opt.name, opt.postfix, opt.debug)
     config = load_experiment(run_dir.base_configs, overrides)
@@ -176,3 +176,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    finally:  # in-process callers (tests, notebooks) get the process-wide switches back
+        set_trust_all_targets(False)
