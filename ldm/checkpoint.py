@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import warnings
 import zipfile
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
@@ -28,6 +30,9 @@ __all__ = [
     "ALLOW_MISSING_ENV",
     "LoadReport",
     "allow_missing_checkpoints",
+    "atomic_path",
+    "download_command",
+    "ema_weights",
     "init_from_ckpt",
     "load_into",
     "load_state_dict",
@@ -49,6 +54,29 @@ def missing_checkpoints_allowed() -> bool:
     if _allow_missing is not None:
         return _allow_missing
     return os.environ.get(ALLOW_MISSING_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+# models/<kind>/<name>/... are where the download scripts put the released checkpoints
+_RELEASED = re.compile(r"(?:^|/)models/(first_stage_models|ldm)/([^/]+)/")
+_DOWNLOAD_SCRIPTS = {"first_stage_models": "scripts/download_first_stages.sh", "ldm": "scripts/download_models.sh"}
+
+
+def download_command(path: str | os.PathLike) -> Optional[str]:
+    """The command that fetches the released checkpoint expected at ``path`` (a path under
+    models/first_stage_models/<name>/ or models/ldm/<name>/), else None."""
+    m = _RELEASED.search(os.fspath(path).replace(os.sep, "/"))
+    if m is None:
+        return None
+    kind, name = m.groups()
+    return f"bash {_DOWNLOAD_SCRIPTS[kind]} {name}"
+
+
+def _missing_message(path: str) -> str:
+    command = download_command(path)
+    fix = (f"Download the released checkpoint with `{command}` (from the repository root), fix the path,"
+           if command else "Fix the path,")
+    return (f"ckpt_path {path!r} does not exist. {fix} or set {ALLOW_MISSING_ENV}=1 (training: --allow-missing-ckpt; "
+            "in Python: ldm.checkpoint.allow_missing_checkpoints(True)) to continue with random weights.")
 
 
 # -- restricted unpickling of legacy checkpoints ------------------------------------------------------
@@ -171,8 +199,9 @@ def _read_torch_file(path: str) -> Any:
 
 
 # -- public API ------------------------------------------------------------------------------------------
-def _ema_to_model(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Replace each `model.<name>` by its EMA copy `model_ema.<name without dots>` where present."""
+def ema_weights(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+    """``sd`` with each `model.<name>` replaced by its EMA copy `model_ema.<name without dots>` (the
+    LitEma layout) where one exists, and how many were replaced."""
     out = dict(sd)
     replaced = 0
     for key in sd:
@@ -181,6 +210,11 @@ def _ema_to_model(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             if ema_key in sd:
                 out[key] = sd[ema_key]
                 replaced += 1
+    return out, replaced
+
+
+def _ema_to_model(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out, replaced = ema_weights(sd)
     if replaced == 0:
         warnings.warn("prefer_ema=True but the checkpoint holds no `model_ema.*` copies of `model.*`; "
                       "using the raw weights", stacklevel=3)
@@ -191,7 +225,8 @@ def load_state_dict(path: str | os.PathLike, *, prefer_ema: bool = False) -> dic
     """Tensors of a checkpoint file (its "state_dict" entry when there is one), on CPU."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        command = download_command(path)
+        raise FileNotFoundError(f"checkpoint not found: {path}" + (f"; download it with `{command}`" if command else ""))
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -208,22 +243,17 @@ def load_state_dict(path: str | os.PathLike, *, prefer_ema: bool = False) -> dic
     return _ema_to_model(sd) if prefer_ema else sd
 
 
-def save_state_dict(path: str | os.PathLike, sd: Mapping[str, torch.Tensor]) -> None:
-    """Write ``sd`` atomically: ``.safetensors`` as safetensors, else ``{"state_dict": sd}`` via torch."""
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path beside ``path`` to write to; on success it is synced and moved onto
+    ``path`` in one step, on error removed, so ``path`` is never left half-written."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     os.close(fd)
     try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import save_file
-
-            # safetensors refuses tensors that share memory; clone makes each independent.
-            save_file({k: v.clone() for k, v in tensors.items()}, tmp)
-        else:
-            torch.save({"state_dict": tensors}, tmp)
+        yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -231,6 +261,20 @@ def save_state_dict(path: str | os.PathLike, sd: Mapping[str, torch.Tensor]) -> 
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def save_state_dict(path: str | os.PathLike, sd: Mapping[str, torch.Tensor]) -> None:
+    """Write ``sd`` atomically: ``.safetensors`` as safetensors, else ``{"state_dict": sd}`` via torch."""
+    path = os.fspath(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+    with atomic_path(path) as tmp:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import save_file
+
+            # safetensors refuses tensors that share memory; clone makes each independent.
+            save_file({k: v.clone() for k, v in tensors.items()}, tmp)
+        else:
+            torch.save({"state_dict": tensors}, tmp)
 
 
 @dataclass
@@ -330,8 +374,7 @@ def init_from_ckpt(
     """Load a config's ``ckpt_path`` into ``module``; a missing file is an error unless allowed."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        message = (f"ckpt_path {path!r} does not exist. Fix the path, or set {ALLOW_MISSING_ENV}=1 "
-                   "(or call ldm.checkpoint.allow_missing_checkpoints(True)) to continue with random weights.")
+        message = _missing_message(path)
         if not missing_checkpoints_allowed():
             raise FileNotFoundError(message)
         warnings.warn(f"{message} Continuing with RANDOM weights.", stacklevel=2)

@@ -50,9 +50,8 @@ ORIGINALS = {
             "layout2img-openimages256", "semantic_synthesis256", "semantic_synthesis512", "bsr_sr",
             "inpainting_big")))},
 }
-# LatentDiffusion does not yet build the 7-channel inpainting input (E(masked image) + mask).
-INPAINTING = {"configs/ldm/inpainting-places-ldm-vq-4.yaml", "configs/ldm/inpainting-places-ldm-vq-4-noattn.yaml",
-              "configs/ldm/inpainting-places-ldm-vq-4-big.yaml", "models/ldm/inpainting_big/config.yaml"}
+INPAINTING = ("configs/ldm/inpainting-places-ldm-vq-4.yaml", "configs/ldm/inpainting-places-ldm-vq-4-noattn.yaml",
+              "configs/ldm/inpainting-places-ldm-vq-4-big.yaml", "models/ldm/inpainting_big/config.yaml")
 
 
 def _plain(rel: str) -> dict:
@@ -186,12 +185,7 @@ def _one_step(cfg_path: Path, tmp_path: Path) -> dict:
 
 @pytest.mark.parametrize("rel", CONFIGS)
 def test_config_trains_one_step_on_fake_data(rel, env):
-    cfg_path = _small_config(rel, env)
-    if rel in INPAINTING:
-        with pytest.raises(RuntimeError, match="channels"):
-            _one_step(cfg_path, env)
-        pytest.xfail("LatentDiffusion lacks the inpainting conditioning (concat of E(masked_image) and the mask)")
-    record = _one_step(cfg_path, env)
+    record = _one_step(_small_config(rel, env), env)
     assert record["train_batches"] == 1
     assert record["optimizer_steps"] >= 1
     assert record["grads_finite"] and record["nonzero_grad"]
@@ -295,6 +289,24 @@ def test_cfg_configs_drop_to_a_null_class():
     assert _plain("configs/ldm/txt2img-1p4B.yaml")["model"]["params"]["ucg_rate"] > 0
 
 
+def test_cfg_dropout_is_set_on_the_model_only():
+    """Classifier-free-guidance dropout has one place: model.params.ucg_rate (the embedders drop nothing)."""
+    for rel in CONFIGS:
+        cfg = _plain(rel)["model"]
+        for node in _nodes(cfg.get("params", {}), ""):
+            assert "ucg_rate" not in (node.get("params") or {}), (rel, node["target"])
+
+
+@pytest.mark.parametrize("rel", INPAINTING)
+def test_inpainting_configs_append_the_mask(rel):
+    """Sec. 4.5: UNet input = z_t (3) + E(masked image) (3) + the mask at latent size (1)."""
+    p = _plain(rel)["model"]["params"]
+    assert (p["cond_stage_key"], p["concat_mask_key"], p["cond_stage_config"]) == (
+        "masked_image", "mask", "__is_first_stage__")
+    embed = p["first_stage_config"]["params"]["embed_dim"]
+    assert p["unet_config"]["params"]["in_channels"] == p["channels"] + embed + 1 == 7
+
+
 # ------------------------------------------------------------------------------ entry points
 
 def test_dry_run_prints_the_resolved_config(env, capsys):
@@ -348,6 +360,8 @@ def test_download_scripts_cover_every_released_config():
     for zipname in ("celeba", "ffhq", "lsun_churches", "lsun_bedrooms", "text2img", "cin", "semantic_synthesis",
                     "semantic_synthesis256", "sr_bsr", "layout2img_model", "inpainting_big"):
         assert re.search(rf"\) echo {zipname} ;;", text), zipname
+    sourced = re.findall(r"^source .*/([\w.-]+\.sh)\"?$", text, flags=re.M)  # shared helpers, if split out
+    text += "".join((REPO / "scripts" / name).read_text() for name in sourced)
     assert "https://ommer-lab.com/files/latent-diffusion" in text
 
 

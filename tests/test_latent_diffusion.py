@@ -4,9 +4,12 @@ import copy
 import pytest
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 
-from ldm.models.diffusion.conditioning import DiffusionWrapper, drop_conditioning
-from ldm.models.diffusion.ddpm import LatentDiffusion
+from ldm import checkpoint as ckpt_io
+from ldm.models.diffusion.conditioning import (
+    DiffusionWrapper, drop_conditioning, inpainting_condition, mask_at_latent_size, split_inpainting_condition)
+from ldm.models.diffusion.ddpm import DDPM, LatentDiffusion
 from ldm.util import instantiate_from_config
 
 T = 50  # a short chain keeps ancestral sampling cheap
@@ -41,6 +44,9 @@ def make(kind="uncond", **overrides):
     elif kind == "concat":  # inpainting-style: the masked image through the first stage, concatenated
         params.update(unet_config=unet(in_channels=8), cond_stage_config="__is_first_stage__",
                       cond_stage_key="masked_image", concat_mode=True)
+    elif kind == "inpaint":  # as inpainting_big (Sec. 4.5): [z_t, E(masked image), mask at latent size]
+        params.update(unet_config=unet(in_channels=4 + 4 + 1), cond_stage_config="__is_first_stage__",
+                      cond_stage_key="masked_image", concat_mask_key="mask", conditioning_key="concat")
     params.update(overrides)
     model = instantiate_from_config({"target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": params})
     with torch.no_grad():  # near-deterministic latents: a random KL encoder's posterior is ~N(mean, 1)
@@ -51,7 +57,8 @@ def make(kind="uncond", **overrides):
 def batch(n=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     img = torch.rand(n, 16, 16, 3, generator=g) * 2 - 1  # channel-last, as the datasets deliver
-    return {"image": img, "masked_image": img * (torch.rand(n, 16, 16, 1, generator=g) > 0.5),
+    mask = (torch.rand(n, 16, 16, 1, generator=g) > 0.5).float()  # 1 = fill, as ldm.data.places
+    return {"image": img, "mask": mask, "masked_image": img * (1 - mask),
             "class_label": torch.randint(0, 10, (n,), generator=g)}
 
 
@@ -306,3 +313,110 @@ def test_lightning_fit_with_scheduler_and_scale_by_std(tmp_path):
     assert int(model.model_ema.num_updates) == 2
     assert {"val/loss_simple", "val/loss_simple_ema", "train/loss_simple_step", "lr_abs"} <= set(trainer.callback_metrics)
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-4 * (1e-6 + (1 - 1e-6) / 10 * 2))
+
+
+# ---- inpainting conditioning (paper Sec. 4.5) ----
+
+def test_inpainting_condition_layout():
+    """[E(masked image), mask↓] in the channel order of the original inference script: the masked image
+    through the first stage, then the pixel mask mapped to {-1, 1} and resized (nearest) to the latents."""
+    model = make("inpaint").eval()
+    data = batch(2)
+    data["mask"] = torch.zeros(2, 16, 16, 1)
+    data["mask"][0, :, :8] = 1.0  # sample 0: fill the left half; sample 1: keep everything
+    data["masked_image"] = data["image"] * (1 - data["mask"])
+    z, c = model.get_input(data, "image")
+    assert z.shape == (2, 4, 8, 8) and c.shape == (2, 4 + 1, 8, 8)
+    masked = data["masked_image"].permute(0, 3, 1, 2).contiguous()
+    latent = model.first_stage_model.encode(masked).mode()  # τ_θ = E for __is_first_stage__
+    mask = data["mask"].permute(0, 3, 1, 2)
+    torch.testing.assert_close(c[:, :4], latent)
+    expected_mask = torch.full((2, 1, 8, 8), -1.0)
+    expected_mask[0, :, :, :4] = 1.0
+    assert torch.equal(c[:, 4:], expected_mask)
+    assert torch.equal(c[:, 4:], F.interpolate(mask * 2 - 1, size=(8, 8)))
+    # the public helper builds the same condition from pixels, and splits it back
+    torch.testing.assert_close(inpainting_condition(model, masked, mask), c)
+    c_img, c_mask = split_inpainting_condition(c)
+    assert torch.equal(c_mask, expected_mask) and torch.equal(c_img, c[:, :4])
+    # the UNet sees [z_t, E(masked image), mask]: 4 + 4 + 1 input channels
+    assert model.apply_model(z, torch.tensor([3, 7]), c).shape == z.shape
+
+
+def test_inpainting_trains_with_finite_loss_and_uses_the_mask():
+    model = randomize_output(make("inpaint", use_ema=False))  # a zero output conv would stop every gradient
+    model.learning_rate = 1e-3
+    opt = model.configure_optimizers()
+    for step in range(3):
+        loss, logs = model.shared_step(batch(4, seed=step))
+        assert torch.isfinite(loss) and logs["train/loss"] == loss
+        opt.zero_grad()
+        loss.backward()
+        first_conv = model.model.diffusion_model.input_blocks[0][0].weight
+        assert first_conv.shape[1] == 9 and first_conv.grad[:, 8].abs().sum() > 0  # the mask channel is used
+        opt.step()
+    assert all(p.grad is None for p in model.first_stage_model.parameters())
+
+
+def test_inpainting_logs_and_guidance_keep_the_mask():
+    model = make("inpaint", ucg_rate=0.5)
+    data = batch(3)
+    logs = model.log_images(data, N=2, ddim_steps=3, inpaint=False, plot_progressive_rows=False,
+                            plot_diffusion_rows=False, unconditional_guidance_scale=2.0)
+    assert logs["samples"].shape == logs["samples_cfg_scale_2.00"].shape == (2, 3, 16, 16)
+    assert logs["conditioning"].shape == (2, 3, 16, 16)  # the first stage decodes E(masked image)
+    assert torch.equal(logs["conditioning_mask"],
+                       F.interpolate(data["mask"][:2].permute(0, 3, 1, 2) * 2 - 1, size=(8, 8)))
+    mask, masked = (DDPM.get_input(model, data, k) for k in ("mask", "masked_image"))  # (B, C, H, W)
+    uc = model.get_unconditional_conditioning(masked, mask=mask)  # the masked image dropped, the mask kept
+    torch.testing.assert_close(uc, inpainting_condition(model, torch.zeros(3, 3, 16, 16), mask))
+    with pytest.raises(ValueError, match="pass the pixel mask"):
+        model.get_unconditional_conditioning(masked)
+
+
+def test_inpainting_condition_errors():
+    with pytest.raises(ValueError, match="conditioning_key 'concat'"):
+        make("class", concat_mask_key="mask", cond_stage_trainable=False)
+    with pytest.raises(ValueError, match="cond_stage_trainable=False"):
+        make("inpaint", cond_stage_trainable=True)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        mask_at_latent_size(torch.full((1, 1, 4, 4), -1.0), (2, 2))
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        mask_at_latent_size(torch.zeros(1, 4, 4), (2, 2))
+    model = make("inpaint")
+    with pytest.raises(ValueError, match="batch size 1 differs"):
+        inpainting_condition(model, torch.zeros(2, 3, 16, 16), torch.zeros(1, 1, 16, 16))
+    data = batch(2)
+    del data["mask"]
+    with pytest.raises(KeyError, match="'mask'"):
+        model.get_input(data, "image")
+
+
+# ---- original names and messages ----
+
+def test_extract_into_tensor_is_the_original_name_of_extract():
+    from ldm.models.diffusion.parameterization import extract
+    from ldm.modules.diffusionmodules.util import extract_into_tensor
+    assert extract_into_tensor is extract
+    a = torch.tensor([10.0, 20.0, 30.0])
+    out = extract_into_tensor(a, torch.tensor([2, 0]), (2, 3, 4, 4))
+    assert out.shape == (2, 1, 1, 1) and out.flatten().tolist() == [30.0, 10.0]
+
+
+@pytest.mark.parametrize("path,command", [
+    ("models/first_stage_models/vq-f4-noattn/model.ckpt", "bash scripts/download_first_stages.sh vq-f4-noattn"),
+    ("/data/repo/models/ldm/inpainting_big/model.ckpt", "bash scripts/download_models.sh inpainting_big"),
+    ("logs/run/checkpoints/last.ckpt", None),
+])
+def test_missing_checkpoint_message_says_how_to_get_it(path, command, monkeypatch):
+    monkeypatch.delenv("LDM_ALLOW_MISSING_CKPT", raising=False)
+    with pytest.raises(FileNotFoundError) as err:
+        ckpt_io.init_from_ckpt(torch.nn.Linear(1, 1), path)
+    msg = str(err.value)
+    assert msg.startswith(f"ckpt_path {path!r} does not exist.")
+    assert "LDM_ALLOW_MISSING_CKPT=1" in msg and "--allow-missing-ckpt" in msg
+    assert ckpt_io.download_command(path) == command
+    if command is None:
+        assert "scripts/download" not in msg
+    else:
+        assert f"`{command}`" in msg

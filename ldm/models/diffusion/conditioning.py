@@ -4,8 +4,10 @@
 - ``crossattn``: τ_θ(y) ∈ R^{M×d_τ} is attended to by the UNet's cross-attention layers;
 - ``hybrid``: both; ``adm``: a vector added to the time embedding (class-conditional ADM style).
 
-Also here: the conditioning encoder τ_θ (the "cond stage"), and the classifier-free guidance
-training dropout (Ho & Salimans 2021), which replaces y by the null condition with probability p.
+Also here: the conditioning encoder τ_θ (the "cond stage"), the inpainting condition (paper
+Sec. 4.5: the encoded masked image plus the mask, one layout for training and sampling), and the
+classifier-free guidance training dropout (Ho & Salimans 2021), which replaces y by the null
+condition with probability p.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ldm.util import instantiate_from_config
@@ -22,13 +25,17 @@ __all__ = [
     "CONDITIONING_KEYS",
     "DiffusionWrapper",
     "__conditioning_keys__",
+    "check_rate",
     "default_null_class",
     "disabled_train",
     "drop_conditioning",
     "encode_condition",
     "freeze",
+    "inpainting_condition",
     "instantiate_cond_stage",
+    "mask_at_latent_size",
     "resolve_conditioning_key",
+    "split_inpainting_condition",
     "to_model_kwargs",
 ]
 
@@ -159,6 +166,45 @@ def encode_condition(cond_stage_model: nn.Module, c: Any, cond_stage_forward: Op
     return cond_stage_model(c)
 
 
+# ---- inpainting (paper Sec. 4.5): c_concat = [τ(masked image), mask at latent size] ----
+
+def mask_at_latent_size(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The pixel mask (B, 1, H, W) in [0, 1], 1 = fill, resized to ``size`` (nearest) as 2m - 1.
+
+    {-1, 1} and nearest resizing are how the released inpainting_big model was fed its mask (the
+    original inference script mapped every batch entry, the mask included, from [0, 1] to [-1, 1]).
+    """
+    if mask.ndim != 4 or mask.shape[1] != 1:
+        raise ValueError(f"inpainting mask must be (B, 1, H, W), got shape {tuple(mask.shape)}")
+    if mask.numel() and (float(mask.min()) < 0.0 or float(mask.max()) > 1.0):
+        raise ValueError(f"inpainting mask must lie in [0, 1] (1 = fill), got range "
+                         f"[{float(mask.min()):g}, {float(mask.max()):g}]")
+    return F.interpolate(mask.float(), size=tuple(size)) * 2.0 - 1.0
+
+
+def inpainting_condition(
+    model: Any,                 # a LatentDiffusion (its τ_θ encodes the masked image)
+    masked_image: torch.Tensor,  # (B, 3, H, W) in [-1, 1]; or its encoding when ``encoded``
+    mask: torch.Tensor,         # (B, 1, H, W) pixel mask in [0, 1], 1 = fill
+    encoded: bool = False,      # ``masked_image`` is already τ_θ(masked image)
+) -> torch.Tensor:
+    """The concat condition of an inpainting LDM: [τ_θ(masked image), mask↓] along channels, so the
+    UNet sees [z_t, E(masked image), mask] (3 + 3 + 1 = 7 channels for inpainting_big). Training
+    (``LatentDiffusion(concat_mask_key=...)``) and sampling both build it here."""
+    c = masked_image if encoded else model.get_learned_conditioning(masked_image)
+    if not isinstance(c, torch.Tensor) or c.ndim != 4:
+        raise TypeError(f"inpainting needs a spatial (B, C, h, w) encoding of the masked image, got "
+                        f"{type(c).__name__}{tuple(c.shape) if isinstance(c, torch.Tensor) else ''}")
+    if mask.shape[0] != c.shape[0]:
+        raise ValueError(f"inpainting mask batch size {mask.shape[0]} differs from the masked image's {c.shape[0]}")
+    return torch.cat([c, mask_at_latent_size(mask.to(c.device), c.shape[-2:]).to(c.dtype)], dim=1)
+
+
+def split_inpainting_condition(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`inpainting_condition`: (τ_θ(masked image), mask↓ in {-1, 1})."""
+    return c[:, :-1], c[:, -1:]
+
+
 # ---- classifier-free guidance: training dropout and the null condition ----
 
 def default_null_class(cond_stage_model: Optional[nn.Module]) -> int:
@@ -180,6 +226,18 @@ def _batch_size(xc: Any, class_key: Optional[str]) -> int:
     return len(xc)
 
 
+def check_rate(rate: float, name: str = "conditioning dropout rate") -> float:
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {rate}")
+    return rate
+
+
+def _drop_labels(labels: torch.Tensor, mask: torch.Tensor, null_class: Optional[int]) -> torch.Tensor:
+    if null_class is None:
+        raise ValueError("dropping class labels needs the null class index (ucg_null_class)")
+    return labels.masked_fill(mask.to(labels.device), null_class)
+
+
 def drop_conditioning(
     xc: Any,
     rate: float,
@@ -194,25 +252,19 @@ def drop_conditioning(
     ``generator``); rate 0 consumes no random numbers, so such runs match runs without dropout.
     Returns the new condition (the input is not modified) and the boolean drop mask.
     """
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"conditioning dropout rate must be in [0, 1], got {rate}")
+    check_rate(rate)
     n = _batch_size(xc, class_key)
     if rate == 0.0:
         return xc, torch.zeros(n, dtype=torch.bool)
     mask = torch.rand(n, generator=generator) < rate
     if isinstance(xc, Mapping):
-        if null_class is None:
-            raise ValueError("dropping class labels needs the null class index (ucg_null_class)")
-        labels = torch.as_tensor(xc[class_key])
         out = dict(xc)
-        out[class_key] = labels.masked_fill(mask.to(labels.device), null_class)
+        out[class_key] = _drop_labels(torch.as_tensor(xc[class_key]), mask, null_class)
         return out, mask
     if isinstance(xc, (list, tuple)) and all(isinstance(s, str) for s in xc):
         return type(xc)("" if m else s for s, m in zip(xc, mask.tolist())), mask
     if isinstance(xc, torch.Tensor) and not xc.is_floating_point():  # bare class labels
-        if null_class is None:
-            raise ValueError("dropping class labels needs the null class index (ucg_null_class)")
-        return xc.masked_fill(mask.to(xc.device), null_class), mask
+        return _drop_labels(xc, mask, null_class), mask
     if isinstance(xc, torch.Tensor):
         keep = (~mask).to(device=xc.device, dtype=xc.dtype).reshape(n, *((1,) * (xc.ndim - 1)))
         return xc * keep, mask

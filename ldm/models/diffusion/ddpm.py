@@ -1,10 +1,10 @@
 """DDPM (pixel space, Ho et al. 2020) and LatentDiffusion (paper Sec. 3.2-3.3) as Lightning modules.
 
 The math lives beside this file: schedules (``schedule``), the forward process and the
-parameterisations (``parameterization``), the objective (``losses``), conditioning and the
-classifier-free-guidance dropout (``conditioning``), the first stage (``first_stage``), ancestral
-sampling (``ancestral``), optimizers/checkpoints/latent rescaling (``training``) and image logging
-(``image_logging``). These classes hold the weights under their original state-dict
+parameterisations (``parameterization``), the objective (``losses``), conditioning, the inpainting
+condition and the classifier-free-guidance dropout (``conditioning``), the first stage
+(``first_stage``), ancestral sampling (``ancestral``), optimizers/checkpoints/latent rescaling
+(``training``) and image logging (``image_logging``). These classes hold the weights under their original state-dict
 names and read as the training step: get input -> encode first stage -> loss.
 """
 from __future__ import annotations
@@ -23,10 +23,11 @@ from torch import nn
 from ldm.models.diffusion import ancestral, image_logging, training
 from ldm.models.diffusion import parameterization as P
 from ldm.models.diffusion.conditioning import (  # noqa: F401  (original import paths)
-    DiffusionWrapper, __conditioning_keys__, default_null_class, disabled_train, drop_conditioning,
-    encode_condition, freeze, instantiate_cond_stage, resolve_conditioning_key, to_model_kwargs)
+    DiffusionWrapper, __conditioning_keys__, check_rate, default_null_class, disabled_train, drop_conditioning,
+    encode_condition, freeze, inpainting_condition, instantiate_cond_stage, resolve_conditioning_key,
+    to_model_kwargs)
 from ldm.models.diffusion.first_stage import decode_latent, sample_latent
-from ldm.models.diffusion.losses import LOSS_TYPES, DiffusionLoss, get_loss, lvlb_weights
+from ldm.models.diffusion.losses import DiffusionLoss, check_loss_type, get_loss, lvlb_weights
 from ldm.models.diffusion.schedule import (
     BETA_SCHEDULES, buffer_device, make_beta_schedule, register_schedule_buffers, schedule_arrays)
 from ldm.util import default, instantiate_from_config
@@ -73,8 +74,7 @@ class DDPM(P.ForwardProcessMethods, pl.LightningModule):
     ):
         super().__init__()
         P.check_parameterization(parameterization)
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type {loss_type!r} unknown; expected one of {LOSS_TYPES}")
+        check_loss_type(loss_type)
         if use_positional_encodings:
             raise ValueError("use_positional_encodings=True is not supported: the original code never "
                              "implemented the latent shifts it requires")
@@ -274,15 +274,20 @@ class LatentDiffusion(ancestral.LatentSamplingMethods, DDPM):
         scale_by_std: bool = False,                          # set scale_factor = 1/std(z) on the first batch
         ucg_rate: float = 0.0,                               # classifier-free guidance: P(drop condition)
         ucg_null_class: Optional[int] = None,                # null class index (default: embedder's)
+        concat_mask_key: Optional[str] = None,               # inpainting (Sec. 4.5): batch key of the mask
+                                                             # appended, at latent size, to the concat condition
         **kwargs: Any,                                       # DDPM parameters
     ):
         self.num_timesteps_cond = default(num_timesteps_cond, 1)
         if self.num_timesteps_cond > kwargs.get("timesteps", 1000):
             raise ValueError(f"num_timesteps_cond ({self.num_timesteps_cond}) exceeds timesteps")
-        if not 0.0 <= ucg_rate <= 1.0:
-            raise ValueError(f"ucg_rate must be in [0, 1], got {ucg_rate}")
+        check_rate(ucg_rate, "ucg_rate")
         self.scale_by_std = scale_by_std
         conditioning_key = resolve_conditioning_key(conditioning_key, concat_mode, cond_stage_config)
+        if concat_mask_key is not None and (conditioning_key != "concat" or cond_stage_trainable):
+            raise ValueError(f"concat_mask_key={concat_mask_key!r} appends the mask to a frozen concat condition: it "
+                             f"needs conditioning_key 'concat' (got {conditioning_key!r}) and "
+                             f"cond_stage_trainable=False (got {cond_stage_trainable})")
         ckpt_path = kwargs.pop("ckpt_path", None)  # loaded below, once every stage exists
         ignore_keys = kwargs.pop("ignore_keys", ())
         super().__init__(conditioning_key=conditioning_key, **kwargs)
@@ -291,6 +296,7 @@ class LatentDiffusion(ancestral.LatentSamplingMethods, DDPM):
         self.cond_stage_key = cond_stage_key
         self.ucg_rate = ucg_rate
         self.ucg_null_class = ucg_null_class
+        self.concat_mask_key = concat_mask_key
         if scale_by_std:  # a buffer, so the estimate is saved with the weights
             self.register_buffer("scale_factor", torch.tensor(float(scale_factor), device=buffer_device()))
         else:
@@ -362,10 +368,22 @@ class LatentDiffusion(ancestral.LatentSamplingMethods, DDPM):
         return drop_conditioning(xc, rate, class_key, self.null_class() if needs_class else None)[0]
 
     @torch.no_grad()
-    def get_unconditional_conditioning(self, xc, batch_size: Optional[int] = None):
-        """τ_θ(∅) shaped like the conditioning of raw condition ``xc`` (for guided sampling)."""
+    def get_unconditional_conditioning(self, xc, batch_size: Optional[int] = None,
+                                       mask: Optional[torch.Tensor] = None):
+        """τ_θ(∅) shaped like the conditioning of raw condition ``xc`` (for guided sampling). With
+        ``concat_mask_key`` the pixel ``mask`` (B, 1, H, W) is kept: only the masked image is dropped."""
         c = self.get_learned_conditioning(self.drop_condition(xc, 1.0))
-        return ancestral.slice_conditioning(c, batch_size) if batch_size else c
+        c = ancestral.slice_conditioning(c, batch_size) if batch_size else c
+        if self.concat_mask_key is not None:
+            if mask is None:
+                raise ValueError(f"concat_mask_key={self.concat_mask_key!r}: pass the pixel mask (B, 1, H, W)")
+            c = inpainting_condition(self, c, mask[:c.shape[0]], encoded=True)
+        return c
+
+    def get_mask_input(self, batch, bs: Optional[int] = None) -> torch.Tensor:
+        """The pixel mask ``batch[concat_mask_key]`` as (B, 1, H, W) on the model's device."""
+        mask = DDPM.get_input(self, batch, self.concat_mask_key)
+        return (mask if bs is None else mask[:bs]).to(self.device)
 
     def _raw_condition(self, batch, cond_key, x):
         if cond_key == self.first_stage_key:
@@ -380,7 +398,8 @@ class LatentDiffusion(ancestral.LatentSamplingMethods, DDPM):
     def get_input(self, batch, k, return_first_stage_outputs=False, force_c_encode=False, cond_key=None,
                   return_original_cond=False, bs=None, drop_cond: Optional[bool] = None):
         """(z, c[, x, D(z)][, y]): latents of ``batch[k]`` and the (encoded unless τ_θ is trained)
-        condition. While training, the condition is dropped with probability ``ucg_rate``."""
+        condition, with the mask appended for inpainting (``concat_mask_key``). While training, the
+        condition (not the mask) is dropped with probability ``ucg_rate``."""
         x = super().get_input(batch, k)
         if bs is not None:
             x = x[:bs]
@@ -396,6 +415,8 @@ class LatentDiffusion(ancestral.LatentSamplingMethods, DDPM):
                 c = self.get_learned_conditioning(xc if isinstance(xc, (dict, list)) else xc.to(self.device))
             if bs is not None and isinstance(c, (torch.Tensor, list)):
                 c = c[:bs]
+            if self.concat_mask_key is not None:
+                c = inpainting_condition(self, c, self.get_mask_input(batch, bs), encoded=True)
         out = [z, c]
         if return_first_stage_outputs:
             out.extend([x, self.decode_first_stage(z)])

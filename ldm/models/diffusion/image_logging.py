@@ -11,6 +11,7 @@ from einops import rearrange
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
+from ldm.models.diffusion.conditioning import split_inpainting_condition
 from ldm.util import isimage, ismap, log_txt_as_img
 
 __all__ = ["diffusion_row", "log_images_ddpm", "log_images_ldm", "rows_to_grid", "sample_log", "to_rgb"]
@@ -69,6 +70,8 @@ def to_rgb(model: Any, x: torch.Tensor) -> torch.Tensor:
 
 def _conditioning_images(model: Any, batch: dict, c: Any, xc: Any, size: tuple[int, int]) -> dict:
     log = {}
+    if getattr(model, "concat_mask_key", None) is not None:  # inpainting: [τ(masked image), mask↓]
+        c, log["conditioning_mask"] = split_inpainting_condition(c)
     if callable(getattr(model.cond_stage_model, "decode", None)):
         log["conditioning"] = model.cond_stage_model.decode(c)
     elif model.cond_stage_key in ("caption", "txt"):
@@ -138,7 +141,8 @@ def log_images_ldm(model: Any, batch: dict, N: int = 8, n_row: int = 4, sample: 
         if plot_denoise_rows:
             log["denoise_row"] = _decode_rows(model, z_denoise_row, desc="Denoising")
         if unconditional_guidance_scale != 1.0 and model.model.conditioning_key is not None:
-            uc = model.get_unconditional_conditioning(xc, N)
+            mask = model.get_mask_input(batch) if getattr(model, "concat_mask_key", None) else None
+            uc = model.get_unconditional_conditioning(xc, N, mask=mask)
             samples, _ = draw("Plotting guided", unconditional_guidance_scale=unconditional_guidance_scale,
                               unconditional_conditioning=uc)
             log[f"samples_cfg_scale_{unconditional_guidance_scale:.2f}"] = model.decode_first_stage(samples)

@@ -14,19 +14,23 @@ import torch.nn.functional as F
 
 from ldm.models.diffusion.schedule import buffer_device
 
-__all__ = ["LOSS_TYPES", "DiffusionLoss", "get_loss", "lvlb_weights"]
+__all__ = ["LOSS_TYPES", "DiffusionLoss", "check_loss_type", "get_loss", "lvlb_weights"]
 
 LOSS_TYPES = ("l1", "l2")
 
 
+def check_loss_type(loss_type: str) -> str:
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type {loss_type!r} unknown; expected one of {LOSS_TYPES}")
+    return loss_type
+
+
 def get_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str, mean: bool = True) -> torch.Tensor:
     """Elementwise L1 or squared L2 error; averaged over everything when ``mean``."""
-    if loss_type == "l1":
+    if check_loss_type(loss_type) == "l1":
         loss = (target - pred).abs()
-    elif loss_type == "l2":
-        loss = F.mse_loss(target, pred, reduction="none")
     else:
-        raise ValueError(f"loss_type {loss_type!r} unknown; expected one of {LOSS_TYPES}")
+        loss = F.mse_loss(target, pred, reduction="none")
     return loss.mean() if mean else loss
 
 
@@ -68,9 +72,7 @@ class DiffusionLoss:
         original_elbo_weight: float = 0.0,  # weight of the VLB term L_vlb
         learn_logvar: bool = False,         # report the logvar statistics when they are learned
     ):
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type {loss_type!r} unknown; expected one of {LOSS_TYPES}")
-        self.loss_type = loss_type
+        self.loss_type = check_loss_type(loss_type)
         self.l_simple_weight = l_simple_weight
         self.original_elbo_weight = original_elbo_weight
         self.learn_logvar = learn_logvar

@@ -114,13 +114,11 @@ def training_target(
     t: torch.Tensor,
 ) -> torch.Tensor:
     """What the network regresses: ε (Eq. (1)/(2) of the paper), x_0, or v."""
-    if parameterization == "eps":
+    if check_parameterization(parameterization) == "eps":
         return noise
     if parameterization == "x0":
         return x_start
-    if parameterization == "v":
-        return get_v(s, x_start, noise, t)
-    raise ValueError(f"parameterization {parameterization!r} unknown; expected one of {PARAMETERIZATIONS}")
+    return get_v(s, x_start, noise, t)
 
 
 def model_output_to_x0(
@@ -131,13 +129,7 @@ def model_output_to_x0(
     model_output: torch.Tensor,
 ) -> torch.Tensor:
     """The x_0 estimate implied by a network output under ``parameterization``."""
-    if parameterization == "eps":
-        return predict_start_from_noise(s, x_t, t, model_output)
-    if parameterization == "x0":
-        return model_output
-    if parameterization == "v":
-        return predict_start_from_z_and_v(s, x_t, t, model_output)
-    raise ValueError(f"parameterization {parameterization!r} unknown; expected one of {PARAMETERIZATIONS}")
+    return _TO_X0[check_parameterization(parameterization)](s, x_t, t, model_output)
 
 
 def model_output_to_eps(
@@ -148,13 +140,16 @@ def model_output_to_eps(
     model_output: torch.Tensor,
 ) -> torch.Tensor:
     """The ε estimate implied by a network output under ``parameterization``."""
-    if parameterization == "eps":
-        return model_output
-    if parameterization == "x0":
-        return predict_noise_from_start(s, x_t, t, model_output)
-    if parameterization == "v":
-        return predict_eps_from_z_and_v(s, x_t, t, model_output)
-    raise ValueError(f"parameterization {parameterization!r} unknown; expected one of {PARAMETERIZATIONS}")
+    return _TO_EPS[check_parameterization(parameterization)](s, x_t, t, model_output)
+
+
+def _as_is(s: Schedule, x_t: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
+    return model_output
+
+
+# parameterization -> (s, x_t, t, network output) -> estimate
+_TO_X0 = {"eps": predict_start_from_noise, "x0": _as_is, "v": predict_start_from_z_and_v}
+_TO_EPS = {"eps": _as_is, "x0": predict_noise_from_start, "v": predict_eps_from_z_and_v}
 
 
 # ---- posterior q(x_{t-1} | x_t, x_0)   (Ho et al. Eq. (6)-(7)) ----

@@ -1,7 +1,8 @@
 """Building blocks shared by the denoiser networks, under their original names.
 
-The noise schedules that lived here in the original code (``make_beta_schedule``,
-``make_ddim_timesteps``, ...) belong to the diffusion process and live in ``ldm.models.diffusion``.
+The noise schedules and ``extract_into_tensor`` that lived here in the original code
+(``make_beta_schedule``, ``make_ddim_timesteps``, ...) belong to the diffusion process and live in
+``ldm.models.diffusion``; their original names still resolve here.
 """
 from __future__ import annotations
 
@@ -109,15 +110,16 @@ def normalization(channels: int) -> nn.Module:
     return GroupNorm32(32, channels)
 
 
+def _nd(name: str, layers: tuple[type[nn.Module], ...], dims: int) -> type[nn.Module]:
+    """The 1D, 2D or 3D variant of a layer."""
+    if dims not in (1, 2, 3):
+        raise ValueError(f"{name}: unsupported dims={dims!r} (expected 1, 2 or 3)")
+    return layers[dims - 1]
+
+
 def conv_nd(dims: int, *args: Any, **kwargs: Any) -> nn.Module:
     """A 1D, 2D or 3D convolution."""
-    if dims == 1:
-        return nn.Conv1d(*args, **kwargs)
-    if dims == 2:
-        return nn.Conv2d(*args, **kwargs)
-    if dims == 3:
-        return nn.Conv3d(*args, **kwargs)
-    raise ValueError(f"conv_nd: unsupported dims={dims!r} (expected 1, 2 or 3)")
+    return _nd("conv_nd", (nn.Conv1d, nn.Conv2d, nn.Conv3d), dims)(*args, **kwargs)
 
 
 def linear(*args: Any, **kwargs: Any) -> nn.Linear:
@@ -126,13 +128,7 @@ def linear(*args: Any, **kwargs: Any) -> nn.Linear:
 
 def avg_pool_nd(dims: int, *args: Any, **kwargs: Any) -> nn.Module:
     """A 1D, 2D or 3D average pooling."""
-    if dims == 1:
-        return nn.AvgPool1d(*args, **kwargs)
-    if dims == 2:
-        return nn.AvgPool2d(*args, **kwargs)
-    if dims == 3:
-        return nn.AvgPool3d(*args, **kwargs)
-    raise ValueError(f"avg_pool_nd: unsupported dims={dims!r} (expected 1, 2 or 3)")
+    return _nd("avg_pool_nd", (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d), dims)(*args, **kwargs)
 
 
 def noise_like(shape: Sequence[int], device: torch.device | str, repeat: bool = False) -> torch.Tensor:
@@ -143,14 +139,20 @@ def noise_like(shape: Sequence[int], device: torch.device | str, repeat: bool = 
     return torch.randn(shape, device=device)
 
 
-# Schedules moved to the diffusion process; the original import path still resolves them, lazily
-# so that importing the network layers does not import the diffusion package.
-_MOVED = ("make_beta_schedule", "make_ddim_timesteps", "make_ddim_sampling_parameters")
+# Moved to the diffusion process: original name -> (module in ldm.models.diffusion, its name there).
+# Resolved lazily so that importing the network layers does not import the diffusion package.
+_MOVED = {
+    "make_beta_schedule": ("schedule", "make_beta_schedule"),
+    "make_ddim_timesteps": ("schedule", "make_ddim_timesteps"),
+    "make_ddim_sampling_parameters": ("schedule", "make_ddim_sampling_parameters"),
+    "extract_into_tensor": ("parameterization", "extract"),  # a[t] shaped to broadcast against x
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _MOVED:
-        from ldm.models.diffusion import schedule
+        import importlib
 
-        return getattr(schedule, name)
+        module, attr = _MOVED[name]
+        return getattr(importlib.import_module(f"ldm.models.diffusion.{module}"), attr)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

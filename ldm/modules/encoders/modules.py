@@ -58,11 +58,11 @@ class ClassEmbedder(AbstractEncoder):
     """Class label → one learned token [b, 1, embed_dim] for cross-attention.
 
     Null class for classifier-free guidance (opt-in, ``null_class=True``): the embedding gets one
-    extra row, index ``n_classes``, and during training each label is replaced by it with
-    probability ``ucg_rate``. It is opt-in so the released configs keep their table size and
-    training behaviour: ``cin256-v2`` instead reserves label 1000 by declaring ``n_classes: 1001``
-    (pass label 1000 for its unconditional branch); the same checkpoint also loads into
-    ``n_classes=1000, null_class=True``.
+    extra row, index ``n_classes``. The embedder never drops labels itself: the training dropout
+    is ``LatentDiffusion(ucg_rate=...)``, which works for every condition type and replaces labels
+    by ``null_index``. Opt-in so the released configs keep their table size: ``cin256-v2`` instead
+    reserves label 1000 by declaring ``n_classes: 1001`` (pass label 1000 for its unconditional
+    branch); the same checkpoint also loads into ``n_classes=1000, null_class=True``.
     """
 
     def __init__(
@@ -70,19 +70,13 @@ class ClassEmbedder(AbstractEncoder):
         embed_dim: int,  # d_τ
         n_classes: int = 1000,  # real classes
         key: str = "class",  # batch entry holding the labels
-        ucg_rate: float = 0.0,  # training probability of dropping a label to the null class
         null_class: bool = False,  # add the null class at index n_classes
     ):
         super().__init__()
         if n_classes < 1:
             raise ValueError(f"n_classes must be >= 1, got {n_classes}")
-        if not 0.0 <= ucg_rate <= 1.0:
-            raise ValueError(f"ucg_rate must lie in [0, 1], got {ucg_rate}")
-        if ucg_rate > 0 and not null_class:
-            raise ValueError(f"ucg_rate={ucg_rate} needs a null class to drop labels to: set null_class=True")
         self.key = key
         self.n_classes = n_classes
-        self.ucg_rate = ucg_rate
         self.null_class = null_class
         self.embedding = nn.Embedding(n_classes + int(null_class), embed_dim)
 
@@ -98,9 +92,6 @@ class ClassEmbedder(AbstractEncoder):
                 f"class labels must lie in [0, {self.embedding.num_embeddings}), got range "
                 f"[{int(labels.min())}, {int(labels.max())}] (n_classes={self.n_classes}, null_class={self.null_class})"
             )
-        if self.training and self.ucg_rate > 0:
-            drop = torch.rand(labels.shape, device=labels.device) < self.ucg_rate
-            labels = torch.where(drop, torch.full_like(labels, self.n_classes), labels)
         return self.embedding(labels[:, None])
 
     def encode(self, batch: Union[Mapping[str, Any], torch.Tensor], key: Optional[str] = None) -> torch.Tensor:
