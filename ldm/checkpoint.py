@@ -44,10 +44,15 @@ ALLOW_MISSING_ENV = "LDM_ALLOW_MISSING_CKPT"
 _allow_missing: Optional[bool] = None
 
 
-def allow_missing_checkpoints(value: bool) -> None:
-    """Make a missing ``ckpt_path`` a warning (random init) instead of an error, process-wide."""
+def allow_missing_checkpoints(value: Optional[bool]) -> Optional[bool]:
+    """Make a missing ``ckpt_path`` a warning (random init) instead of an error, process-wide.
+
+    ``None`` defers to the ``LDM_ALLOW_MISSING_CKPT`` environment variable again. Returns the
+    previous setting, so callers can restore it.
+    """
     global _allow_missing
-    _allow_missing = bool(value)
+    previous, _allow_missing = _allow_missing, None if value is None else bool(value)
+    return previous
 
 
 def missing_checkpoints_allowed() -> bool:

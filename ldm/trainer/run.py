@@ -115,8 +115,16 @@ def describe(model, data, config: DictConfig) -> str:
 def run(argv: Optional[Sequence[str]] = None) -> int:
     opt, overrides = parse_args(argv)
     set_trust_all_targets(opt.trust_config_targets)
-    if opt.allow_missing_ckpt:
-        allow_missing_checkpoints(True)
+    previous = allow_missing_checkpoints(True) if opt.allow_missing_ckpt else None
+    try:
+        return _run(opt, overrides)
+    finally:  # in-process callers (tests, notebooks) get the process-wide switches back
+        set_trust_all_targets(False)
+        if opt.allow_missing_ckpt:
+            allow_missing_checkpoints(previous)
+
+
+def _run(opt, overrides: list[str]) -> int:
     run_dir = resume_run(opt.resume, opt.base) if opt.resume else new_run(
         opt.logdir, opt.base, opt.name, opt.postfix, opt.debug)
     config = load_experiment(run_dir.base_configs, overrides)
@@ -176,5 +184,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    finally:  # in-process callers (tests, notebooks) get the process-wide switches back
-        set_trust_all_targets(False)
