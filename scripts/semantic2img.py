@@ -21,9 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from ldm.inference import load_label_map, model_kind, seed_everything, semantic2img  # noqa: E402
-from ldm.inference.cli import (Outputs, add_model_args, add_output_args, add_sampling_args,  # noqa: E402
-                               model_from_args, options_from_args)
+from ldm.inference import load_label_map, semantic2img  # noqa: E402
+from ldm.inference.cli import add_concat_task_args, start_task  # noqa: E402
 from ldm.inference.conditioning import semantic_classes  # noqa: E402
 from ldm.inference.images import colorize_labels  # noqa: E402
 
@@ -33,30 +32,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--input", nargs="+", required=True, help="segmentation map PNG(s) of class indices")
     p.add_argument("--n-classes", "--n_classes", dest="n_classes", type=int, default=None,
                    help="number of classes (default: the conditioner's input channels)")
-    p.add_argument("--n_samples", type=int, default=2, help="images per map (default %(default)s)")
-    add_model_args(p)
-    add_sampling_args(p, samplers=("ddim", "plms", "dpm", "unipc", "ddpm"), steps=100, eta=None, guidance=False)
-    add_output_args(p, outdir="outputs/semantic-samples")
+    add_concat_task_args(p, outdir="outputs/semantic-samples", n_samples=2, per="map")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
     args = parser().parse_args(argv)
-    model = model_from_args(args).model
-    if model_kind(model) != "semantic":
-        raise SystemExit(f"semantic2img.py needs a model concat-conditioned on segmentation maps; "
-                         f"this one is {model_kind(model)!r}")
-    if args.eta is None:
-        args.eta = 1.0 if args.sampler == "ddim" else 0.0
-    n_classes = args.n_classes or semantic_classes(model)
-    opts = options_from_args(args)
-    out = Outputs(args.outdir, skip_save=args.skip_save, skip_grid=args.skip_grid)
-    generator = seed_everything(args.seed)
+    task = start_task(args, "semantic2img.py", "semantic", "a model concat-conditioned on segmentation maps")
+    n_classes = args.n_classes or semantic_classes(task.model)
+    out = task.out
     for path in tqdm(args.input, desc="maps", disable=not args.progress or len(args.input) == 1):
         labels = load_label_map(path)
         try:
-            images = semantic2img(model, labels.repeat(args.n_samples, 1, 1), n_classes, opts,
-                                  generator=generator).cpu()
+            images = semantic2img(task.model, labels.repeat(args.n_samples, 1, 1), n_classes, task.options,
+                                  generator=task.generator).cpu()
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
         stem = Path(path).stem

@@ -22,9 +22,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from ldm.inference import load_image, model_kind, seed_everything, superres  # noqa: E402
-from ldm.inference.cli import (Outputs, add_model_args, add_output_args, add_sampling_args,  # noqa: E402
-                               model_from_args, options_from_args)
+from ldm.inference import load_image, superres  # noqa: E402
+from ldm.inference.cli import add_concat_task_args, start_task  # noqa: E402
 from ldm.inference.images import IMAGE_SUFFIXES  # noqa: E402
 
 
@@ -32,10 +31,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", default=[], help="low-resolution image file(s)")
     p.add_argument("--indir", default=None, help="a folder of low-resolution images")
-    p.add_argument("--n_samples", type=int, default=1, help="samples per input (default %(default)s)")
-    add_model_args(p)
-    add_sampling_args(p, samplers=("ddim", "plms", "dpm", "unipc", "ddpm"), steps=100, eta=None, guidance=False)
-    add_output_args(p, outdir="outputs/superres-samples")
+    add_concat_task_args(p, outdir="outputs/superres-samples", n_samples=1, per="input")
     return p
 
 
@@ -46,18 +42,12 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
         inputs += sorted(str(p) for p in Path(args.indir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not inputs:
         raise SystemExit("no inputs: pass --input or --indir")
-    model = model_from_args(args).model
-    if model_kind(model) != "superres":
-        raise SystemExit(f"superres.py needs a concat-conditioned super-resolution model (cond_stage_key LR_image); "
-                         f"this one is {model_kind(model)!r}")
-    if args.eta is None:  # the original LDM-SR notebook sampled DDIM with eta = 1
-        args.eta = 1.0 if args.sampler == "ddim" else 0.0
-    opts = options_from_args(args)
-    out = Outputs(args.outdir, skip_save=args.skip_save, skip_grid=args.skip_grid)
-    generator = seed_everything(args.seed)
+    task = start_task(args, "superres.py", "superres",
+                      "a concat-conditioned super-resolution model (cond_stage_key LR_image)")
+    out = task.out
     for path in tqdm(inputs, desc="images", disable=not args.progress or len(inputs) == 1):
         low = load_image(path)
-        images = superres(model, low.repeat(args.n_samples, 1, 1, 1), opts, generator=generator).cpu()
+        images = superres(task.model, low.repeat(args.n_samples, 1, 1, 1), task.options, generator=task.generator).cpu()
         factor = images.shape[-1] // low.shape[-1]
         stem = Path(path).stem
         if not args.skip_save:

@@ -512,8 +512,11 @@ def test_missing_ckpt_path_errors_unless_allowed(monkeypatch):
     ckpt_io.allow_missing_checkpoints(True)
     with pytest.warns(UserWarning, match="RANDOM weights"):
         VQModel(ddconfig=VQ_DD, lossconfig=IDENTITY, n_embed=8, embed_dim=4, ckpt_path=missing)
-    ckpt_io.allow_missing_checkpoints(False)
+    assert ckpt_io.allow_missing_checkpoints(False) is True  # returns the previous setting
     assert not ckpt_io.missing_checkpoints_allowed()
+    assert ckpt_io.allow_missing_checkpoints(None) is False
+    monkeypatch.setenv(ckpt_io.ALLOW_MISSING_ENV, "1")
+    assert ckpt_io.missing_checkpoints_allowed()  # None defers to the environment again
 
 
 # -- LPIPS weights -----------------------------------------------------------------------------------

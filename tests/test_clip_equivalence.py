@@ -3,7 +3,6 @@ BOS/EOS/padding conventions (the Stable Diffusion v1 conditioning)."""
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 from pathlib import Path
 
@@ -182,9 +181,8 @@ def test_empty_hub_clip_tokenizer_is_an_error(monkeypatch):
 
 
 def test_open_clip_vocabulary_file_when_installed():
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None:
-        pytest.skip("open_clip_torch is not installed; its bpe_simple_vocab_16e6.txt.gz is the real CLIP vocabulary")
-    path = Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz"
+    open_clip = pytest.importorskip("open_clip", reason="open_clip_torch is not installed; its "
+                                    "bpe_simple_vocab_16e6.txt.gz is the real CLIP vocabulary")
+    path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
     ids = load_clip_tokenizer(str(path))(["a photo of a cat"])["input_ids"][0]
     assert ids == [49406, 320, 1125, 539, 320, 2368, 49407]

@@ -6,38 +6,58 @@ import pytest
 import torch
 
 from ldm.util import instantiate_from_config
-from tests.reference_data import all_manifests, load_config, state_dict_shapes
+from tests.reference_data import all_manifests, load_config, manifest_for, state_dict_shapes
 
 PREFIX = "cond_stage_model."
+FIRST_STAGE_PREFIX = "first_stage_model."
+INPAINTING_BIG = "latent-diffusion/models/ldm/inpainting_big/config.yaml"
+
+
+def _with_prefix(manifest: dict, prefix: str) -> dict[str, list[int]]:
+    return {k[len(prefix):]: v for k, v in manifest["state_dict"].items() if k.startswith(prefix)}
 
 
 def _cases():
-    cases = []
+    """(source, expected keys) of every manifest whose cond stage is an encoder of its own; the
+    ones conditioned through the first stage (`__is_first_stage__`) are listed separately."""
+    cases, first_stage_conditioned = [], []
     for source, manifest in all_manifests():
-        expected = {k[len(PREFIX):]: v for k, v in manifest["state_dict"].items() if k.startswith(PREFIX)}
+        expected = _with_prefix(manifest, PREFIX)
         if not expected:
             continue
-        cond = load_config(source).model.params.cond_stage_config
-        marks = ()
-        if isinstance(cond, str):
-            # `__is_first_stage__`: the condition is encoded by the first-stage autoencoder, whose
-            # keys are checked by the autoencoder manifests, not by an encoder of this module.
-            marks = pytest.mark.skip(reason=f"{source}: cond stage is the first-stage model ({cond})")
-        cases.append(pytest.param(source, expected, id=source.removesuffix(".yaml"), marks=marks))
-    return cases
+        if isinstance(load_config(source).model.params.cond_stage_config, str):
+            first_stage_conditioned.append(source)
+        else:
+            cases.append(pytest.param(source, expected, id=source.removesuffix(".yaml")))
+    return cases, first_stage_conditioned
 
 
-CASES = _cases()
+CASES, FIRST_STAGE_CONDITIONED = _cases()
 
 
 def test_every_encoder_class_is_covered():
-    targets = {str(load_config(c.values[0]).model.params.cond_stage_config.get("target")) for c in CASES if not c.marks}
+    targets = {str(load_config(c.values[0]).model.params.cond_stage_config.get("target")) for c in CASES}
     assert targets == {
         "ldm.modules.encoders.modules.ClassEmbedder",
         "ldm.modules.encoders.modules.BERTEmbedder",
         "ldm.modules.encoders.modules.SpatialRescaler",
         "ldm.modules.encoders.modules.FrozenCLIPEmbedder",
     }
+
+
+def test_first_stage_as_cond_stage_has_the_autoencoder_keys():
+    """inpainting_big encodes its masked-image condition with the first-stage autoencoder itself
+    (`__is_first_stage__`): the released checkpoint holds that one module under both prefixes,
+    so our first stage built from its config must match the `cond_stage_model.*` keys too."""
+    assert FIRST_STAGE_CONDITIONED == [INPAINTING_BIG]
+    params = load_config(INPAINTING_BIG).model.params
+    assert params.cond_stage_config == "__is_first_stage__"
+    manifest = manifest_for(INPAINTING_BIG)
+    cond_keys = _with_prefix(manifest, PREFIX)
+    assert len(cond_keys) == 185 and cond_keys == _with_prefix(manifest, FIRST_STAGE_PREFIX)
+    with torch.device("meta"):
+        autoencoder = instantiate_from_config(params.first_stage_config, path="model.params.first_stage_config")
+    assert state_dict_shapes(autoencoder) == cond_keys
 
 
 @pytest.mark.parametrize("source, expected", CASES)

@@ -18,23 +18,13 @@ from ldm.modules.diffusionmodules.openaimodel import (
 )
 from ldm.modules.diffusionmodules.util import checkpoint, normalization, timestep_embedding
 from ldm.util import instantiate_from_config
+from tests.unet_helpers import randomize
 
 TINY = dict(
     image_size=16, in_channels=4, model_channels=32, out_channels=4, num_res_blocks=1,
     attention_resolutions=[2], channel_mult=[1, 2], num_heads=2,
 )
 TINY_XATTN = dict(TINY, use_spatial_transformer=True, context_dim=16, legacy=False)
-
-
-def randomize(model: torch.nn.Module) -> torch.nn.Module:
-    """Random weights everywhere: zero-initialised output convs would make outputs trivially 0."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim > 1:
-                p.normal_(0.0, 1.0 / math.sqrt(p[0].numel()))
-            else:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
 
 
 def inputs(batch=2, channels=4, size=16):

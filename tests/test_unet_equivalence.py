@@ -7,7 +7,6 @@ attention has separate q/k/v projections; diffusers ships no converter for those
 so the test splits the fused qkv itself following the legacy per-head layout.
 """
 import copy
-import math
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from diffusers.loaders.single_file_utils import (  # noqa: E402
 )
 
 from ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
+from tests.unet_helpers import randomize  # noqa: E402
 
 SD_V1_TINY = dict(  # v1-inference.yaml with small widths
     image_size=8, in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[2, 1],
@@ -31,16 +31,6 @@ SD_V2_TINY = dict(
     use_linear_in_transformer=True, transformer_depth=1, context_dim=16, legacy=False,
 )
 SD_CLASS_TINY = dict(SD_V1_TINY, num_classes=10, transformer_depth=2)
-
-
-def randomize(model: torch.nn.Module) -> torch.nn.Module:
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim > 1:
-                p.normal_(0.0, 1.0 / math.sqrt(p[0].numel()))
-            else:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
 
 
 def diffusers_state_dict(ours: UNetModel, unet_params: dict) -> tuple[dict, dict]:

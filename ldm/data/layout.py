@@ -11,6 +11,7 @@ apart. ``30 * 3 + 2 = 92`` tokens is the released model's ``max_seq_len``.
 """
 from __future__ import annotations
 
+import abc
 import math
 import random
 from typing import Any, Callable, Optional
@@ -152,6 +153,6 @@ class LayoutSplit(BBoxImageDataset):
         super().__init__(folder, boxes_for, names, size=size, random_crop=random_crop, random_flip=random_flip,
                          min_object_area=min_object_area, tokenizer=tokenizer)
 
+    @abc.abstractmethod
     def read_annotations(self, split: str, root: Optional[str]) -> tuple[str, Callable[[str], np.ndarray], list[str]]:
         """(image folder, relpath -> (N, 5) boxes, class names) of ``split``."""
-        raise NotImplementedError

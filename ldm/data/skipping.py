@@ -9,6 +9,7 @@ process: each DataLoader worker keeps its own record).
 """
 from __future__ import annotations
 
+import abc
 import warnings
 from collections import Counter
 from typing import Any
@@ -22,7 +23,7 @@ class BadImageWarning(UserWarning):
     """An image was skipped; the message names the file and the reason."""
 
 
-class SkipBadImages:
+class SkipBadImages(abc.ABC):
     """Mixin for datasets of possibly bad items.
 
     A subclass provides ``root`` (named in errors), ``__len__``, ``path(j)`` (what a warning
@@ -40,16 +41,17 @@ class SkipBadImages:
         self.skipped: dict[str, str] = {}  # path(j) -> reason, in the order found
         self._bad: set[int] = set()
 
+    @abc.abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        """Number of items, bad ones included."""
 
+    @abc.abstractmethod
     def path(self, j: int) -> str:
         """What warnings and ``skipped`` call item ``j`` (a file path, or ``shard#index``)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def load_example(self, j: int) -> dict[str, Any]:
         """Example ``j`` as a dict; raise ``BadImageError`` to have it skipped."""
-        raise NotImplementedError
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         n = len(self)

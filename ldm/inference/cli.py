@@ -12,14 +12,18 @@ from typing import Any, Optional, Sequence
 import torch
 from PIL import Image
 
+from ldm.inference.conditioning import model_kind
 from ldm.inference.images import safe_join, safe_name, save_grid, save_images, to_uint8
 from ldm.inference.loading import RunFiles, find_run, load_model
 from ldm.inference.pipelines import SamplingOptions
-from ldm.inference.runtime import PRECISIONS, select_device
+from ldm.inference.runtime import PRECISIONS, seed_everything, select_device
 from ldm.inference.sampling import SAMPLER_NAMES
 
-__all__ = ["LoadedModel", "add_model_args", "add_output_args", "add_sampling_args", "model_from_args",
-           "options_from_args", "Outputs", "timestamp"]
+__all__ = ["CONCAT_SAMPLERS", "LoadedModel", "TaskRun", "add_concat_task_args", "add_model_args", "add_output_args",
+           "add_sampling_args", "model_from_args", "options_from_args", "Outputs", "start_task", "timestamp"]
+
+# Samplers for concat-conditioned models, DDIM first: classifier-free guidance does not apply.
+CONCAT_SAMPLERS = ("ddim", "plms", "dpm", "unipc", "ddpm")
 
 
 def timestamp() -> str:
@@ -141,3 +145,36 @@ def add_condition_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("condition (text or class-conditional models)")
     g.add_argument("--prompt", default=None, help="prompt for a text-conditioned model")
     g.add_argument("--class", dest="class_label", type=int, default=None, help="class id for a class model")
+
+
+def add_concat_task_args(p: argparse.ArgumentParser, outdir: str, n_samples: int, per: str) -> None:
+    """``--n_samples`` (samples ``per`` input) and the model, sampling and output groups of the scripts
+    for concat-conditioned models (super-resolution, semantic synthesis): 100 steps, DDIM eta 1
+    by default (see :func:`start_task`), no guidance."""
+    p.add_argument("--n_samples", type=int, default=n_samples, help=f"samples per {per} (default %(default)s)")
+    add_model_args(p)
+    add_sampling_args(p, samplers=CONCAT_SAMPLERS, steps=100, eta=None, guidance=False)
+    add_output_args(p, outdir=outdir)
+
+
+@dataclass
+class TaskRun:
+    """What a task script needs after parsing its arguments."""
+
+    model: Any
+    options: SamplingOptions
+    out: Outputs
+    generator: torch.Generator  # seeded from --seed; draws the initial noise
+
+
+def start_task(args: argparse.Namespace, script: str, kind: str, requirement: str) -> TaskRun:
+    """Load the model, check it is a ``kind`` model (else exit: "<script> needs <requirement>"),
+    resolve an unset ``--eta`` (1 for DDIM, as the original notebooks sampled, else 0), open the
+    output folder and seed."""
+    model = model_from_args(args).model
+    if model_kind(model) != kind:
+        raise SystemExit(f"{script} needs {requirement}; this one is {model_kind(model)!r}")
+    if args.eta is None:
+        args.eta = 1.0 if args.sampler == "ddim" else 0.0
+    out = Outputs(args.outdir, skip_save=args.skip_save, skip_grid=getattr(args, "skip_grid", False))
+    return TaskRun(model, options_from_args(args), out, seed_everything(args.seed))

@@ -8,6 +8,7 @@ optimisers every n batches. ``learning_rate`` is likewise set by the trainer glu
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import inspect
 from typing import Any, Iterator, Optional, Sequence
@@ -43,7 +44,7 @@ def _check_ddconfig(ddconfig: Any) -> dict:
     return dict(ddconfig)
 
 
-class _FirstStage(pl.LightningModule):
+class _FirstStage(pl.LightningModule, abc.ABC):
     """Input handling, checkpoint loading and the alternating GAN training shared by KL and VQ."""
 
     def __init__(self, ddconfig: dict, lossconfig: dict, image_key: str, colorize_nlabels: Optional[int],
@@ -106,14 +107,17 @@ class _FirstStage(pl.LightningModule):
         return self.decoder.conv_out.weight
 
     # -- subclass hooks ------------------------------------------------------------------------------
+    @abc.abstractmethod
     def _step_outputs(self, x: torch.Tensor) -> tuple:
-        raise NotImplementedError
+        """The model outputs of one training/validation step on input ``x`` (passed to _compute_loss)."""
 
+    @abc.abstractmethod
     def _compute_loss(self, x: torch.Tensor, outputs: tuple, optimizer_idx: int, split: str):
-        raise NotImplementedError
+        """(loss, log dict) of the autoencoder (optimizer_idx 0) or discriminator (1) update."""
 
+    @abc.abstractmethod
     def _autoencoder_parameters(self) -> list[nn.Parameter]:
-        raise NotImplementedError
+        """The parameters of the generator optimizer (everything but the loss' discriminator)."""
 
     def _generator_lr(self) -> float:
         return self.learning_rate

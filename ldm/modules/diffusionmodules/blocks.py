@@ -6,7 +6,7 @@ re-exported from ``ldm.modules.diffusionmodules.openaimodel``, their original im
 """
 from __future__ import annotations
 
-from abc import abstractmethod
+import abc
 
 import torch
 import torch.nn.functional as F
@@ -28,13 +28,12 @@ __all__ = [
 ]
 
 
-class TimestepBlock(nn.Module):
+class TimestepBlock(nn.Module, abc.ABC):
     """A module whose forward takes the timestep embedding as a second argument."""
 
-    @abstractmethod
+    @abc.abstractmethod
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """Apply the module to ``x`` given the timestep embedding ``emb``."""
-        raise NotImplementedError
 
 
 class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
@@ -51,28 +50,46 @@ class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
         return x
 
 
-class Upsample(nn.Module):
-    """Nearest-neighbour 2x upsampling (the inner two dims for 3D), optionally followed by a conv."""
+class _Resample(nn.Module, abc.ABC):
+    """2x resampling of the last two dims (so 3D inputs keep their first spatial dim).
+
+    Upsample and Downsample share their arguments and input check; each builds its own layers
+    under the original key (``conv`` resp. ``op``).
+    """
 
     def __init__(
         self,
         channels: int,
-        use_conv: bool,
+        use_conv: bool,                   # resample with a learned 3x3 conv
         dims: int = 2,
-        out_channels: int | None = None,
-        padding: int = 1,
+        out_channels: int | None = None,  # default: channels
+        padding: int = 1,                 # padding of the 3x3 conv
     ) -> None:
         super().__init__()
         self.channels = channels
         self.out_channels = out_channels or channels
         self.use_conv = use_conv
         self.dims = dims
-        if use_conv:
-            self.conv = conv_nd(dims, self.channels, self.out_channels, 3, padding=padding)
+        self._build(padding)
+
+    @abc.abstractmethod
+    def _build(self, padding: int) -> None:
+        """Create the resampling layers from the attributes set by ``__init__``."""
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.shape[1] != self.channels:
+            raise ValueError(f"{type(self).__name__}: expected {self.channels} input channels, got {x.shape[1]}")
+
+
+class Upsample(_Resample):
+    """Nearest-neighbour 2x upsampling (the inner two dims for 3D), optionally followed by a conv."""
+
+    def _build(self, padding: int) -> None:
+        if self.use_conv:
+            self.conv = conv_nd(self.dims, self.channels, self.out_channels, 3, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] != self.channels:
-            raise ValueError(f"Upsample: expected {self.channels} input channels, got {x.shape[1]}")
+        self._check_input(x)
         if self.dims == 3:
             x = F.interpolate(x, (x.shape[2], x.shape[3] * 2, x.shape[4] * 2), mode="nearest")
         else:
@@ -80,35 +97,21 @@ class Upsample(nn.Module):
         return self.conv(x) if self.use_conv else x
 
 
-class Downsample(nn.Module):
+class Downsample(_Resample):
     """2x downsampling by a strided 3x3 conv or average pooling (inner two dims for 3D)."""
 
-    def __init__(
-        self,
-        channels: int,
-        use_conv: bool,
-        dims: int = 2,
-        out_channels: int | None = None,
-        padding: int = 1,
-    ) -> None:
-        super().__init__()
-        self.channels = channels
-        self.out_channels = out_channels or channels
-        self.use_conv = use_conv
-        self.dims = dims
-        stride = 2 if dims != 3 else (1, 2, 2)
-        if use_conv:
-            self.op = conv_nd(dims, self.channels, self.out_channels, 3, stride=stride, padding=padding)
+    def _build(self, padding: int) -> None:
+        stride = 2 if self.dims != 3 else (1, 2, 2)
+        if self.use_conv:
+            self.op = conv_nd(self.dims, self.channels, self.out_channels, 3, stride=stride, padding=padding)
         else:
             if self.channels != self.out_channels:
-                raise ValueError(
-                    f"Downsample: pooling cannot change channels ({channels} -> {out_channels}); set use_conv=True"
-                )
-            self.op = avg_pool_nd(dims, kernel_size=stride, stride=stride)
+                raise ValueError(f"Downsample: pooling cannot change channels ({self.channels} -> "
+                                 f"{self.out_channels}); set use_conv=True")
+            self.op = avg_pool_nd(self.dims, kernel_size=stride, stride=stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] != self.channels:
-            raise ValueError(f"Downsample: expected {self.channels} input channels, got {x.shape[1]}")
+        self._check_input(x)
         return self.op(x)
 
 
@@ -195,41 +198,39 @@ class ResBlock(TimestepBlock):
         return self.skip_connection(x) + h
 
 
-class QKVAttentionLegacy(nn.Module):
-    """Multi-head attention on a fused qkv tensor in the original per-head layout.
-
-    Channels are ordered [head][q|k|v][channel]: (N, H*3*C, T). Released checkpoints trained with
-    this block depend on that order.
-    """
+class _FusedQKVAttention(nn.Module):
+    """Multi-head attention on a fused qkv tensor (N, 3*H*C, T); subclasses fix the channel order."""
 
     def __init__(self, n_heads: int) -> None:
         super().__init__()
         self.n_heads = n_heads
 
-    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+    def _sizes(self, qkv: torch.Tensor) -> tuple[int, int, int]:
+        """(batch N, channels per head C, length T) of ``qkv``."""
         bs, width, length = qkv.shape
         if width % (3 * self.n_heads):
-            raise ValueError(f"QKVAttentionLegacy: width {width} is not divisible by 3*n_heads={3 * self.n_heads}")
-        ch = width // (3 * self.n_heads)
+            raise ValueError(f"{type(self).__name__}: width {width} is not divisible by "
+                             f"3*n_heads={3 * self.n_heads}")
+        return bs, width // (3 * self.n_heads), length
+
+
+class QKVAttentionLegacy(_FusedQKVAttention):
+    """Channels ordered [head][q|k|v][channel]: (N, H*3*C, T), the original per-head layout.
+
+    Released checkpoints trained with this block depend on that order.
+    """
+
+    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+        bs, ch, length = self._sizes(qkv)
         q, k, v = qkv.view(bs, self.n_heads, 3, ch, length).transpose(-1, -2).contiguous().unbind(2)
         return _attend(q, k, v, bs, length)
 
 
-class QKVAttention(nn.Module):
-    """Multi-head attention on a fused qkv tensor in the q/k/v-major layout.
-
-    Channels are ordered [q|k|v][head][channel]: (N, 3*H*C, T) (``use_new_attention_order``).
-    """
-
-    def __init__(self, n_heads: int) -> None:
-        super().__init__()
-        self.n_heads = n_heads
+class QKVAttention(_FusedQKVAttention):
+    """Channels ordered [q|k|v][head][channel]: (N, 3*H*C, T) (``use_new_attention_order``)."""
 
     def forward(self, qkv: torch.Tensor) -> torch.Tensor:
-        bs, width, length = qkv.shape
-        if width % (3 * self.n_heads):
-            raise ValueError(f"QKVAttention: width {width} is not divisible by 3*n_heads={3 * self.n_heads}")
-        ch = width // (3 * self.n_heads)
+        bs, ch, length = self._sizes(qkv)
         q, k, v = qkv.view(bs, 3, self.n_heads, ch, length).transpose(-1, -2).contiguous().unbind(1)
         return _attend(q, k, v, bs, length)
 

@@ -37,28 +37,33 @@ def Normalize(in_channels: int, num_groups: int = 32) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=num_groups, num_channels=in_channels, eps=1e-6, affine=True)
 
 
-class Upsample(nn.Module):
-    """Nearest-neighbour x2, then an optional 3x3 conv."""
+class _Resample(nn.Module):
+    """x2 resampling with an optional 3x3 conv under the original key ``conv``."""
+
+    conv_stride: int = 1
+    conv_padding: int = 1
 
     def __init__(self, in_channels: int, with_conv: bool):
         super().__init__()
         self.with_conv = with_conv
         if with_conv:
-            self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=1, padding=1)
+            self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=self.conv_stride,
+                                  padding=self.conv_padding)
+
+
+class Upsample(_Resample):
+    """Nearest-neighbour x2, then an optional 3x3 conv."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         return self.conv(x) if self.with_conv else x
 
 
-class Downsample(nn.Module):
+class Downsample(_Resample):
     """Stride-2 3x3 conv with asymmetric (right/bottom) zero padding, or 2x2 average pooling."""
 
-    def __init__(self, in_channels: int, with_conv: bool):
-        super().__init__()
-        self.with_conv = with_conv
-        if with_conv:
-            self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=2, padding=0)
+    conv_stride = 2
+    conv_padding = 0  # padded in forward, on one side only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.with_conv:
@@ -160,12 +165,26 @@ def _check_attn_type(attn_type: str, use_linear_attn: bool) -> str:
 
 
 class _Level(nn.Module):
-    """One resolution level: `block` (ResnetBlocks), `attn`, and optional `downsample`/`upsample`."""
+    """One resolution level: `block` (ResnetBlocks), `attn` (one after each block, or none), and
+    an optional `downsample`/`upsample` set by the caller."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        block_in: int,      # channels entering the first block
+        block_out: int,     # channels of every block's output
+        num_blocks: int,
+        with_attn: bool,    # this level's resolution is in attn_resolutions
+        dropout: float,
+        attn_type: str,
+    ) -> None:
         super().__init__()
         self.block = nn.ModuleList()
         self.attn = nn.ModuleList()
+        for j in range(num_blocks):  # created interleaved, as the original, so seeded inits match it
+            self.block.append(ResnetBlock(in_channels=block_in if j == 0 else block_out, out_channels=block_out,
+                                          temb_channels=0, dropout=dropout))
+            if with_attn:
+                self.attn.append(make_attn(block_out, attn_type=attn_type))
 
 
 class _Mid(nn.Module):
@@ -189,7 +208,20 @@ def _run_level(level: _Level, h: torch.Tensor) -> torch.Tensor:
     return h
 
 
-class Encoder(nn.Module):
+class _Coder(nn.Module):
+    """The size attributes Encoder and Decoder share (the original's names)."""
+
+    def __init__(self, ch: int, ch_mult: Sequence[int], num_res_blocks: int, resolution: int, in_channels: int):
+        super().__init__()
+        self.ch = ch
+        self.temb_ch = 0  # the first stage has no timestep embedding
+        self.num_resolutions = len(ch_mult)
+        self.num_res_blocks = num_res_blocks
+        self.resolution = resolution
+        self.in_channels = in_channels
+
+
+class Encoder(_Coder):
     """E: image (B, in_channels, H, W) -> (B, z_channels * (2 if double_z else 1), H/f, W/f).
 
     With double_z the output holds the mean and log-variance of the KL-regularised posterior.
@@ -214,14 +246,8 @@ class Encoder(nn.Module):
         give_pre_end: bool = False,            # decoder-only option of the shared ddconfig (unused)
         tanh_out: bool = False,                # decoder-only option of the shared ddconfig (unused)
     ):
-        super().__init__()
+        super().__init__(ch, ch_mult, num_res_blocks, resolution, in_channels)
         attn_type = _check_attn_type(attn_type, use_linear_attn)
-        self.ch = ch
-        self.temb_ch = 0
-        self.num_resolutions = len(ch_mult)
-        self.num_res_blocks = num_res_blocks
-        self.resolution = resolution
-        self.in_channels = in_channels
 
         self.conv_in = nn.Conv2d(in_channels, ch, kernel_size=3, stride=1, padding=1)
         in_ch_mult = (1,) + tuple(ch_mult)
@@ -229,15 +255,9 @@ class Encoder(nn.Module):
         curr_res = resolution
         self.down = nn.ModuleList()
         for i_level in range(self.num_resolutions):
-            level = _Level()
-            block_in = ch * in_ch_mult[i_level]
-            block_out = ch * ch_mult[i_level]
-            for _ in range(num_res_blocks):
-                level.block.append(ResnetBlock(in_channels=block_in, out_channels=block_out,
-                                               temb_channels=self.temb_ch, dropout=dropout))
-                block_in = block_out
-                if curr_res in attn_resolutions:
-                    level.attn.append(make_attn(block_in, attn_type=attn_type))
+            block_in, block_out = ch * in_ch_mult[i_level], ch * ch_mult[i_level]
+            level = _Level(block_in, block_out, num_res_blocks, curr_res in attn_resolutions, dropout, attn_type)
+            block_in = block_out
             if i_level != self.num_resolutions - 1:
                 level.downsample = Downsample(block_in, resamp_with_conv)
                 curr_res = curr_res // 2
@@ -258,7 +278,7 @@ class Encoder(nn.Module):
         return self.conv_out(nonlinearity(self.norm_out(h)))
 
 
-class Decoder(nn.Module):
+class Decoder(_Coder):
     """D: latent (B, z_channels, h, w) -> image (B, out_ch, h*f, w*f)."""
 
     def __init__(
@@ -280,14 +300,8 @@ class Decoder(nn.Module):
         attn_type: str = "vanilla",            # "vanilla", "linear" or "none"
         double_z: bool = True,                 # encoder-only option of the shared ddconfig (unused)
     ):
-        super().__init__()
+        super().__init__(ch, ch_mult, num_res_blocks, resolution, in_channels)
         attn_type = _check_attn_type(attn_type, use_linear_attn)
-        self.ch = ch
-        self.temb_ch = 0
-        self.num_resolutions = len(ch_mult)
-        self.num_res_blocks = num_res_blocks
-        self.resolution = resolution
-        self.in_channels = in_channels
         self.give_pre_end = give_pre_end
         self.tanh_out = tanh_out
 
@@ -300,14 +314,9 @@ class Decoder(nn.Module):
 
         levels: list[_Level] = []
         for i_level in reversed(range(self.num_resolutions)):
-            level = _Level()
             block_out = ch * ch_mult[i_level]
-            for _ in range(num_res_blocks + 1):
-                level.block.append(ResnetBlock(in_channels=block_in, out_channels=block_out,
-                                               temb_channels=self.temb_ch, dropout=dropout))
-                block_in = block_out
-                if curr_res in attn_resolutions:
-                    level.attn.append(make_attn(block_in, attn_type=attn_type))
+            level = _Level(block_in, block_out, num_res_blocks + 1, curr_res in attn_resolutions, dropout, attn_type)
+            block_in = block_out
             if i_level != 0:
                 level.upsample = Upsample(block_in, resamp_with_conv)
                 curr_res = curr_res * 2

@@ -5,13 +5,12 @@ L = sum(|x - x~| + w_p LPIPS(x, x~)) / exp(s) + s   (Gaussian/Laplace NLL with a
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
-from ldm.modules.losses.lpips import LPIPS
 from ldm.modules.losses.vqperceptual import PatchGANLossBase
 
 __all__ = ["DummyLoss", "LPIPSWithDiscriminator"]
@@ -25,28 +24,21 @@ class DummyLoss(nn.Identity):
 
 
 class LPIPSWithDiscriminator(PatchGANLossBase):
+    """Objective of the KL-regularised autoencoder (module docstring).
+
+    Takes :class:`~ldm.modules.losses.vqperceptual.PatchGANLossBase`'s parameters (disc_*,
+    perceptual_weight, ...) besides its own.
+    """
+
     def __init__(
         self,
         disc_start: int,                  # global step at which the GAN term switches on
         logvar_init: float = 0.0,         # initial learned log-scale s of the reconstruction NLL
         kl_weight: float = 1.0,           # weight of the KL term (1e-6 in the released models)
-        pixelloss_weight: float = 1.0,    # kept for config compatibility (the original ignores it too)
-        disc_num_layers: int = 3,
-        disc_in_channels: int = 3,
-        disc_factor: float = 1.0,         # GAN term factor once switched on
-        disc_weight: float = 1.0,         # multiplies the adaptive weight
-        perceptual_weight: float = 1.0,   # 0 disables LPIPS (and its VGG16 weights)
-        use_actnorm: bool = False,
-        disc_conditional: bool = False,
-        disc_loss: str = "hinge",         # "hinge" or "vanilla"
-        lpips_pretrained: bool = True,    # False: random VGG trunk (tests only)
+        **kwargs: Any,                    # PatchGANLossBase's parameters
     ):
-        super().__init__(disc_start, disc_num_layers, disc_in_channels, disc_factor, disc_weight,
-                         use_actnorm, disc_conditional, disc_loss)
+        super().__init__(disc_start, **kwargs)
         self.kl_weight = kl_weight
-        self.pixel_weight = pixelloss_weight
-        self.perceptual_loss = LPIPS(pretrained=lpips_pretrained).eval()
-        self.perceptual_weight = perceptual_weight
         self.logvar = nn.Parameter(torch.ones(size=()) * logvar_init)
 
     def forward(
@@ -61,14 +53,9 @@ class LPIPSWithDiscriminator(PatchGANLossBase):
         split: str = "train",
         weights: Optional[torch.Tensor] = None,  # per-pixel weights of the NLL
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if optimizer_idx == 1:
-            return self.discriminator_step(inputs, reconstructions, cond, global_step, split)
         if optimizer_idx != 0:
-            raise ValueError(f"optimizer_idx must be 0 (autoencoder) or 1 (discriminator), got {optimizer_idx}")
-        rec_loss = torch.abs(inputs.contiguous() - reconstructions.contiguous())
-        if self.perceptual_weight > 0:
-            p_loss = self.perceptual_loss(inputs.contiguous(), reconstructions.contiguous())
-            rec_loss = rec_loss + self.perceptual_weight * p_loss
+            return self.discriminator_step(optimizer_idx, inputs, reconstructions, cond, global_step, split)
+        rec_loss, _ = self.reconstruction_loss(inputs, reconstructions)
 
         batch = inputs.shape[0]
         nll_loss = rec_loss / torch.exp(self.logvar) + self.logvar
@@ -86,8 +73,6 @@ class LPIPSWithDiscriminator(PatchGANLossBase):
             f"{split}/kl_loss": kl_loss.detach().mean(),
             f"{split}/nll_loss": nll_loss.detach().mean(),
             f"{split}/rec_loss": rec_loss.detach().mean(),
-            f"{split}/d_weight": d_weight.detach(),
-            f"{split}/disc_factor": torch.tensor(disc_factor),
-            f"{split}/g_loss": g_loss.detach().mean(),
+            **self.adversarial_log(split, d_weight, disc_factor, g_loss),
         }
         return loss, log

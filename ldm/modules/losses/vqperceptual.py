@@ -9,7 +9,7 @@ clamped to [0, 1e4] and treated as a constant. The discriminator enters at globa
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from ldm.modules.discriminator.model import NLayerDiscriminator, weights_init
 from ldm.modules.losses.lpips import LPIPS
 
 __all__ = [
+    "PatchGANLossBase",
     "VQLPIPSWithDiscriminator",
     "adopt_weight",
     "calculate_adaptive_weight",
@@ -76,11 +77,37 @@ def calculate_adaptive_weight(
     return torch.clamp(d_weight, 0.0, 1e4).detach() * disc_weight
 
 
-class PatchGANLossBase(nn.Module):
-    """Discriminator, its loss and the adaptive weighting shared by the KL and VQ objectives."""
+PixelLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-    def __init__(self, disc_start: int, disc_num_layers: int, disc_in_channels: int, disc_factor: float,
-                 disc_weight: float, use_actnorm: bool, disc_conditional: bool, disc_loss: str, disc_ndf: int = 64):
+
+def _pixel_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.abs(x - y)
+
+
+def _pixel_l2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (x - y) ** 2
+
+
+class PatchGANLossBase(nn.Module):
+    """What the KL and VQ objectives share: the pixel + LPIPS reconstruction term, the PatchGAN
+    discriminator, its loss and the adaptive weighting. Its parameters are accepted by both
+    (the subclasses forward them), with the original defaults."""
+
+    def __init__(
+        self,
+        disc_start: int,                  # global step at which the GAN term switches on
+        pixelloss_weight: float = 1.0,    # kept for config compatibility (the original ignores it too)
+        disc_num_layers: int = 3,
+        disc_in_channels: int = 3,
+        disc_factor: float = 1.0,         # GAN term factor once switched on
+        disc_weight: float = 1.0,         # multiplies the adaptive weight
+        perceptual_weight: float = 1.0,   # 0 disables LPIPS (and its VGG16 weights)
+        use_actnorm: bool = False,
+        disc_conditional: bool = False,
+        disc_ndf: int = 64,               # discriminator base width
+        disc_loss: str = "hinge",         # "hinge" or "vanilla"
+        lpips_pretrained: bool = True,    # False: random VGG trunk (tests only)
+    ):
         super().__init__()
         if disc_loss not in D_LOSSES:
             raise ValueError(f"disc_loss={disc_loss!r} is not supported; choose one of {sorted(D_LOSSES)}")
@@ -91,6 +118,20 @@ class PatchGANLossBase(nn.Module):
         self.disc_factor = disc_factor
         self.discriminator_weight = disc_weight
         self.disc_conditional = disc_conditional
+        self.pixel_weight = pixelloss_weight
+        self.perceptual_loss = LPIPS(pretrained=lpips_pretrained).eval()
+        self.perceptual_weight = perceptual_weight
+
+    def reconstruction_loss(self, inputs: torch.Tensor, reconstructions: torch.Tensor,
+                            pixel_loss: PixelLoss = _pixel_l1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-pixel pixel_loss + perceptual_weight * LPIPS, the LPIPS term; zero when disabled)."""
+        inputs, reconstructions = inputs.contiguous(), reconstructions.contiguous()
+        rec_loss = pixel_loss(inputs, reconstructions)
+        p_loss = torch.zeros((), device=inputs.device)
+        if self.perceptual_weight > 0:
+            p_loss = self.perceptual_loss(inputs, reconstructions)
+            rec_loss = rec_loss + self.perceptual_weight * p_loss
+        return rec_loss, p_loss
 
     def _logits(self, x: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:
         if cond is None:
@@ -122,9 +163,20 @@ class PatchGANLossBase(nn.Module):
                                    "during a training-mode loss evaluation")
         return g_loss, d_weight, disc_factor
 
-    def discriminator_step(self, inputs: torch.Tensor, reconstructions: torch.Tensor, cond: Optional[torch.Tensor],
-                           global_step: int, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    @staticmethod
+    def adversarial_log(split: str, d_weight: torch.Tensor, disc_factor: float,
+                        g_loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The GAN entries that close the generator step's log."""
+        return {f"{split}/d_weight": d_weight.detach(),
+                f"{split}/disc_factor": torch.tensor(disc_factor),
+                f"{split}/g_loss": g_loss.detach().mean()}
+
+    def discriminator_step(self, optimizer_idx: int, inputs: torch.Tensor, reconstructions: torch.Tensor,
+                           cond: Optional[torch.Tensor], global_step: int,
+                           split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Discriminator update (optimizer_idx 1): real inputs vs detached reconstructions."""
+        if optimizer_idx != 1:
+            raise ValueError(f"optimizer_idx must be 0 (autoencoder) or 1 (discriminator), got {optimizer_idx}")
         logits_real = self._logits(inputs.detach(), cond)
         logits_fake = self._logits(reconstructions.detach(), cond)
         disc_factor = adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
@@ -135,17 +187,10 @@ class PatchGANLossBase(nn.Module):
         return d_loss, log
 
 
-def _pixel_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return torch.abs(x - y)
-
-
-def _pixel_l2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (x - y) ** 2
-
-
 class VQLPIPSWithDiscriminator(PatchGANLossBase):
     """Objective of the VQ-regularised autoencoder: pixel + LPIPS + codebook + adaptive PatchGAN.
 
+    Takes :class:`PatchGANLossBase`'s parameters (disc_*, perceptual_weight, ...) besides its own.
     forward keeps the original argument order (codebook_loss first).
     """
 
@@ -153,31 +198,17 @@ class VQLPIPSWithDiscriminator(PatchGANLossBase):
         self,
         disc_start: int,                    # global step at which the GAN term switches on
         codebook_weight: float = 1.0,       # weight of the quantiser loss
-        pixelloss_weight: float = 1.0,      # kept for config compatibility (the original ignores it too)
-        disc_num_layers: int = 3,
-        disc_in_channels: int = 3,
-        disc_factor: float = 1.0,           # GAN term factor once switched on
-        disc_weight: float = 1.0,           # multiplies the adaptive weight
-        perceptual_weight: float = 1.0,     # 0 disables LPIPS (and its VGG16 weights)
-        use_actnorm: bool = False,
-        disc_conditional: bool = False,
-        disc_ndf: int = 64,
-        disc_loss: str = "hinge",           # "hinge" or "vanilla"
         n_classes: Optional[int] = None,    # codebook size, for perplexity logging
         perceptual_loss: str = "lpips",
         pixel_loss: str = "l1",             # "l1" or "l2"
-        lpips_pretrained: bool = True,      # False: random VGG trunk (tests only)
+        **kwargs: Any,                      # PatchGANLossBase's parameters
     ):
-        super().__init__(disc_start, disc_num_layers, disc_in_channels, disc_factor, disc_weight,
-                         use_actnorm, disc_conditional, disc_loss, disc_ndf)
         if perceptual_loss != "lpips":
             raise ValueError(f"perceptual_loss={perceptual_loss!r} is not supported; only 'lpips' is")
         if pixel_loss not in ("l1", "l2"):
             raise ValueError(f"pixel_loss={pixel_loss!r} is not supported; choose 'l1' or 'l2'")
+        super().__init__(disc_start, **kwargs)
         self.codebook_weight = codebook_weight
-        self.pixel_weight = pixelloss_weight
-        self.perceptual_loss = LPIPS(pretrained=lpips_pretrained).eval()
-        self.perceptual_weight = perceptual_weight
         self.pixel_loss = _pixel_l1 if pixel_loss == "l1" else _pixel_l2
         self.n_classes = n_classes
 
@@ -193,17 +224,11 @@ class VQLPIPSWithDiscriminator(PatchGANLossBase):
         split: str = "train",
         predicted_indices: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if optimizer_idx == 1:
-            return self.discriminator_step(inputs, reconstructions, cond, global_step, split)
         if optimizer_idx != 0:
-            raise ValueError(f"optimizer_idx must be 0 (autoencoder) or 1 (discriminator), got {optimizer_idx}")
+            return self.discriminator_step(optimizer_idx, inputs, reconstructions, cond, global_step, split)
         if codebook_loss is None:
             codebook_loss = torch.zeros((), device=inputs.device)
-        rec_loss = self.pixel_loss(inputs.contiguous(), reconstructions.contiguous())
-        p_loss = torch.zeros((), device=inputs.device)
-        if self.perceptual_weight > 0:
-            p_loss = self.perceptual_loss(inputs.contiguous(), reconstructions.contiguous())
-            rec_loss = rec_loss + self.perceptual_weight * p_loss
+        rec_loss, p_loss = self.reconstruction_loss(inputs, reconstructions, self.pixel_loss)
         nll_loss = torch.mean(rec_loss)
 
         g_loss, d_weight, disc_factor = self.generator_adversarial(nll_loss, reconstructions, cond, global_step,
@@ -215,9 +240,7 @@ class VQLPIPSWithDiscriminator(PatchGANLossBase):
             f"{split}/nll_loss": nll_loss.detach().mean(),
             f"{split}/rec_loss": rec_loss.detach().mean(),
             f"{split}/p_loss": p_loss.detach().mean(),
-            f"{split}/d_weight": d_weight.detach(),
-            f"{split}/disc_factor": torch.tensor(disc_factor),
-            f"{split}/g_loss": g_loss.detach().mean(),
+            **self.adversarial_log(split, d_weight, disc_factor, g_loss),
         }
         if predicted_indices is not None:
             with torch.no_grad():
