@@ -407,8 +407,8 @@ def test_concat_inpainting_model_conditioning(kind):
     if kind == "inpainting":  # released convention: hole black, mask channel in {-1, 1}
         assert cond.shape == (1, 4, 8, 8) and masked[..., :8, :].eq(-1).all()
         assert set(cond[0, 3].unique().tolist()) == {-1.0, 1.0} and cond[0, 3, :4].eq(1).all()
-    else:  # the datasets' convention: hole mid-grey, no mask channel
-        assert cond.shape == (1, 3, 8, 8) and masked[..., :8, :].eq(0).all()
+    else:  # a concat model without the mask channel: same black hole, no mask channel
+        assert cond.shape == (1, 3, 8, 8) and masked[..., :8, :].eq(-1).all()
     assert torch.equal(masked[..., 8:, :], image[..., 8:, :])
     keep = (mask == 0).expand_as(image)
     assert torch.equal(res.images[keep], image[keep]) and res.known is None

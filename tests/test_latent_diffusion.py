@@ -6,6 +6,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from ldm.data.masks import mask_image
 from ldm import checkpoint as ckpt_io
 from ldm.models.diffusion.conditioning import (
     DiffusionWrapper, drop_conditioning, inpainting_condition, mask_at_latent_size, split_inpainting_condition)
@@ -58,7 +59,7 @@ def batch(n=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     img = torch.rand(n, 16, 16, 3, generator=g) * 2 - 1  # channel-last, as the datasets deliver
     mask = (torch.rand(n, 16, 16, 1, generator=g) > 0.5).float()  # 1 = fill, as ldm.data.places
-    return {"image": img, "mask": mask, "masked_image": img * (1 - mask),
+    return {"image": img, "mask": mask, "masked_image": mask_image(img, mask),
             "class_label": torch.randint(0, 10, (n,), generator=g)}
 
 

@@ -416,8 +416,10 @@ def test_places_inpainting_examples(tmp_path):
     mask = ex["mask"]
     assert mask.shape == (32, 32, 1) and mask.dtype == np.float32 and set(np.unique(mask)) <= {0.0, 1.0}
     assert COVERAGE["hard"][0] <= mask.mean() <= COVERAGE["hard"][1]
-    np.testing.assert_array_equal(ex["masked_image"], ex["image"] * (1 - mask))
-    assert (ex["masked_image"][mask[..., 0] == 1] == 0).all()
+    np.testing.assert_allclose(ex["masked_image"], (1 - mask) * (ex["image"] + 1) - 1, atol=1e-6)
+    assert (ex["masked_image"][mask[..., 0] == 1] == -1).all()  # the hole is black, as inpainting_big expects
+    keep = mask[..., 0] == 0
+    np.testing.assert_allclose(ex["masked_image"][keep], ex["image"][keep], atol=1e-6)
     np.testing.assert_array_equal(val[0]["mask"], mask)  # fixed evaluation masks
     assert PlacesInpaintingTrain(size=16, root=str(tmp_path))[0]["mask"].shape == (16, 16, 1)
     # precomputed masks

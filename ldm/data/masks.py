@@ -164,3 +164,12 @@ class MaskGenerator:
         elif rng is None:
             rng = np.random.default_rng()
         return make_mask(self.kind, size, rng)
+
+
+def mask_image(image, mask):
+    """The inpainting input: ``image`` in [-1, 1] with the hole (``mask`` == 1) set to black (-1).
+
+    One convention for datasets, training and sampling, the one the released ``inpainting_big``
+    was trained with. Works on numpy arrays and torch tensors alike (broadcasting the mask).
+    """
+    return (1.0 - mask) * (image + 1.0) - 1.0

@@ -15,7 +15,7 @@ Places365-Standard high-resolution images (http://places2.csail.mit.edu/download
                            evaluation crops such as LaMa's 512 x 512 Places test images)
 
 Examples: ``image`` HWC float32 in [-1, 1]; ``mask`` (H, W, 1) float32 in {0, 1}, 1 = to fill;
-``masked_image = image * (1 - mask)`` (the hole is 0, mid-grey); ``file_path_``, ``relpath``.
+``masked_image`` with the hole black (-1), see :func:`ldm.data.masks.mask_image`; ``file_path_``, ``relpath``.
 Training masks are fresh per step; validation masks depend only on ``(mask_seed, index)``, so
 every evaluation sees the same holes. ``mask_kind="hard"`` gives the paper's 40-50 % split.
 """
@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ldm.data.folder import ImageFolder
 from ldm.data.image_io import BadImageError
-from ldm.data.masks import MaskGenerator
+from ldm.data.masks import MaskGenerator, mask_image
 from ldm.data.paths import ExpectedLayout, data_root, example_rng
 from ldm.data.variants import dataset_variant
 
@@ -79,7 +79,7 @@ class PlacesInpainting(ImageFolder):
     def load_example(self, j: int) -> dict[str, Any]:
         example = super().load_example(j)
         mask = self._mask(j)[..., None]
-        example.update(mask=mask, masked_image=example["image"] * (1.0 - mask))
+        example.update(mask=mask, masked_image=mask_image(example["image"], mask))
         return example
 
 

@@ -21,7 +21,7 @@ from typing import Any, Optional, Union
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ldm.checkpoint import load_into, load_state_dict
+from ldm.checkpoint import ema_weights, load_into, load_state_dict
 from ldm.config.errors import ConfigError
 from ldm.config.loading import merge_configs
 from ldm.inference.runtime import select_device
@@ -102,20 +102,6 @@ def _strip_ckpt_paths(node: Any) -> None:
     elif OmegaConf.is_list(node):
         for item in node:
             _strip_ckpt_paths(item)
-
-
-def ema_weights(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
-    """``sd`` with each ``model.<name>`` replaced by its EMA shadow ``model_ema.<name without
-    dots>`` (the LitEma layout) where one exists; also returns how many were replaced."""
-    out = dict(sd)
-    replaced = 0
-    for key in sd:
-        if key.startswith("model."):
-            shadow = "model_ema." + key[len("model."):].replace(".", "")
-            if shadow in sd:
-                out[key] = sd[shadow]
-                replaced += 1
-    return out, replaced
 
 
 def load_model(

@@ -15,11 +15,13 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from ldm.data.masks import mask_image
 from ldm.inference.checks import check_multiple, check_range, check_same_size, downsampling_factor
 from ldm.inference.conditioning import encode_image, model_kind, semantic_onehot
 from ldm.inference.runtime import autocast
 from ldm.inference.sampling import initial_noise, noise_levels, noise_to_level, sample_latents
 from ldm.inference.tiling import decode
+from ldm.models.diffusion.conditioning import inpainting_condition
 
 __all__ = ["InpaintResult", "SamplingOptions", "generate", "img2img", "inpaint", "latent_size", "semantic2img",
            "superres"]
@@ -117,9 +119,9 @@ def inpaint(model: Any, image: torch.Tensor, mask: torch.Tensor, opts: SamplingO
     """Fill the region where ``mask`` (B, 1, H, W) is 1 (paper Sec. 4.5); known pixels are kept.
 
     * A concat-conditioned inpainting model: the UNet sees [z_t, E(masked image), mask] with the
-      hole black and the mask in {-1, 1} at latent resolution, as the released ``inpainting_big``
-      was trained; a model trained with this repository's datasets (``masked_image`` with a
-      mid-grey hole, no mask channel; UNet input = 2 x latent channels) sees [z_t, E(masked image)].
+      hole black and the mask in {-1, 1} at latent resolution (``inpainting_condition``), as the
+      released ``inpainting_big`` and models trained here with ``concat_mask_key`` were trained; a
+      concat model trained without the mask channel sees [z_t, E(masked image)].
     * Any other model: mask-guided sampling (DDIM/PLMS/DDPM with ``mask``/``x0``): latent cells
       touching no masked pixel are re-imposed from E(image) at every step and are exact at the end.
     """
@@ -130,14 +132,11 @@ def inpaint(model: Any, image: torch.Tensor, mask: torch.Tensor, opts: SamplingO
     with autocast(device, opts.precision):
         if model_kind(model) == "inpainting":
             unet_in = model.model.diffusion_model.in_channels
-            with_mask = unet_in == model.channels + model.first_stage_model.embed_dim + 1
-            if with_mask:  # the released inpainting_big: hole black (-1), mask channel in {-1, 1}
-                masked = ((1.0 - mask) * (image + 1.0) / 2.0) * 2.0 - 1.0
-            else:  # trained here on ldm.data (places, synthetic): hole mid-grey (0), no mask channel
-                masked = image * (1.0 - mask)
-            c = model.get_learned_conditioning(masked)
-            if with_mask:
-                c = torch.cat([c, F.interpolate(mask * 2.0 - 1.0, size=c.shape[-2:])], dim=1)
+            masked = mask_image(image, mask)  # hole black (-1), as in training and the released model
+            if unet_in == model.channels + model.first_stage_model.embed_dim + 1:  # [z_t, E(masked), mask]
+                c = inpainting_condition(model, masked, mask)
+            else:  # a concat model trained without the mask channel
+                c = model.get_learned_conditioning(masked)
             if model.channels + c.shape[1] != unet_in:
                 raise ValueError(f"the UNet takes {unet_in} input channels but latent ({model.channels}) + "
                                  f"condition ({c.shape[1]}) give {model.channels + c.shape[1]}")
