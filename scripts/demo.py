@@ -2,31 +2,76 @@
 
 Runs the same `main.py` commands a user would type (they are printed), one stage after another:
 the first-stage autoencoder, then latent diffusion models on top of its frozen latents. Each
-stage's run directory holds its configs, checkpoints and image grids.
+stage's run directory holds its configs, checkpoints and image grids. At the end every trained
+diffusion model is sampled with its script (scripts/sample_diffusion.py, txt2img.py, ...).
 
-    python scripts/demo.py                 # all stages
+    python scripts/demo.py                 # the default stages
+    python scripts/demo.py --tasks         # also super-resolution, semantic, layout, inpainting
+    python scripts/demo.py --stages all    # the same: every stage
     python scripts/demo.py --stages autoencoder
+    python scripts/demo.py --stages ldm_sr ldm_inpaint   # task stages on the latest autoencoder
     python scripts/demo.py --fast          # a short smoke run (also LDM_DEMO_FAST=1)
+
+Default stages: autoencoder, ldm_uncond, ldm_class, ldm_text. Task stages (opt-in): ldm_sr
+(super-resolution, Sec. 4.4), ldm_semantic (semantic synthesis, Sec. 4.3.2), ldm_layout
+(layout-to-image, Sec. 4.3.1), ldm_inpaint (inpainting, Sec. 4.5). Their sampling inputs (a
+low-resolution image, a segmentation map, a boxes JSON, an image with a mask) are cut from the
+synthetic validation set into <logdir>/demo_samples/inputs/.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-# (stage name, config, needs the autoencoder checkpoint)
+
+class Stage(NamedTuple):
+    name: str
+    config: str
+    needs_autoencoder: bool  # trains on the autoencoder's latents
+    default: bool            # part of the default demo; task stages are opt-in
+
+
 STAGES = [
-    ("autoencoder", "configs/demo/autoencoder_kl.yaml", False),
-    ("ldm_uncond", "configs/demo/ldm_uncond.yaml", True),
-    ("ldm_class", "configs/demo/ldm_class.yaml", True),
-    ("ldm_text", "configs/demo/ldm_text.yaml", True),
+    Stage("autoencoder", "configs/demo/autoencoder_kl.yaml", False, True),
+    Stage("ldm_uncond", "configs/demo/ldm_uncond.yaml", True, True),
+    Stage("ldm_class", "configs/demo/ldm_class.yaml", True, True),
+    Stage("ldm_text", "configs/demo/ldm_text.yaml", True, True),
+    Stage("ldm_sr", "configs/demo/ldm_sr.yaml", True, False),
+    Stage("ldm_semantic", "configs/demo/ldm_semantic.yaml", True, False),
+    Stage("ldm_layout", "configs/demo/ldm_layout.yaml", True, False),
+    Stage("ldm_inpaint", "configs/demo/ldm_inpaint.yaml", True, False),
 ]
+STAGE_NAMES = [s.name for s in STAGES]
+DEFAULT_STAGES = [s.name for s in STAGES if s.default]
+TASK_STAGES = [s.name for s in STAGES if not s.default]
+DEMO_SIZE = 32         # image side of the demo data (configs/demo/*.yaml)
+LAYOUT_GRID = 16       # configs/demo/ldm_layout.yaml's corner grid (data.params.*.layout_grid)
+N_INPUTS = 2           # validation examples cut into sampling inputs
+
+
+def select_stages(names: Optional[Sequence[str]], tasks: bool = False) -> list[Stage]:
+    """The stages to run, in training order: ``names`` (default: the default stages; ``all``:
+    every stage), plus the task stages when ``tasks``."""
+    chosen = set(DEFAULT_STAGES if names is None else names)
+    unknown = sorted(chosen - set(STAGE_NAMES) - {"all"})
+    if unknown:
+        raise ValueError(f"--stages: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGE_NAMES)} "
+                         "or all")
+    if "all" in chosen:
+        chosen = set(STAGE_NAMES)
+    if tasks:
+        chosen |= set(TASK_STAGES)
+    return [s for s in STAGES if s.name in chosen]
 
 
 def latest_run(logdir: Path, name: str) -> Path:
@@ -52,35 +97,101 @@ def run_stage(name: str, config: str, ae_ckpt: Path | None, logdir: Path, fast: 
     return run
 
 
-def sample_commands(runs: dict[str, Path], outdir: Path) -> list[list[str]]:
-    """Sampling-script calls on the trained demo models (those whose stage ran)."""
+def write_inputs(folder: Path, size: int = DEMO_SIZE, n: int = N_INPUTS) -> dict[str, list[Path]]:
+    """Sampling inputs for the task scripts, cut from the synthetic validation set (never trained on):
+    ``image``/``mask`` (inpaint.py), ``lr`` (superres.py, x4 smaller), ``seg`` (semantic2img.py,
+    class indices) and ``layout`` (layout2img.py: one JSON with a layout per example, largest box first)."""
+    # Imported here so that --help and stage validation do not pay for loading torch.
+    import numpy as np
+    from PIL import Image
+
+    from ldm.data.image_io import to_uint8
+    from ldm.data.synthetic import SyntheticShapesValidation, layout_boxes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    data = SyntheticShapesValidation(size=size, length=n, lr_factor=4, inpainting_masks=True)
+    files: dict[str, list[Path]] = {"image": [], "mask": [], "lr": [], "seg": [], "layout": []}
+    layouts = []
+    for i in range(n):
+        ex = data[i]
+        arrays = {"image": to_uint8(ex["image"]), "mask": (ex["mask"][..., 0] * 255).astype(np.uint8),
+                  "lr": to_uint8(ex["LR_image"]), "seg": ex["segmentation_index"].astype(np.uint8)}
+        for kind, arr in arrays.items():
+            path = folder / (f"shapes{i}.png" if kind == "image" else f"shapes{i}_{kind}.png")
+            Image.fromarray(arr).save(path)
+            files[kind].append(path)
+        layouts.append({"objects": [{"class": int(row[0]), "bbox": [float(v) for v in row[1:]]}
+                                    for row in layout_boxes(ex)]})
+    files["layout"].append(folder / "boxes.json")
+    files["layout"][0].write_text(json.dumps(layouts, indent=1))
+    return files
+
+
+def sample_commands(runs: dict[str, Path], outdir: Path, inputs: Optional[dict[str, list[Path]]] = None,
+                    steps: Optional[int] = None) -> list[list[str]]:
+    """Sampling-script calls on the trained demo models (those whose stage ran). ``inputs``
+    (from :func:`write_inputs`) feed the task scripts; ``steps`` overrides every sampler's steps."""
     py = sys.executable
+
+    def n_steps(default: int) -> str:
+        return str(steps or default)
+
+    def paths(kind: str) -> list[str]:
+        if inputs is None:
+            raise ValueError(f"the task stages need sampling inputs ({kind}): pass inputs=write_inputs(...)")
+        return [str(p) for p in inputs[kind]]
+
     cmds = []
     if "ldm_uncond" in runs:
-        cmds.append([py, "scripts/sample_diffusion.py", "-r", str(runs["ldm_uncond"]), "-n", "16", "-c", "50",
+        cmds.append([py, "scripts/sample_diffusion.py", "-r", str(runs["ldm_uncond"]), "-n", "16", "-c", n_steps(50),
                      "-l", str(outdir / "uncond")])
     if "ldm_class" in runs:
         cmds.append([py, "scripts/sample_diffusion.py", "-r", str(runs["ldm_class"]), "-n", "16",
-                     "--classes", *map(str, range(8)), "--scale", "3.0", "-c", "50", "-l", str(outdir / "class")])
+                     "--classes", *map(str, range(8)), "--scale", "3.0", "-c", n_steps(50), "-l", str(outdir / "class")])
     if "ldm_text" in runs:
         cmds.append([py, "scripts/txt2img.py", "-r", str(runs["ldm_text"]), "--prompt",
-                     "a red circle and a blue square", "--sampler", "unipc", "--steps", "20", "--scale", "3.0",
+                     "a red circle and a blue square", "--sampler", "unipc", "--steps", n_steps(20), "--scale", "3.0",
                      "--n_samples", "8", "--outdir", str(outdir / "text")])
+    if "ldm_sr" in runs:
+        cmds.append([py, "scripts/superres.py", "-r", str(runs["ldm_sr"]), "--input", *paths("lr"),
+                     "--n_samples", "4", "--steps", n_steps(100), "--outdir", str(outdir / "superres")])
+    if "ldm_semantic" in runs:
+        cmds.append([py, "scripts/semantic2img.py", "-r", str(runs["ldm_semantic"]), "--input", *paths("seg"),
+                     "--n_samples", "4", "--steps", n_steps(100), "--outdir", str(outdir / "semantic")])
+    if "ldm_layout" in runs:
+        cmds.append([py, "scripts/layout2img.py", "-r", str(runs["ldm_layout"]), "--layout", *paths("layout"),
+                     "--grid-size", str(LAYOUT_GRID), "--n_samples", "4", "--steps", n_steps(100),
+                     "--outdir", str(outdir / "layout")])
+    if "ldm_inpaint" in runs:
+        cmds.append([py, "scripts/inpaint.py", "-r", str(runs["ldm_inpaint"]), "--image", *paths("image"),
+                     "--mask", *paths("mask"), "--steps", n_steps(50), "--outdir", str(outdir / "inpaint")])
     return cmds
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stages", nargs="*", default=[s[0] for s in STAGES], choices=[s[0] for s in STAGES])
-    p.add_argument("--fast", action="store_true", default=bool(os.environ.get("LDM_DEMO_FAST")))
+    p.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
+                   help=f"stages to run (always in training order): {', '.join(STAGE_NAMES)}, or all "
+                        f"(default: {' '.join(DEFAULT_STAGES)})")
+    p.add_argument("--tasks", action="store_true",
+                   help=f"also run the task stages ({', '.join(TASK_STAGES)})")
+    p.add_argument("--fast", action="store_true", default=bool(os.environ.get("LDM_DEMO_FAST")),
+                   help="a short smoke run (also LDM_DEMO_FAST=1)")
     p.add_argument("-l", "--logdir", default="logs", help="where run directories go")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        stages = select_stages(args.stages, args.tasks)
+    except ValueError as exc:
+        p.error(str(exc))
     logdir = (ROOT / args.logdir).resolve()
     ae_ckpt = None
     runs: dict[str, Path] = {}
-    for name, config, needs_ae in STAGES:
-        if name not in args.stages:
-            continue
+    for name, config, needs_ae, _ in stages:
         if needs_ae and ae_ckpt is None:
             ae_ckpt = latest_run(logdir, "demo_autoencoder") / "checkpoints" / "last.ckpt"
         run = run_stage(name, config, ae_ckpt if needs_ae else None, logdir, args.fast)
@@ -90,10 +201,12 @@ def main() -> None:
         grids = sorted((run / "images").rglob("*.png"), key=lambda p: p.stat().st_mtime)
         for g in grids[-3:]:
             print(f"    {g.relative_to(ROOT) if g.is_relative_to(ROOT) else g}")
-    for cmd in sample_commands(runs, logdir / "demo_samples"):
+    outdir = logdir / "demo_samples"
+    inputs = write_inputs(outdir / "inputs") if runs.keys() & set(TASK_STAGES) else None
+    for cmd in sample_commands(runs, outdir, inputs):
         print(f"\n==> sampling: {shlex.join(cmd)}", flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
-    print(f"\nDemo done. Training grids are under each run's images/ folder; samples under {logdir / 'demo_samples'}.")
+    print(f"\nDemo done. Training grids are under each run's images/ folder; samples under {outdir}.")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from ldm.data.synthetic import (
     SyntheticShapesTrain,
     SyntheticShapesValidation,
     caption_vocabulary,
+    layout_boxes,
 )
 from ldm.util import instantiate_from_config
 
@@ -174,9 +175,35 @@ def test_synthetic_super_resolution_and_inpainting_keys():
     mask = ex["mask"]
     assert mask.shape == (16, 16, 1) and set(np.unique(mask)) == {0.0, 1.0}
     assert 0.05 <= mask.mean() <= 0.6
-    assert np.array_equal(ex["masked_image"], ex["image"] * (1 - mask))
+    assert np.allclose(ex["masked_image"], (1 - mask) * (ex["image"] + 1) - 1, atol=1e-6)
+    assert (ex["masked_image"][mask[..., 0] == 1] == -1).all()  # black hole, as inpainting_big expects
     with pytest.raises(ValueError, match="lr_factor"):
         SyntheticShapes(size=16, lr_factor=3)
+
+
+def test_synthetic_layout_tokens_follow_the_layout_dataset_scheme():
+    plain = SyntheticShapes(size=32, length=40, max_objects=3)
+    tokens = SyntheticShapes(size=32, length=40, max_objects=3, layout_tokens=True, layout_grid=16, layout_vocab=257)
+    assert "coordinates_bbox" not in plain[0]
+    orders = set()
+    for i in range(40):
+        ex, ref = tokens[i], plain[i]
+        seq = ex.pop("coordinates_bbox")
+        _assert_examples_equal(ex, ref)  # opt-in: every other key is unchanged
+        assert seq.dtype == np.int64 and seq.shape == (3 * 3 + 2,)
+        boxes = layout_boxes(ex)
+        areas = (boxes[:, 3] - boxes[:, 1]) * (boxes[:, 4] - boxes[:, 2])
+        assert len(boxes) == ex["n_objects"] and np.all(np.diff(areas) <= 0)  # largest first
+        assert sorted(map(tuple, boxes.tolist())) == sorted(map(tuple, ex["bboxes"][:ex["n_objects"]].tolist()))
+        orders.add(np.array_equal(boxes, ex["bboxes"][:ex["n_objects"]]))
+        expected = []
+        for c, x0, y0, x1, y1 in boxes:  # class, top-left, bottom-right on the 16 x 16 grid
+            expected += [int(c), round(x0 * 15) + 16 * round(y0 * 15), round(x1 * 15) + 16 * round(y1 * 15)]
+        expected += [256] * (9 - len(expected)) + [0, 255]  # padding, then the full-image crop window
+        assert seq.tolist() == expected, i
+    assert orders == {True, False}  # the drawing order is not always the size order (item 32 here)
+    with pytest.raises(ValueError, match="layout_grid=20, layout_vocab=257"):
+        SyntheticShapes(layout_tokens=True, layout_grid=20)
 
 
 def test_synthetic_is_fast():

@@ -6,10 +6,11 @@ rasterisation, with annotations for each conditioning mode of the paper:
 - ``class_label``/``human_label``: class-conditional synthesis (Sec. 4.3.1, like ImageNet);
 - ``caption``: text-to-image (Sec. 4.3.1, like LAION), built from a small closed vocabulary
   (``caption_vocabulary()``) so a tokenizer can be fitted offline;
-- ``bboxes``/``n_objects``: layout-to-image (Sec. 4.3.1, like COCO/OpenImages);
+- ``bboxes``/``n_objects``: layout-to-image (Sec. 4.3.1, like COCO/OpenImages), and with
+  ``layout_tokens`` the token sequence ``coordinates_bbox`` a layout model's τ_θ embeds;
 - ``segmentation``/``segmentation_index``: semantic synthesis (Sec. 4.3.2, like the landscapes
   data: one-hot HWC float32);
-- optional ``LR_image`` (super-resolution, Sec. 4.4) and ``mask``/``masked_image``
+- optional ``LR_image`` (super-resolution, Sec. 4.4) and ``mask``/``masked_image`` (hole black)
   (inpainting, Sec. 4.5).
 
 A sample depends only on ``(seed, offset + index)``: a fresh ``numpy`` Generator is seeded from
@@ -24,6 +25,9 @@ from typing import Any, Optional
 import numpy as np
 from torch.utils.data import Dataset
 
+from ldm.data.layout import LayoutTokenizer
+from ldm.data.masks import mask_image
+
 __all__ = [
     "BACKGROUND_CLASS",
     "COLOURS",
@@ -33,6 +37,7 @@ __all__ = [
     "SyntheticShapesValidation",
     "VALIDATION_OFFSET",
     "caption_vocabulary",
+    "layout_boxes",
 ]
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "hexagon", "star", "cross", "ring")
@@ -59,6 +64,14 @@ def caption_vocabulary() -> list[str]:
     """Every word a caption can contain, sorted; ``caption.split()`` is always a subset."""
     words = {"a", "an", "and", "on", "background", "gradient", "small", "large"}
     return sorted(words | set(SHAPES) | set(COLOUR_NAMES))
+
+
+def layout_boxes(example: dict[str, Any]) -> np.ndarray:
+    """An example's (n_objects, 5) boxes in layout-token order: largest box first (stable), as the
+    COCO/OpenImages layout datasets order them; ``bboxes`` itself keeps the drawing order."""
+    boxes = np.asarray(example["bboxes"][:example["n_objects"]], dtype=np.float32)
+    area = (boxes[:, 3] - boxes[:, 1]) * (boxes[:, 4] - boxes[:, 2])
+    return boxes[np.argsort(-area, kind="stable")]
 
 
 def _article(word: str) -> str:
@@ -122,6 +135,12 @@ class SyntheticShapes(Dataset):
     ``bboxes`` rows are ``(shape_id, x0, y0, x1, y1)``: the tight pixel box of the object,
     normalised by the image side (``x1 = (last column + 1) / size``), padded with -1 rows.
     Objects never overlap, so every segmentation pixel of an object lies inside its box.
+
+    ``layout_tokens`` adds ``coordinates_bbox``: those boxes as the int64 tokens of
+    :class:`ldm.data.layout.LayoutTokenizer` (class, top-left and bottom-right corners on a
+    ``layout_grid`` grid, largest box first, then the full-image crop window), the scheme of the
+    COCO/OpenImages layout datasets scaled down: ``3 * max_objects + 2`` tokens over a
+    ``layout_vocab`` vocabulary whose last id pads.
     """
 
     def __init__(self,
@@ -137,6 +156,9 @@ class SyntheticShapes(Dataset):
                  lr_factor: Optional[int] = None,   # add LR_image, downsampled by this factor
                  inpainting_masks: bool = False,    # add mask and masked_image
                  offset: int = 0,                   # first stream index (splits use disjoint ranges)
+                 layout_tokens: bool = False,       # add coordinates_bbox (layout-to-image tokens)
+                 layout_grid: int = 16,             # corner positions quantised on this grid
+                 layout_vocab: int = 257,           # token ids: 16^2 corner positions + the padding token
                  ):
         if size < 1 or length < 0:
             raise ValueError(f"size must be >= 1 and length >= 0, got size={size}, length={length}")
@@ -150,6 +172,12 @@ class SyntheticShapes(Dataset):
         self.n_classes, self.max_objects, self.min_objects = n_classes, max_objects, min_objects
         self.gradient_prob, self.colour_jitter, self.noise = gradient_prob, colour_jitter, noise
         self.lr_factor, self.inpainting_masks = lr_factor, inpainting_masks
+        try:  # built even when unused, so that bad layout values fail at construction
+            tokenizer = LayoutTokenizer(len(SHAPES), no_tokens=layout_vocab, max_objects=max_objects,
+                                        grid=layout_grid, encode_crop=True)
+        except ValueError as exc:
+            raise ValueError(f"layout_grid={layout_grid}, layout_vocab={layout_vocab}: {exc}") from None
+        self.layout_tokenizer: Optional[LayoutTokenizer] = tokenizer if layout_tokens else None
         self.n_shapes = min(n_classes, len(SHAPES))  # shapes that can appear
         self.n_semantic_classes = 1 + len(SHAPES)    # background + every shape, fixed layout
         # Pixel centres in normalised coordinates, shared by every sample.
@@ -257,6 +285,8 @@ class SyntheticShapes(Dataset):
             example["LR_image"] = image.reshape(s, f, s, f, 3).mean(axis=(1, 3))  # box downsampling
         if self.inpainting_masks:
             example.update(self._inpainting(rng, image))
+        if self.layout_tokenizer is not None:
+            example["coordinates_bbox"] = self.layout_tokenizer.encode(layout_boxes(example))
         return example
 
     def _caption(self, objects: list, background: int, gradient: bool) -> str:
@@ -278,7 +308,7 @@ class SyntheticShapes(Dataset):
         top, left = int(rng.integers(0, s - h + 1)), int(rng.integers(0, s - w + 1))
         mask = np.zeros((s, s, 1), dtype=np.float32)
         mask[top:top + h, left:left + w] = 1.0
-        return {"mask": mask, "masked_image": image * (1.0 - mask)}
+        return {"mask": mask, "masked_image": mask_image(image, mask)}
 
 
 class SyntheticShapesTrain(SyntheticShapes):

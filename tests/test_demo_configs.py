@@ -1,0 +1,221 @@
+"""configs/demo: every demo latent diffusion config trains (shrunk) on the synthetic data through
+main.py's ``run``, on top of a shrunk demo autoencoder trained the same way, and the sampling
+script of its task works on the resulting run directory, called with scripts/demo.py's own
+sampling command. This is the proof that each script works on demo checkpoints, offline.
+
+Shrinking: 16 px images (f=4 as in the demo, so 4x4x3 latents and 4x4 low-resolution images),
+UNets of 32 channels, batches of 4, two optimizer steps.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from ldm.data.synthetic import SHAPES, SyntheticShapesValidation, layout_boxes
+from ldm.inference.layouts import read_layouts
+from ldm.trainer.run import run
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "configs" / "demo"
+SIZE = 16  # px; latents 4x4
+
+
+def _module(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+demo = _module(REPO / "scripts" / "demo.py", "demo_script")
+LDM_STAGES = [s for s in demo.STAGES if s.needs_autoencoder]
+
+DATA = ["data.params.batch_size=4", "data.params.train.params.length=16", "data.params.validation.params.length=4",
+        f"data.params.train.params.size={SIZE}", f"data.params.validation.params.size={SIZE}",
+        "lightning.trainer.val_check_interval=2", "lightning.trainer.limit_val_batches=1",
+        "lightning.callbacks.image_logger.params.batch_frequency=1000",
+        "lightning.trainer.enable_progress_bar=false", "lightning.trainer.enable_model_summary=false"]
+LDM = [f"model.params.first_stage_config.params.ddconfig.resolution={SIZE}",
+       f"model.params.image_size={SIZE // 4}", f"model.params.unet_config.params.image_size={SIZE // 4}",
+       "model.params.unet_config.params.model_channels=32", "model.params.unet_config.params.num_head_channels=16"]
+
+
+def train(logdir: Path, config: str, name: str, *overrides: str) -> Path:
+    assert run(["--base", config, "-t", "--accelerator", "cpu", "--logger", "csv", "-n", name, "-l", str(logdir),
+                "--max_steps", "2", *DATA, *overrides]) == 0
+    (rundir,) = logdir.glob(f"*_{name}")
+    return rundir
+
+
+@pytest.fixture(scope="module")
+def autoencoder(tmp_path_factory) -> Path:
+    logdir = tmp_path_factory.mktemp("logs")
+    rundir = train(logdir, str(DEMO / "autoencoder_kl.yaml"), "demo_autoencoder",
+                   f"model.params.ddconfig.resolution={SIZE}")
+    return rundir / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, list[Path]]:
+    return demo.write_inputs(tmp_path_factory.mktemp("inputs"), size=SIZE)
+
+
+def pngs(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Relative path -> array shape of every PNG under ``folder``."""
+    return {p.relative_to(folder).as_posix(): np.asarray(Image.open(p)).shape for p in sorted(folder.rglob("*.png"))}
+
+
+RGB = (SIZE, SIZE, 3)
+# Every PNG the stage's sampling command writes, with its shape (inputs: 2 validation examples).
+EXPECTED = {
+    "ldm_uncond": {**{f"img/{i:05d}.png": RGB for i in range(16)}, "grid-0000.png": (2 + 4 * 18, 2 + 4 * 18, 3)},
+    "ldm_class": {**{f"img/{i:05d}.png": RGB for i in range(16)}, "grid-0000.png": (2 + 4 * 18, 2 + 4 * 18, 3)},
+    "ldm_text": {**{f"samples/a_red_circle_and_a_blue_square/{i:05d}.png": RGB for i in range(8)},
+                 "grid-a_red_circle_and_a_blue_square-0000.png": (2 + 18, 2 + 8 * 18, 3)},
+    "ldm_sr": {**{f"shapes{j}_lr_x4_{k}.png": RGB for j in range(2) for k in range(4)},
+               **{f"grid-shapes{j}_lr-0000.png": (2 + 18, 2 + 5 * 18, 3) for j in range(2)}},
+    "ldm_semantic": {**{f"shapes{j}_seg/{k:05d}.png": RGB for j in range(2) for k in range(4)},
+                     **{f"grid-shapes{j}_seg-0000.png": (2 + 18, 2 + 5 * 18, 3) for j in range(2)}},
+    "ldm_layout": {**{f"boxes-{j}/{k:05d}.png": RGB for j in range(2) for k in range(4)},
+                   **{f"grid-boxes-{j}-0000.png": (2 + 18, 2 + 5 * 18, 3) for j in range(2)}},
+    "ldm_inpaint": {"shapes0.png": RGB, "shapes1.png": RGB, "grid-0000.png": (2 + 2 * 18, 2 + 3 * 18, 3)},
+}
+
+
+def test_every_demo_diffusion_config_has_a_stage_and_a_check():
+    configs = {p.stem for p in DEMO.glob("*.yaml")
+               if OmegaConf.load(p).model.target == "ldm.models.diffusion.ddpm.LatentDiffusion"}
+    assert configs == {s.name for s in LDM_STAGES} == set(EXPECTED)
+    assert all(s.config == f"configs/demo/{s.name}.yaml" for s in LDM_STAGES)
+
+
+def _without(node, keys: set[str]) -> dict:
+    return {k: v for k, v in OmegaConf.to_container(node).items() if k not in keys}
+
+
+@pytest.mark.parametrize("name", ["ldm_sr", "ldm_semantic", "ldm_layout", "ldm_inpaint"])
+def test_task_configs_differ_from_the_demo_only_in_conditioning(name):
+    base, task = OmegaConf.load(DEMO / "ldm_uncond.yaml"), OmegaConf.load(DEMO / f"{name}.yaml")
+    ae = OmegaConf.load(DEMO / "autoencoder_kl.yaml")
+    assert task.lightning == base.lightning and task.model.base_learning_rate == base.model.base_learning_rate
+    first = task.model.params.first_stage_config.params
+    assert first.ckpt_path is None and first.ddconfig == ae.model.params.ddconfig
+    assert first.embed_dim == ae.model.params.embed_dim
+    conditioning = {"in_channels", "use_spatial_transformer", "transformer_depth", "context_dim"}
+    unet, base_unet = task.model.params.unet_config.params, base.model.params.unet_config.params
+    assert _without(unet, conditioning) == _without(base_unet, conditioning)
+    # data: the demo's sizes, with the condition's keys switched on
+    for split in ("train", "validation"):
+        params = dict(task.data.params[split].params)
+        extra = {k: params.pop(k) for k in list(params) if k not in base.data.params[split].params}
+        assert params == dict(base.data.params[split].params) and set(extra) <= {
+            "lr_factor", "layout_tokens", "layout_grid", "layout_vocab", "inpainting_masks"}
+
+
+def test_task_configs_match_the_synthetic_data():
+    sr = OmegaConf.load(DEMO / "ldm_sr.yaml").model.params
+    assert sr.conditioning_key == "concat" and sr.cond_stage_key == "LR_image"
+    assert sr.unet_config.params.in_channels == 6 and sr.cond_stage_config.target == "torch.nn.Identity"
+
+    semantic = OmegaConf.load(DEMO / "ldm_semantic.yaml").model.params
+    rescaler = semantic.cond_stage_config.params
+    assert rescaler.in_channels == 1 + len(SHAPES) == SyntheticShapesValidation(size=32, length=1).n_semantic_classes
+    assert 32 // 2 ** rescaler.n_stages == semantic.image_size and semantic.unet_config.params.in_channels == 6
+
+    layout = OmegaConf.load(DEMO / "ldm_layout.yaml")
+    embedder, data = layout.model.params.cond_stage_config.params, layout.data.params.train.params
+    example = SyntheticShapesValidation(size=32, length=1, layout_tokens=True, layout_grid=data.layout_grid,
+                                        layout_vocab=data.layout_vocab)[0]
+    assert embedder.vocab_size == data.layout_vocab and not embedder.use_tokenizer
+    assert example["coordinates_bbox"].shape == (embedder.max_seq_len,) and demo.LAYOUT_GRID == data.layout_grid
+
+    inpaint = OmegaConf.load(DEMO / "ldm_inpaint.yaml").model.params
+    assert inpaint.concat_mask_key == "mask" and inpaint.cond_stage_key == "masked_image"
+    assert inpaint.unet_config.params.in_channels == 3 + 3 + 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", LDM_STAGES, ids=[s.name for s in LDM_STAGES])
+def test_demo_stage_trains_and_its_script_samples(stage, autoencoder, inputs, tmp_path):
+    rundir = train(tmp_path / "logs", str(REPO / stage.config), f"demo_{stage.name}",
+                   f"model.params.first_stage_config.params.ckpt_path={autoencoder}", *LDM)
+    ckpt = torch.load(rundir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2
+
+    (cmd,) = demo.sample_commands({stage.name: rundir}, tmp_path / "samples", inputs, steps=2)
+    assert cmd[0] == sys.executable and cmd[1].startswith("scripts/")
+    script = _module(REPO / cmd[1], f"script_{Path(cmd[1]).stem}")
+    written = script.main([*cmd[2:], "--device", "cpu", "--no-progress"])
+    (outdir,) = (tmp_path / "samples").iterdir()
+    assert pngs(outdir) == EXPECTED[stage.name]
+    assert {p for p in written if p.suffix == ".png"} == {outdir / k for k in EXPECTED[stage.name]}
+
+    if stage.name == "ldm_class":  # the labels cycle over --classes 0..7
+        (npz,) = outdir.glob("samples_16x16x16x3.npz")
+        assert np.load(npz)["labels"].tolist() == list(range(8)) * 2
+    if stage.name == "ldm_inpaint":  # known pixels are the input's
+        for image, mask in zip(inputs["image"], inputs["mask"]):
+            keep = np.asarray(Image.open(mask)) < 128
+            assert keep.any() and not keep.all()
+            assert np.array_equal(np.asarray(Image.open(outdir / image.name))[keep], np.asarray(Image.open(image))[keep])
+
+
+def test_write_inputs_cut_from_the_validation_set(tmp_path):
+    files = demo.write_inputs(tmp_path, size=32, n=2)
+    assert {k: [p.name for p in v] for k, v in files.items()} == {
+        "image": ["shapes0.png", "shapes1.png"], "mask": ["shapes0_mask.png", "shapes1_mask.png"],
+        "lr": ["shapes0_lr.png", "shapes1_lr.png"], "seg": ["shapes0_seg.png", "shapes1_seg.png"],
+        "layout": ["boxes.json"]}
+    data = SyntheticShapesValidation(size=32, length=2, lr_factor=4, inpainting_masks=True)
+    layouts = read_layouts(files["layout"][0])
+    for i in range(2):
+        ex = data[i]
+        assert np.array_equal(np.asarray(Image.open(files["seg"][i])), ex["segmentation_index"])
+        assert np.array_equal(np.asarray(Image.open(files["mask"][i])) > 0, ex["mask"][..., 0] > 0)
+        assert np.asarray(Image.open(files["lr"][i])).shape == (8, 8, 3)
+        image = np.asarray(Image.open(files["image"][i])).astype(np.float32) / 127.5 - 1
+        assert np.abs(image - ex["image"]).max() <= 1 / 127.5
+        boxes, crop = layouts[i]
+        assert np.allclose(boxes, layout_boxes(ex)) and crop == (0.0, 0.0, 1.0, 1.0)
+    assert [len(o["objects"]) for o in json.loads(files["layout"][0].read_text())] == [data[0]["n_objects"],
+                                                                                       data[1]["n_objects"]]
+
+
+def test_stage_selection():
+    names = lambda stages: [s.name for s in stages]  # noqa: E731
+    assert names(demo.select_stages(None)) == ["autoencoder", "ldm_uncond", "ldm_class", "ldm_text"]
+    every = ["autoencoder", "ldm_uncond", "ldm_class", "ldm_text", "ldm_sr", "ldm_semantic", "ldm_layout",
+             "ldm_inpaint"]
+    assert names(demo.select_stages(["all"])) == every == names(demo.select_stages(None, tasks=True))
+    assert names(demo.select_stages(["ldm_inpaint", "autoencoder"])) == ["autoencoder", "ldm_inpaint"]
+    assert names(demo.select_stages(["autoencoder"], tasks=True)) == ["autoencoder", *every[4:]]
+    with pytest.raises(ValueError, match="unknown stage"):
+        demo.select_stages(["ldm_sr", "ldm_superres"])
+    with pytest.raises(ValueError, match="task stages need sampling inputs"):
+        demo.sample_commands({"ldm_sr": Path("run")}, Path("out"))
+
+
+def test_demo_rejects_unknown_stages_before_training(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--stages", "autoencoder", "ldm_superres", "-l", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown stage(s) ldm_superres" in err and "ldm_sr" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_demo_help_runs_as_a_script():
+    out = subprocess.run([sys.executable, "scripts/demo.py", "--help"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    for word in ("--stages", "--tasks", "--fast", "ldm_sr", "ldm_semantic", "ldm_layout", "ldm_inpaint"):
+        assert word in out.stdout
