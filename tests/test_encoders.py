@@ -124,8 +124,9 @@ def test_bert_vocab_is_passed_as_vocab_not_vocab_file(vocab_file, monkeypatch):
     # A BertTokenizerFast that drops the vocabulary (as `vocab_file=` does in transformers 5)
     # must be reported, not used.
     class Forgetful(transformers.BertTokenizerFast):
-        def __init__(self, vocab=None, **kwargs):
-            super().__init__(**kwargs)
+        def __init__(self, vocab=None, **kwargs):  # drops the file's vocabulary for a bare default one
+            super().__init__(vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])},
+                             **kwargs)
 
     monkeypatch.setattr(transformers, "BertTokenizerFast", Forgetful)
     with pytest.raises(TokenizerUnavailableError, match="has 5 tokens, the file has 14"):
