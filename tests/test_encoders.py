@@ -3,6 +3,7 @@ the word-level tokenizer, and the x-transformers-layout encoder numerics."""
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 
 import pytest
@@ -128,7 +129,9 @@ def test_bert_vocab_is_passed_as_vocab_not_vocab_file(vocab_file, monkeypatch):
             super().__init__(vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])},
                              **kwargs)
 
-    monkeypatch.setattr(transformers, "BertTokenizerFast", Forgetful)
+    # Patch the module the loader imports from (transformers may have re-registered itself in
+    # sys.modules since this file imported it).
+    monkeypatch.setattr(sys.modules["transformers"], "BertTokenizerFast", Forgetful)
     with pytest.raises(TokenizerUnavailableError, match="has 5 tokens, the file has 14"):
         load_bert_tokenizer(str(vocab_file))
 
