@@ -48,7 +48,7 @@ def default_callbacks(run: RunDir, config: DictConfig, lightning_config: DictCon
 
 
 def checkpoint_callback(run: RunDir, model: pl.LightningModule, lightning_config: DictConfig) -> pl.Callback:
-    params: dict[str, Any] = {"dirpath": str(run.ckptdir), "filename": "{epoch:06}", "verbose": True,
+    params: dict[str, Any] = {"dirpath": str(run.ckptdir), "filename": "{epoch:06}-{step:09}", "verbose": True,
                               "save_last": True}
     monitor = getattr(model, "monitor", None)
     if monitor:
