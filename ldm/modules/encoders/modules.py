@@ -15,6 +15,7 @@ builds offline.
 """
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
@@ -36,11 +37,12 @@ Device = Union[str, torch.device, None]
 Text = Union[str, Sequence[str]]
 
 
-class AbstractEncoder(nn.Module):
+class AbstractEncoder(nn.Module, abc.ABC):
     """A conditioning encoder: ``encode(y)`` gives what the denoiser is conditioned on."""
 
+    @abc.abstractmethod
     def encode(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError
+        """τ_θ(y): the conditioning the denoiser receives."""
 
     @property
     def device(self) -> torch.device:
