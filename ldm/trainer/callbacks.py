@@ -1,7 +1,6 @@
 """Training callbacks: run-directory setup, image grids, device/epoch statistics."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -10,9 +9,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torchvision
-from omegaconf import OmegaConf
 from PIL import Image
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+
+from ldm.trainer.rundir import write_configs
 
 
 class SetupCallback(pl.Callback):
@@ -34,13 +34,9 @@ class SetupCallback(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_rank != 0:
             return
-        for d in (self.logdir, self.ckptdir, self.cfgdir):
+        for d in (self.logdir, self.ckptdir):
             d.mkdir(parents=True, exist_ok=True)
-        for name, cfg in (("project", self.config), ("lightning", OmegaConf.create({"lightning": self.lightning_config}))):
-            path = self.cfgdir / f"{self.now}-{name}.yaml"
-            tmp = path.with_suffix(".yaml.tmp")
-            OmegaConf.save(cfg, tmp)
-            os.replace(tmp, path)
+        write_configs(self.cfgdir, self.now, self.config, self.lightning_config)
         rank_zero_info(f"Run directory: {self.logdir}")
 
 

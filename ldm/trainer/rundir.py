@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import datetime
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from ldm.checkpoint import atomic_path
 from ldm.config.errors import ConfigError
 
 
@@ -76,14 +76,17 @@ def resume_run(resume: str, base: list[str], now: Optional[str] = None) -> RunDi
                   base_configs=saved + [Path(b) for b in base])
 
 
-def save_configs(run: RunDir, config: DictConfig) -> tuple[Path, Path]:
-    """Write the resolved project and lightning configs (atomically) into ``<run>/configs``."""
-    run.cfgdir.mkdir(parents=True, exist_ok=True)
-    project = OmegaConf.masked_copy(config, [k for k in config.keys() if k != "lightning"])
-    lightning = OmegaConf.create({"lightning": config.get("lightning", {})})
-    paths = (run.cfgdir / f"{run.now}-project.yaml", run.cfgdir / f"{run.now}-lightning.yaml")
-    for path, cfg in zip(paths, (project, lightning)):
-        tmp = path.with_suffix(".yaml.tmp")
-        OmegaConf.save(cfg, tmp)
-        os.replace(tmp, path)
+def write_configs(cfgdir: Path, now: str, project: Any, lightning: Any) -> tuple[Path, Path]:
+    """Write ``<now>-project.yaml`` and ``<now>-lightning.yaml`` into ``cfgdir``, atomically."""
+    cfgdir.mkdir(parents=True, exist_ok=True)
+    paths = (cfgdir / f"{now}-project.yaml", cfgdir / f"{now}-lightning.yaml")
+    for path, cfg in zip(paths, (project, OmegaConf.create({"lightning": lightning}))):
+        with atomic_path(path) as tmp:
+            OmegaConf.save(cfg, tmp)
     return paths
+
+
+def save_configs(run: RunDir, config: DictConfig) -> tuple[Path, Path]:
+    """Write the resolved project and lightning configs of ``config`` into ``<run>/configs``."""
+    project = OmegaConf.masked_copy(config, [k for k in config.keys() if k != "lightning"])
+    return write_configs(run.cfgdir, run.now, project, config.get("lightning", {}))
