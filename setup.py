@@ -25,9 +25,11 @@ setup(
         "scipy>=1.10",
         "tqdm>=4.60",
         "tensorboard>=2.14",
+        # The standard FID Inception network (ported bit-exactly from TensorFlow) for FID/KID/IS.
+        "torch-fidelity>=0.3",
     ],
     extras_require={
         "wandb": ["wandb>=0.16"],
-        "test": ["pytest>=8", "diffusers>=0.30"],
+        "test": ["pytest>=8", "diffusers>=0.30", "hypothesis>=6.100", "scikit-image>=0.22"],
     },
 )
