@@ -1,8 +1,9 @@
 """Resolving `target:` strings to Python objects, safely.
 
 A config is data a user may have downloaded. Importing an arbitrary dotted path would let such a
-file run code (`os.system` is one `target:` away), so only names under trusted prefixes resolve
-unless the user explicitly opts in.
+file run code (`os.system`, `torch.load` of a pickle, `torch.hub.load` of a hubconf.py are each one
+`target:` away), so only the names listed in :mod:`ldm.config.allowed_targets` resolve, unless the
+user explicitly opts in with ``--trust-config-targets``.
 """
 from __future__ import annotations
 
@@ -10,12 +11,8 @@ import contextlib
 import importlib
 from typing import Any, Iterator
 
+from ldm.config.allowed_targets import ALLOWED_TARGETS
 from ldm.config.errors import ConfigError
-
-# Prefixes whose objects a config may name without opting in. Lightning's callbacks are listed
-# because configs name them (ModelCheckpoint, LearningRateMonitor); none of them runs user code.
-TRUSTED_PREFIXES: tuple[str, ...] = ("ldm.", "torch.", "main.", "pytorch_lightning.callbacks.",
-                                     "lightning.pytorch.callbacks.")
 
 # Names used by the original configs that live elsewhere here. `main.*` objects moved out of the
 # 741-line original main.py; `taming.*` objects come from a package that no longer runs on
@@ -40,10 +37,11 @@ LEGACY_TARGETS: dict[str, str] = {
 }
 
 _trust_all = False
+_extra: frozenset[str] = frozenset()  # names added in-process by extra_targets()
 
 
 def set_trust_all_targets(value: bool) -> None:
-    """Allow configs to name objects outside the trusted prefixes (``--trust-config-targets``)."""
+    """Allow configs to name any importable object (``--trust-config-targets``)."""
     global _trust_all
     _trust_all = bool(value)
 
@@ -58,13 +56,27 @@ def trust_all_targets(value: bool = True) -> Iterator[None]:
         _trust_all = previous
 
 
+@contextlib.contextmanager
+def extra_targets(*names: str) -> Iterator[None]:
+    """Allow these exact dotted names as well, for the duration of the block (your own classes,
+    from Python code you trust; a config cannot reach this)."""
+    global _extra
+    previous, _extra = _extra, _extra | frozenset(names)
+    try:
+        yield
+    finally:
+        _extra = previous
+
+
 def canonical_target(name: str) -> str:
     """The dotted path a target string stands for here (legacy names mapped)."""
     return LEGACY_TARGETS.get(name, name)
 
 
-def is_trusted(name: str) -> bool:
-    return canonical_target(name).startswith(TRUSTED_PREFIXES)
+def is_allowed(name: str) -> bool:
+    """Whether a config may name ``name`` without ``--trust-config-targets``."""
+    canonical = canonical_target(name)
+    return canonical in ALLOWED_TARGETS or canonical in _extra
 
 
 def get_obj_from_str(string: str, reload: bool = False, *, path: str = "target") -> Any:
@@ -72,12 +84,14 @@ def get_obj_from_str(string: str, reload: bool = False, *, path: str = "target")
     if not isinstance(string, str) or "." not in string:
         raise ConfigError(path, f"target must be a dotted path like 'package.module.Class', got {string!r}")
     name = canonical_target(string)
-    if not _trust_all and not name.startswith(TRUSTED_PREFIXES):
+    if not _trust_all and not is_allowed(string):
+        # Refused before anything is imported: importing a module can itself run code.
         raise ConfigError(
             path,
-            f"target {string!r} is outside the trusted packages {', '.join(TRUSTED_PREFIXES)}. "
-            "A config must not be able to run arbitrary code; if you wrote this config and trust "
-            "it, pass --trust-config-targets (or call ldm.config.set_trust_all_targets(True)).",
+            f"target {string!r} is not on the allow-list of objects a config may build "
+            "(ldm/config/allowed_targets.py), so it is refused: a config must not be able to run "
+            "arbitrary code. If you wrote this config and trust it, pass --trust-config-targets "
+            "(in Python: ldm.config.set_trust_all_targets(True)).",
         )
     module_name, attr = name.rsplit(".", 1)
     try:

@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--dry-run", dest="dry_run", action="store_true",
                    help="print the resolved config and the model/data summary, then exit")
     o.add_argument("--trust-config-targets", dest="trust_config_targets", action="store_true",
-                   help="allow configs to name objects outside ldm., torch. and main. "
-                        "(only for configs you wrote: a target can run arbitrary code)")
+                   help="allow configs to name objects that are not on the allow-list "
+                        "(ldm/config/allowed_targets.py); only for configs you wrote: a target can run "
+                        "arbitrary code")
     o.add_argument("--allow-missing-ckpt", dest="allow_missing_ckpt", action="store_true",
                    help="warn instead of failing when a config's ckpt_path does not exist (random init)")
     return p
