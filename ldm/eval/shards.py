@@ -1,0 +1,110 @@
+"""Samples written in shards, so that an interrupted evaluation resumes where it stopped.
+
+    <out>/shards/manifest.json      the settings the samples were drawn with
+    <out>/shards/shard-00000.npz    images (uint8 (n, H, W, 3)), indices, labels (class models)
+
+A shard holds samples ``[k * shard_size, (k + 1) * shard_size)`` and is written atomically
+(``ldm.checkpoint.atomic_path``), so a shard file is either complete or absent. A rerun with the
+same settings skips the shards on disk; different settings are refused rather than mixed.
+
+Sample i starts from noise drawn from a generator seeded with (seed, i) only, and the sampler's
+own noise (DDIM eta > 0, DDPM) from a generator seeded with (seed, first index of its batch);
+batches never cross shard boundaries, so a resumed run writes exactly the images an
+uninterrupted one would.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Union
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ldm.checkpoint import atomic_path
+
+__all__ = ["ShardStore", "batch_generator", "sample_noise"]
+
+# indices -> (uint8 images, labels or None), or (uint8 images, uint8 references, None)
+MakeBatch = Callable[[np.ndarray], tuple]
+
+
+def _seed_of(seed: int, index: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(2, dtype=np.uint32).view(np.uint64)[0]
+               % 2 ** 63)
+
+
+def sample_noise(seed: int, indices: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+    """(len(indices), *shape) standard normal noise; row j depends only on (seed, indices[j])."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(_seed_of(seed, int(i))))
+                        for i in indices])
+
+
+def batch_generator(seed: int, first_index: int) -> torch.Generator:
+    """The CPU generator for the sampler noise of the batch starting at ``first_index``."""
+    return torch.Generator().manual_seed(_seed_of(seed + 1, first_index))
+
+
+class ShardStore:
+    def __init__(self, root: Union[str, os.PathLike]):
+        self.root = Path(root)
+        self.dir = self.root / "shards"
+        self.manifest_path = self.dir / "manifest.json"
+
+    def shard_path(self, k: int) -> Path:
+        return self.dir / f"shard-{k:05d}.npz"
+
+    def complete_shards(self) -> list[Path]:
+        return sorted(self.dir.glob("shard-[0-9][0-9][0-9][0-9][0-9].npz"))
+
+    def manifest(self) -> Optional[dict[str, Any]]:
+        if not self.manifest_path.is_file():
+            return None
+        return json.loads(self.manifest_path.read_text())
+
+    def _start(self, settings: Mapping[str, Any]) -> None:
+        settings = json.loads(json.dumps(dict(settings)))  # as it will read back
+        old = self.manifest()
+        if old is not None and old != settings:
+            diff = {k: (old.get(k), settings.get(k)) for k in set(old) | set(settings) if old.get(k) != settings.get(k)}
+            raise ValueError(f"{self.dir} holds samples drawn with other settings ({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in sorted(diff.items()))}); "
+                             "use another --outdir, or delete that folder to start over")
+        if old is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.manifest_path) as tmp:
+                Path(tmp).write_text(json.dumps(settings, indent=2, sort_keys=True))
+
+    def fill(self, n: int, shard_size: int, batch_size: int, settings: Mapping[str, Any], make: MakeBatch,
+             progress: bool = True, desc: str = "samples") -> int:
+        """Draw the missing shards of ``n`` samples with ``make`` (see ``MakeBatch``). Returns the number of samples drawn now (0 when everything was there)."""
+        if n < 1 or shard_size < 1 or batch_size < 1:
+            raise ValueError(f"need n, shard size and batch size >= 1, got {n}, {shard_size}, {batch_size}")
+        self._start({**settings, "n": n, "shard_size": shard_size, "batch_size": batch_size})
+        n_shards = -(-n // shard_size)
+        todo = [k for k in range(n_shards) if not self.shard_path(k).is_file()]
+        done_before = sum(min(shard_size, n - k * shard_size) for k in range(n_shards) if k not in todo)
+        drawn = 0
+        with tqdm(total=n, initial=done_before, desc=desc, unit="img", disable=not progress) as bar:
+            for k in todo:
+                lo, hi = k * shard_size, min(n, (k + 1) * shard_size)
+                images, references, labels = [], [], []
+                for start in range(lo, hi, batch_size):
+                    idx = np.arange(start, min(hi, start + batch_size))
+                    out = make(idx)
+                    images.append(out[0])
+                    if len(out) == 3:  # paired protocols: the dataset image beside the output
+                        references.append(out[1])
+                    if out[-1] is not None:
+                        labels.append(np.asarray(out[-1], dtype=np.int64))
+                    bar.update(len(idx))
+                arrays = {"images": np.concatenate(images), "indices": np.arange(lo, hi)}
+                if references:
+                    arrays["reference"] = np.concatenate(references)
+                if labels:
+                    arrays["labels"] = np.concatenate(labels)
+                with atomic_path(self.shard_path(k)) as tmp, open(tmp, "wb") as fh:
+                    np.savez(fh, **arrays)
+                drawn += hi - lo
+        return drawn
