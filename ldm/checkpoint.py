@@ -6,6 +6,10 @@
   rebuilds tensors through an allowlist and turns every other pickled object into an inert
   placeholder, so a crafted ``__reduce__`` has nothing to call.
 * ``.safetensors``: safetensors.
+* Lightning training checkpoints (optimizer states, loops, callback states, RNG states) for
+  ``--resume``: :func:`load_training_checkpoint` reads them with ``weights_only=True`` plus the few
+  numpy globals that RNG states need, after checking the archive (CRCs) so that a damaged file is
+  told apart from one that holds code (:class:`DamagedCheckpointError`, :class:`UnsafeCheckpointError`).
 * Saving is atomic (temporary file + ``os.replace``): a crash mid-write leaves the old file intact.
 * Loading into a module is strict by default and reports missing/unexpected keys readably.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import struct
 import tempfile
 import warnings
 import zipfile
@@ -23,12 +28,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
 __all__ = [
     "ALLOW_MISSING_ENV",
+    "CheckpointError",
+    "DamagedCheckpointError",
     "LoadReport",
+    "UnsafeCheckpointError",
     "allow_missing_checkpoints",
     "atomic_path",
     "download_command",
@@ -36,8 +45,10 @@ __all__ = [
     "init_from_ckpt",
     "load_into",
     "load_state_dict",
+    "load_training_checkpoint",
     "missing_checkpoints_allowed",
     "save_state_dict",
+    "verify_checkpoint_file",
 ]
 
 ALLOW_MISSING_ENV = "LDM_ALLOW_MISSING_CKPT"
@@ -203,6 +214,79 @@ def _read_torch_file(path: str) -> Any:
         return _restricted_load(path)
 
 
+# -- Lightning training checkpoints (resume) ----------------------------------------------------------------
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what is wrong with it."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path, self.problem = os.fspath(path), problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class DamagedCheckpointError(CheckpointError):
+    """Empty, truncated or corrupt (e.g. a crash or a full disk while it was copied)."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """Intact, but it pickles objects beyond tensors and plain data: loading could run code."""
+
+
+# What Lightning's RNG states and numpy values in callback states pickle: arrays, scalars and
+# dtypes. None of these calls anything but numpy's own constructors.
+_NUMPY_SAFE_GLOBALS: list[Any] = [np._core.multiarray._reconstruct, np._core.multiarray.scalar, np.ndarray,
+                                  np.dtype] + [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+
+
+def verify_checkpoint_file(path: str | os.PathLike) -> None:
+    """Raise :class:`DamagedCheckpointError` unless ``path`` is a complete torch zip archive whose
+    members all match their CRC-32 (reads the file once; unpickles nothing)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DamagedCheckpointError(path, "file not found")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise DamagedCheckpointError(path, "empty file (0 bytes)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if not any(n.endswith("/data.pkl") for n in archive.namelist()):
+                raise DamagedCheckpointError(path, "zip archive without data.pkl: not a torch checkpoint")
+            bad = archive.testzip()
+    except zipfile.BadZipFile as exc:
+        raise DamagedCheckpointError(
+            path, f"not a complete torch checkpoint archive ({exc}; {size} bytes): truncated or corrupt") from None
+    except (OSError, EOFError, struct.error, zipfile.LargeZipFile, NotImplementedError, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise DamagedCheckpointError(path, f"unreadable archive ({type(exc).__name__}: {exc})") from None
+    if bad is not None:
+        raise DamagedCheckpointError(path, f"corrupt: member {bad!r} does not match its CRC-32")
+
+
+def load_training_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", *, mmap: bool = False) -> Any:
+    """A full Lightning checkpoint (optimizer and scheduler states, loop progress, callback states,
+    hyper-parameters, RNG states) loaded without unpickling arbitrary objects.
+
+    ``torch.load(weights_only=True)`` admits tensors and plain containers; numpy arrays, scalars and
+    dtypes are added for RNG states. The archive is verified first, so an error while unpickling an
+    intact archive can only mean content that is not plain data.
+    """
+    path = os.fspath(path)
+    verify_checkpoint_file(path)
+    try:
+        with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        detail = next((line.strip() for line in str(exc).splitlines() if "Unsupported" in line), str(exc).strip())
+        detail = detail.split(". Please use")[0]
+        raise UnsafeCheckpointError(
+            path, "refusing to load: it pickles objects other than tensors and plain data, and loading them "
+            f"could run code ({detail[:300]}). Only resume from checkpoints you trust enough to run; "
+            "to keep just the weights of a file you trust, re-save its state_dict.") from None
+    except (RuntimeError, EOFError, OSError, ValueError, struct.error) as exc:
+        raise DamagedCheckpointError(path, f"cannot be read ({type(exc).__name__}: {str(exc).strip()[:300]})") from None
+
+
 # -- public API ------------------------------------------------------------------------------------------
 def ema_weights(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
     """``sd`` with each `model.<name>` replaced by its EMA copy `model_ema.<name without dots>` (the
@@ -266,6 +350,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make a rename durable: without it a power cut can undo the rename (best effort; some file
+    systems and platforms cannot open a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def save_state_dict(path: str | os.PathLike, sd: Mapping[str, torch.Tensor]) -> None:

@@ -57,12 +57,16 @@ def test_train_writes_run_directory_then_resume_continues(tmp_path):
     assert (rundir / "csv" / "metrics.csv").is_file()
 
     # Resume from the run directory: same directory, saved configs reused, training continues.
+    first = {p.name: p.read_bytes() for p in (rundir / "configs").iterdir()}
     assert run(["--resume", str(rundir), "-t", "--accelerator", "cpu", "--logger", "csv",
                 "--max_steps", "10"]) == 0
     assert only_run(tmp_path) == rundir
     ckpt = torch.load(rundir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 10
-    assert len(list((rundir / "configs").iterdir())) == 4  # both invocations' configs are kept
+    # Both invocations' configs are kept, also when both started in the same second (the resumed
+    # one is then named <now>.1-*.yaml): the first invocation's record is never overwritten.
+    assert len(list((rundir / "configs").iterdir())) == 4
+    assert {name: (rundir / "configs" / name).read_bytes() for name in first} == first
 
 
 def test_config_errors_exit_2_with_the_config_path(tmp_path, capsys):

@@ -91,7 +91,8 @@ def test_resume_uses_saved_configs_and_last_checkpoint(tmp_path):
     with pytest.raises(ConfigError, match="no checkpoints/last.ckpt"):
         resume_run(str(run.logdir), [])
     run.ckptdir.mkdir()
-    (run.ckptdir / "last.ckpt").write_bytes(b"x")
+    AtomicCheckpointIO().save_checkpoint({"global_step": 1, "optimizer_states": [], "state_dict": {}},
+                                         run.ckptdir / "last.ckpt")
     resumed = resume_run(str(run.logdir), ["extra.yaml"], now="T1")
     assert resumed.resume_ckpt == run.ckptdir / "last.ckpt"
     assert resumed.base_configs == [lightning, project, Path("extra.yaml")]

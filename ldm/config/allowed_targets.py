@@ -142,6 +142,9 @@ _CALLBACKS = (
     "ldm.trainer.callbacks.ImageLogger",
     "ldm.trainer.callbacks.DeviceStatsCallback",
     "ldm.trainer.callbacks.FinalCheckpoint",
+    "ldm.trainer.resume.RNGState",
+    "ldm.trainer.preemption.PreemptionCheckpoint",
+    "ldm.trainer.nonfinite.NonFiniteGuard",
 ) + _LIGHTNING_CALLBACKS
 
 # Entries that are functions rather than classes, each with the reason above.
