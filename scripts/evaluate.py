@@ -86,6 +86,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--data", metavar="YAML", nargs="+", default=None,
                    help="config(s) with the data section whose split is evaluated (default: the run's configs)")
     t.add_argument("--split", default="validation", help="data.params.<split> to use (default %(default)s)")
+    t.add_argument("--data-param", metavar="KEY=VALUE", action="append", default=[],
+                   help="override a parameter of the evaluated split, e.g. size=512 (repeatable; values are YAML)")
     t.add_argument("--mask-kind", default=None, help="inpainting: mask kind of the split, e.g. hard (40-50%% "
                    "masked) or mixed (default: the dataset config's)")
     add_sampling_args(p, samplers=tuple(SAMPLER_NAMES), steps=50, scale=1.0, eta=0.0)
@@ -135,6 +137,21 @@ def default_outdir(args: argparse.Namespace, logdir: Optional[Path]) -> Path:
     return (logdir if logdir else Path("outputs")) / "eval" / name
 
 
+def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """--data-param KEY=VALUE pairs (YAML values) and --mask-kind."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in args.data_param:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--data-param {item!r}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    if args.mask_kind:
+        out["mask_kind"] = args.mask_kind
+    return out
+
+
 def sample_shards(args: argparse.Namespace) -> tuple[Path, bool]:
     """Draw (or resume) the samples of --task; returns the output folder and whether it holds
     dataset references beside the outputs."""
@@ -153,9 +170,9 @@ def sample_shards(args: argparse.Namespace) -> tuple[Path, bool]:
             settings["captions"] = str(args.captions)
     else:
         configs = args.data or (loaded.run.configs if loaded.run else args.config)
-        overrides = {"mask_kind": args.mask_kind} if args.mask_kind else None
+        overrides = data_overrides(args)
         dataset = validation_dataset(configs, args.split, overrides)
-        settings.update(data=[str(c) for c in configs], split=args.split, mask_kind=args.mask_kind)
+        settings.update(data=[str(c) for c in configs], split=args.split, data_params=overrides)
         if args.task == "autoencoder":
             ae = model.first_stage_model if hasattr(model, "first_stage_model") else model
             make = reconstruction_batches(ae, dataset, next(ae.parameters()).device)

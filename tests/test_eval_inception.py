@@ -18,17 +18,21 @@ class _RandomInception(FeatureExtractorInceptionV3):
         return None
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
+def random_inception_weights(folder) -> tuple:
     """A random FID Inception saved as the standard file (a plain state dict, like the release)."""
     torch.manual_seed(0)
     empty = io.BytesIO()
     torch.save({}, empty)
     empty.seek(0)
     net = _RandomInception("inception-v3-compat", ["2048"], feature_extractor_weights_path=empty)
-    path = tmp_path_factory.mktemp("weights") / E.INCEPTION_FILENAME
+    path = folder / E.INCEPTION_FILENAME
     torch.save(net.state_dict(), path)
     return path, net
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return random_inception_weights(tmp_path_factory.mktemp("weights"))
 
 
 def test_lookup_order_and_the_missing_file_error(tmp_path, monkeypatch, weights):
