@@ -350,11 +350,11 @@ def test_image_folder_skips_bad_files_and_converts_the_rest(tmp_path):
     assert sorted(Path(p).name for p in ds.skipped) == bad
     assert "too small" in ds.skipped[str(tmp_path / "data" / "i_tiny.png")]
     assert "truncated" in ds.skipped[str(tmp_path / "data" / "d_truncated.jpg")]
-    # A bad index deterministically yields the next readable file (wrapping around).
-    assert [e["relpath"] for e in first] == ["a_good.png", "e_gray.png", "e_gray.png", "e_gray.png",
-                                             "f_rgba.png", "g_16bit.png", "h_palette.png", "a_good.png"]
-    assert [e["relpath"] for e in second] == [e["relpath"] for e in first]
-    by_name = {e["relpath"]: e for e in first}
+    # A bad index yields None (dropped by the collate function), never another file in its place.
+    assert [e and e["relpath"] for e in first] == ["a_good.png", None, None, "e_gray.png",
+                                                   "f_rgba.png", "g_16bit.png", "h_palette.png", None]
+    assert [e and e["relpath"] for e in second] == [e and e["relpath"] for e in first]
+    by_name = {e["relpath"]: e for e in first if e is not None}
     for name, rgb in expected.items():
         img = by_name[name]["image"]
         assert img.dtype == np.float32 and np.array_equal(img, to_float(rgb)), name
@@ -366,9 +366,10 @@ def test_image_folder_resizes_crops_and_batches(tmp_path):
     ds = ImageFolder(str(tmp_path / "data"), size=12, crop="random", flip=True)
     with pytest.warns(BadImageWarning):
         batch = collate_examples([ds[i] for i in range(len(ds))])
-    assert batch["image"].shape == (8, 12, 12, 3) and batch["image"].dtype == torch.float32
+    # 8 files, 3 of them bad: the batch holds the 5 readable ones, none twice.
+    assert batch["image"].shape == (5, 12, 12, 3) and batch["image"].dtype == torch.float32
     assert batch["image"].min() >= -1 and batch["image"].max() <= 1
-    assert len(batch["file_path_"]) == 8 and isinstance(batch["relpath"][0], str)
+    assert len(set(batch["file_path_"])) == 5 and isinstance(batch["relpath"][0], str)
 
 
 def test_image_folder_empty_and_unreadable_errors(tmp_path):
@@ -610,9 +611,9 @@ class _EveryOther(SkipBadImages, Dataset):
 def test_skip_bad_images_mixin():
     ds = _EveryOther(5)
     with pytest.warns(BadImageWarning) as caught:
-        assert [ds[i]["value"] for i in range(5)] == [0, 2, 2, 4, 4]
+        assert [ds[i] and ds[i]["value"] for i in range(5)] == [0, None, 2, None, 4]
     assert [str(w.message) for w in caught] == ["skipping image numbers#1: odd", "skipping image numbers#3: odd"]
-    assert ds[-4]["value"] == 2 and ds.skipped == {"numbers#1": "odd", "numbers#3": "odd"}
+    assert ds[-3]["value"] == 2 and ds[-4] is None and ds.skipped == {"numbers#1": "odd", "numbers#3": "odd"}
     with pytest.raises(IndexError):
         ds[5]
     with pytest.warns(BadImageWarning), pytest.raises(ValueError, match="_OnlyBad 'numbers': none of its 1 "):
@@ -650,7 +651,7 @@ def test_file_list_as_paths_without_scanning(tmp_path, monkeypatch):
     lazy = ImageFolder(str(tmp_path), size=8, file_list=["a/1.png", "a/9.png"], verify_file_list=False)
     assert len(lazy) == 2
     with pytest.warns(BadImageWarning, match="9.png: file not found"):
-        assert lazy[1]["relpath"] == "a/1.png"  # the missing file is skipped, wrapping around
+        assert lazy[1] is None  # the missing file is skipped: no other file takes its place
 
 
 def test_named_variants_fix_the_split_and_pickle(tmp_path):

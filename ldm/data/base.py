@@ -81,7 +81,14 @@ _COLLATE_FN_MAP = {**default_collate_fn_map, np.ndarray: _collate_numpy, type(No
 
 
 def collate_examples(batch: list[Any]) -> Any:
-    """Collate a list of example dicts: arrays/numbers -> stacked tensors, strings -> lists."""
+    """Collate a list of example dicts: arrays/numbers -> stacked tensors, strings -> lists.
+
+    Unreadable items arrive as None (ldm.data.skipping) and are dropped, so the batch is shorter
+    rather than repeating another example; with nothing left it is None, which Lightning skips.
+    """
+    batch = [example for example in batch if example is not None]
+    if not batch:
+        return None
     return collate(batch, collate_fn_map=_COLLATE_FN_MAP)
 
 

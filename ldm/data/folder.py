@@ -9,9 +9,10 @@ synthesis), ``captions="sidecar"`` reads ``<stem>.txt`` beside each image (text-
 
 Listing the folder is the only work done up front: nothing is decoded until it is needed, so a
 million-image folder is ready in seconds. A file that turns out unreadable, truncated or tiny is
-skipped with one warning naming it and recorded in ``skipped``; the item index then moves on to
-the next readable file, so a bad file never stops a training run and never makes it random
-(:class:`~ldm.data.skipping.SkipBadImages`).
+skipped with one warning naming it and recorded in ``skipped``: its item is None, which the
+DataModule's collate function drops, so a bad file never stops a training run and no other image
+takes its place (each readable image is served exactly once per epoch;
+:class:`~ldm.data.skipping.SkipBadImages`).
 
 With a ``file_list`` (a text file or a list of relative paths) the folder is not scanned at all:
 the listed files are the dataset, checked with one ``stat`` each (or not at all with

@@ -1,10 +1,13 @@
-"""Skipping unusable items: one bad file must neither stop a training run nor make it random.
+"""Skipping unusable items: one bad file must neither stop a training run nor bias it.
 
 :class:`SkipBadImages` gives a map-style dataset its ``__getitem__``: item ``i`` is
 ``load_example(i)``; if that raises :class:`~ldm.data.image_io.BadImageError` (unreadable,
 truncated, tiny, missing caption...), the item is recorded in ``skipped``, one
-:class:`BadImageWarning` names it, and the next index is tried, wrapping around. A bad index
-therefore always yields the same replacement, and a file found bad is never decoded again (per
+:class:`BadImageWarning` names it, and ``None`` is returned in its place. The DataModule's
+collate function (:func:`ldm.data.base.collate_examples`) drops ``None``, so the batch is one
+example shorter. Serving a neighbour instead would show that neighbour twice per epoch: a folder
+with many bad files would silently over-weight the images next to them. With dropping, every
+readable item is served exactly once per epoch. A file found bad is never decoded again (per
 process: each DataLoader worker keeps its own record).
 """
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import abc
 import warnings
 from collections import Counter
-from typing import Any
+from typing import Any, Optional
 
 from ldm.data.image_io import BadImageError
 
@@ -40,6 +43,7 @@ class SkipBadImages(abc.ABC):
     def init_skipping(self) -> None:
         self.skipped: dict[str, str] = {}  # path(j) -> reason, in the order found
         self._bad: set[int] = set()
+        self._any_readable = False  # some item loaded (or was probed) in this process
 
     @abc.abstractmethod
     def __len__(self) -> int:
@@ -53,19 +57,40 @@ class SkipBadImages(abc.ABC):
     def load_example(self, j: int) -> dict[str, Any]:
         """Example ``j`` as a dict; raise ``BadImageError`` to have it skipped."""
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int) -> Optional[dict[str, Any]]:
+        """Example ``i``, or None when item ``i`` is unusable (see the module doc)."""
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"index {i} out of range for {type(self).__name__} of length {n}")
         i %= n
-        for k in range(n):
-            j = (i + k) % n
+        if i in self._bad:
+            return None
+        try:
+            example = self.load_example(i)
+        except BadImageError as exc:
+            self._skip(i, exc.reason)
+            self._require_some_readable(i)
+            return None
+        self._any_readable = True
+        return example
+
+    def _require_some_readable(self, start: int) -> None:
+        """Fail loudly, once per process, if no item at all can be read (a wrong folder, a broken
+        mount): a run that silently trains on nothing is worse than one that stops."""
+        if self._any_readable:
+            return
+        n = len(self)
+        for k in range(1, n):
+            j = (start + k) % n
             if j in self._bad:
                 continue
             try:
-                return self.load_example(j)
+                self.load_example(j)
             except BadImageError as exc:
                 self._skip(j, exc.reason)
+                continue
+            self._any_readable = True
+            return
         reasons = Counter(r.split(" (")[0] for r in self.skipped.values())
         raise ValueError(f"{type(self).__name__} {self.root!r}: none of its {n} {self.item_noun}(s) could be "
                          f"read ({dict(reasons)}); e.g. {next(iter(self.skipped.items()))}")
