@@ -33,12 +33,12 @@ from omegaconf import OmegaConf  # noqa: E402
 from ldm.checkpoint import atomic_path, load_into, load_state_dict  # noqa: E402
 from ldm.config import trust_all_targets  # noqa: E402
 from ldm.config.errors import ConfigError  # noqa: E402
-from ldm.eval import (FID_DIMS, InceptionFeatures, InceptionWeightsMissing, ModuleFeatures, ScoreSettings,  # noqa: E402
-                      ShardImages, ShardStore, Statistics, format_table, open_images, parse_metrics, score)
+from ldm.eval import (FID_DIMS, DatasetImages, InceptionFeatures, InceptionWeightsMissing,  # noqa: E402
+                      ModuleFeatures, ScoreSettings, ShardImages, ShardStore, Statistics, format_table, open_images, parse_metrics, score)
 from ldm.eval.protocols import (generation_batches, inpainting_batches, read_captions,  # noqa: E402
                                 reconstruction_batches, superres_batches, validation_dataset)
 from ldm.eval.scoring import default_stats_cache  # noqa: E402
-from ldm.inference import SAMPLER_NAMES, model_kind, select_device  # noqa: E402
+from ldm.inference import SAMPLER_NAMES, find_run, model_kind, select_device  # noqa: E402
 from ldm.inference.cli import add_model_args, add_sampling_args, model_from_args, options_from_args  # noqa: E402
 from ldm.util import instantiate_from_config  # noqa: E402
 
@@ -50,6 +50,9 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("scoring")
     g.add_argument("--real", metavar="PATH", help="reference: folder of images, .npz samples (arr_0) or a "
                    "statistics .npz (FID only); paired tasks default to the dataset images they used")
+    g.add_argument("--real-data", action="store_true",
+                   help="reference: the images of the dataset split given by --data/--split/--data-param "
+                        "(default: the run's configs), instead of --real")
     g.add_argument("--fake", metavar="PATH", help="images to score: folder, .npz (arr_0) or a sampling --outdir")
     g.add_argument("--metrics", default="fid", help="comma-separated: fid,kid,isc,prc,psnr,ssim,lpips,acc "
                    "(default %(default)s)")
@@ -137,6 +140,21 @@ def default_outdir(args: argparse.Namespace, logdir: Optional[Path]) -> Path:
     return (logdir if logdir else Path("outputs")) / "eval" / name
 
 
+def split_images(args: argparse.Namespace) -> DatasetImages:
+    """The images of the evaluated split (--data, else the run's configs, else --config)."""
+    configs = args.data
+    if not configs and args.resume:
+        configs = find_run(args.resume).configs
+    configs = configs or args.config
+    if not configs:
+        raise SystemExit("--real-data needs the config of a dataset: pass --data <config with a data section>")
+    overrides = data_overrides(args)
+    dataset = validation_dataset(configs, args.split, overrides)
+    description = json.dumps({"data": [str(c) for c in configs], "split": args.split, "params": overrides},
+                             sort_keys=True)
+    return DatasetImages(dataset, description)
+
+
 def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """--data-param KEY=VALUE pairs (YAML values) and --mask-kind."""
     import yaml
@@ -216,6 +234,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                              progress=args.progress)
     try:
         real = None
+        if args.real and args.real_data:
+            raise SystemExit("give either --real or --real-data, not both")
+        if args.real_data:
+            real = split_images(args)
         if args.real:
             real = Statistics.load(args.real) if Statistics.is_statistics_file(args.real) \
                 else open_images(args.real, "--real")

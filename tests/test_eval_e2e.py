@@ -177,6 +177,24 @@ def test_scoring_paired_metrics_and_the_statistics_cache(evaluate, files, tmp_pa
         run(evaluate, "--fake", folder, "--metrics", "fidd")
 
 
+def test_a_dataset_split_as_the_reference(evaluate, files):
+    from ldm.data.image_io import to_uint8
+    from ldm.data.synthetic import SyntheticShapesValidation
+
+    out = run(evaluate, "--real-data", "--data", files / "data-ae.yaml", "--data-param", "length=4", "--fake",
+              files / "real.npz", "--metrics", "fid", "--feature-extractor", files / "features.yaml", "--no-progress",
+              "--no-stats-cache")
+    data = SyntheticShapesValidation(size=16, length=4)
+    real = np.stack([to_uint8(data[i]["image"]) for i in range(4)])
+    np.testing.assert_array_equal(np.concatenate(list(E.DatasetImages(data, "split").batches(3))), real)
+    ext = E.ModuleFeatures(TinyFeatures(), "tiny")
+    ext.module.load_state_dict(torch.load(files / "tiny.ckpt")["state_dict"])
+    stats = [E.Statistics.from_features(E.extract_features(ext, [x], progress=False).features)
+             for x in (real, np.load(files / "real.npz")["arr_0"])]
+    # 4 feature vectors in 48 dimensions: singular covariances, so agreement to rounding only
+    assert out["fid"] == pytest.approx(E.fid(*stats), rel=1e-4)
+
+
 def test_missing_inception_weights_is_a_clear_error(evaluate, files, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv(E.INCEPTION_WEIGHTS_ENV, raising=False)

@@ -14,7 +14,7 @@ from test_inference import write_run
 from test_scripts import script
 
 import ldm.eval as E
-from ldm.eval.registry import ROWS, find_row
+from ldm.eval.registry import ROWS, PaperRow, find_row
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ def test_a_row_runs_and_prints_ours_beside_the_papers(reproduce, tmp_path, monke
     run, _ = write_run(tmp_path / "logs", "uncond")
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "real.npz", arr_0=rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8))
-    row = E.registry.PaperRow(key="tiny", table="Tab. 1", row="tiny LDM", config=str(next((run / "configs").glob(
+    row = PaperRow(key="tiny", table="Tab. 1", row="tiny LDM", config=str(next((run / "configs").glob(
         "*-project.yaml"))), checkpoint=str(run / "checkpoints" / "last.ckpt"), released=True, task="samples",
         metrics=("fid",), paper={"fid": 5.11}, dataset="tiny", steps=2, n_samples=2, real=str(tmp_path / "real.npz"))
     monkeypatch.setattr(reproduce, "find_row", lambda key: row)

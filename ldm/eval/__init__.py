@@ -5,7 +5,7 @@ resumable sampling, the task protocols, and the registry of the paper's table ro
 See docs/evaluation.md; ``scripts/evaluate.py`` and ``scripts/reproduce.py`` are the commands.
 """
 from ldm.eval.features import FeatureExtractor, Features, ModuleFeatures, extract_features
-from ldm.eval.images import ArrayImages, FolderImages, ImageSet, ShardImages, check_paired, open_images
+from ldm.eval.images import ArrayImages, DatasetImages, FolderImages, ImageSet, ShardImages, check_paired, open_images
 from ldm.eval.inception import (FID_DIMS, INCEPTION_FILENAME, INCEPTION_URL, INCEPTION_WEIGHTS_ENV, InceptionFeatures,
                                 InceptionWeightsMissing, find_inception_weights, inception_cache_path)
 from ldm.eval.metrics import (Statistics, accuracy, fid, inception_score, kid, lpips_values, precision_recall,
@@ -15,6 +15,7 @@ from ldm.eval.shards import ShardStore, batch_generator, sample_noise
 
 __all__ = [
     "FID_DIMS", "INCEPTION_FILENAME", "INCEPTION_URL", "INCEPTION_WEIGHTS_ENV", "METRICS", "ArrayImages",
+    "DatasetImages",
     "FeatureExtractor", "Features", "FolderImages", "ImageSet", "InceptionFeatures", "InceptionWeightsMissing",
     "ModuleFeatures", "ScoreSettings", "ShardImages", "ShardStore", "Statistics", "accuracy", "batch_generator",
     "check_paired", "extract_features", "fid", "find_inception_weights", "format_table", "inception_cache_path",

@@ -15,10 +15,10 @@ from typing import Iterator, Optional, Union
 
 import numpy as np
 
-from ldm.data.image_io import load_rgb
+from ldm.data.image_io import load_rgb, to_uint8
 from ldm.data.paths import list_images
 
-__all__ = ["ArrayImages", "FolderImages", "ImageSet", "ShardImages", "check_paired", "open_images"]
+__all__ = ["ArrayImages", "DatasetImages", "FolderImages", "ImageSet", "ShardImages", "check_paired", "open_images"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -145,6 +145,27 @@ class ShardImages(ImageSet):
             with np.load(f, allow_pickle=False) as z:
                 h.update(np.ascontiguousarray(z[self.key]).tobytes())
         return f"shards-{self.key}:{h.hexdigest()}"
+
+
+class DatasetImages(ImageSet):
+    """The ``image`` of every example of a dataset split (HWC float in [-1, 1] -> uint8)."""
+
+    def __init__(self, dataset, description: str):
+        self.dataset = dataset
+        self.path = Path(description)  # shown in messages
+        self.description = description
+        self.names = [f"{i:06d}" for i in range(len(dataset))]
+        if not self.names:
+            raise ValueError(f"{description}: the dataset split is empty")
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        for start in range(0, len(self.names), batch_size):
+            stop = min(len(self.names), start + batch_size)
+            yield np.stack([to_uint8(self.dataset[i]["image"]) for i in range(start, stop)])
+
+    def fingerprint(self) -> str:
+        """The split's config and length (its files are not read again to compute it)."""
+        return f"dataset:{hashlib.sha1(f'{self.description}|{len(self.names)}'.encode()).hexdigest()}"
 
 
 def open_images(path: PathLike, flag: str = "--fake") -> ImageSet:
