@@ -28,6 +28,7 @@ from torch.utils.data._utils.collate import collate, default_collate_fn_map
 
 from ldm.config.errors import ConfigError
 from ldm.config.validate import check_config_tree
+from ldm.data.resumable import EpochSampler, ResumableDataLoader, SeededItems
 from ldm.util import instantiate_from_config
 
 __all__ = ["DataModuleFromConfig", "WrappedDataset", "collate_examples", "worker_init_fn"]
@@ -106,6 +107,7 @@ class DataModuleFromConfig(pl.LightningDataModule):
                  shuffle_test_loader: bool = False,
                  use_worker_init_fn: bool = False,        # seed numpy/random per worker
                  shuffle_val_dataloader: bool = False,
+                 seed: Optional[int] = None,              # training order and augmentation; default: torch's seed
                  ):
         super().__init__()
         if batch_size < 1:
@@ -118,6 +120,7 @@ class DataModuleFromConfig(pl.LightningDataModule):
         self.wrap = wrap
         self.shuffle_test_loader = shuffle_test_loader
         self.shuffle_val_dataloader = shuffle_val_dataloader
+        self.seed = seed
         self.dataset_configs: dict[str, Any] = {}
         for split, cfg in zip(SPLITS, (train, validation, test, predict)):
             if cfg is None:
@@ -159,6 +162,8 @@ class DataModuleFromConfig(pl.LightningDataModule):
             self._build()
         dataset = self.datasets[split]
         iterable = isinstance(dataset, IterableDataset)
+        if split == "train" and not iterable:
+            return self._resumable_loader(dataset, shuffle)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -169,6 +174,34 @@ class DataModuleFromConfig(pl.LightningDataModule):
             # Workers survive between epochs: re-forking costs seconds and drops their caches.
             persistent_workers=self.num_workers > 0,
             pin_memory=self._pin_memory(),
+            generator=self._generator(),
+        )
+
+    def _seed(self) -> int:
+        # seed_everything(--seed) seeds torch, so by default the data follows main.py's --seed.
+        return self.seed if self.seed is not None else torch.initial_seed()
+
+    def _generator(self) -> torch.Generator:
+        """A loader's own generator: creating an iterator draws the workers' base seed from it (and a
+        shuffling sampler its order), which would otherwise shift the global torch RNG, and with it
+        the training noise, whenever a validation or a new epoch starts."""
+        return torch.Generator().manual_seed(self._seed() % 2 ** 63)
+
+    def _resumable_loader(self, dataset: Dataset, shuffle: bool) -> ResumableDataLoader:
+        """The training loader: its order and augmentations depend on (seed, epoch, position) only,
+        and its position is saved in checkpoints, so a resumed run sees the batches the uninterrupted
+        run would have seen (ldm.data.resumable)."""
+        seed = self._seed()
+        return ResumableDataLoader(
+            SeededItems(dataset),
+            batch_size=self.batch_size,
+            sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=seed),
+            num_workers=self.num_workers,
+            collate_fn=collate_examples,
+            worker_init_fn=worker_init_fn if self.use_worker_init_fn else None,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self._pin_memory(),
+            generator=self._generator(),
         )
 
     def _pin_memory(self) -> bool:

@@ -26,6 +26,7 @@ from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.modules.ema import LitEma
 from ldm.modules.vqvae.quantize import VectorQuantizer2 as VectorQuantizer
+from ldm.trainer.nonfinite import update_was_skipped
 from ldm.util import instantiate_from_config
 
 __all__ = ["AutoencoderKL", "IdentityFirstStage", "VQModel", "VQModelInterface"]
@@ -159,7 +160,8 @@ class _FirstStage(pl.LightningModule, abc.ABC):
             schedulers = self.lr_schedulers() or []
             for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
                 scheduler.step()
-            self._after_update()
+            if not update_was_skipped(self._trainer):  # a skipped (non-finite) step changes nothing
+                self._after_update()
 
         self.log("aeloss", aeloss.detach(), prog_bar=True, logger=True, on_step=True, on_epoch=True)
         self.log("discloss", discloss.detach(), prog_bar=True, logger=True, on_step=True, on_epoch=True)

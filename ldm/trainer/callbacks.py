@@ -137,15 +137,30 @@ class ImageLogger(pl.Callback):
 
 
 class DeviceStatsCallback(pl.Callback):
-    """Epoch wall time, samples/s and peak accelerator memory (the original's CUDACallback, any device)."""
+    """Epoch wall time, samples/s and peak accelerator memory (the original's CUDACallback, any device).
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    A run resumed mid-epoch gets no `on_train_epoch_start`: its first (partial) epoch is measured
+    from the start of training.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._start = time.perf_counter()
+        self._samples = 0
+
+    def _reset(self, pl_module: pl.LightningModule) -> None:
         device = pl_module.device
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             torch.cuda.synchronize(device)
         self._start = time.perf_counter()
         self._samples = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset(pl_module)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset(pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if isinstance(batch, dict):
@@ -156,7 +171,7 @@ class DeviceStatsCallback(pl.Callback):
         device = pl_module.device
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        elapsed = time.perf_counter() - getattr(self, "_start", time.perf_counter())
+        elapsed = time.perf_counter() - self._start
         stats = {"stats/epoch_time_s": elapsed,
                  "stats/samples_per_s": self._samples * trainer.world_size / max(elapsed, 1e-9)}
         if device.type == "cuda":
@@ -166,18 +181,47 @@ class DeviceStatsCallback(pl.Callback):
 
 
 class FinalCheckpoint(pl.Callback):
-    """Saves `last.ckpt` when fitting ends, so steps after the last validation are never lost.
+    """Saves `last.ckpt` when training stops, so steps after the last validation are never lost.
 
     Lightning's ModelCheckpoint writes `last.ckpt` only after validation (when validation runs
     every `val_check_interval` batches); a run stopped by `max_steps` in between would otherwise
-    resume from an older state than the one it reached.
+    resume from an older state than the one it reached. A run that stops mid-epoch (`max_steps`,
+    preemption, too many non-finite steps) is saved at the end of its last batch, where the
+    checkpoint records the position inside the epoch; a run that ends with its epoch is saved
+    when training ends. One write per step: `save` skips a step already saved.
     """
 
     def __init__(self, ckptdir: str):
         super().__init__()
         self.path = Path(ckptdir) / "last.ckpt"
+        self._saved_step: Optional[int] = None
+
+    def save(self, trainer: pl.Trainer) -> Path:
+        if self._saved_step != trainer.global_step:
+            trainer.save_checkpoint(self.path)
+            self._saved_step = trainer.global_step
+        return self.path
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._saved_step = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        max_steps = trainer.max_steps
+        if trainer.should_stop or (max_steps is not None and 0 <= max_steps <= trainer.global_step):
+            self.save(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.interrupted or trainer.sanity_checking:
             return
-        trainer.save_checkpoint(self.path)
+        self.save(trainer)
+
+
+def save_last_checkpoint(trainer: pl.Trainer, ckptdir: Path) -> Path:
+    """Write `last.ckpt` now, through the run's FinalCheckpoint when there is one (one write per step)."""
+    final = next((cb for cb in trainer.callbacks if isinstance(cb, FinalCheckpoint)), None)
+    if final is not None:
+        return final.save(trainer)
+    path = Path(ckptdir) / "last.ckpt"
+    trainer.save_checkpoint(path)
+    return path

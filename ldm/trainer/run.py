@@ -21,6 +21,8 @@ from ldm.trainer.callbacks import FinalCheckpoint
 from ldm.trainer.checkpoint_io import AtomicCheckpointIO
 from ldm.trainer.cli import parse_args
 from ldm.trainer.loggers import build_logger
+from ldm.trainer.nonfinite import NonFiniteGuard
+from ldm.trainer.preemption import PreemptionCheckpoint
 from ldm.trainer.rundir import RunDir, new_run, resume_run
 from ldm.trainer.trainer_config import normalise_trainer_config, num_devices
 from ldm.util import count_params, instantiate_from_config
@@ -38,6 +40,14 @@ def default_callbacks(run: RunDir, config: DictConfig, lightning_config: DictCon
         "learning_rate_logger": {"target": "pytorch_lightning.callbacks.LearningRateMonitor",
                                  "params": {"logging_interval": "step"}},
         "device_stats": {"target": "ldm.trainer.callbacks.DeviceStatsCallback"},
+        # Exact resume: RNG states in every checkpoint (the data position is saved by the loader).
+        "rng_state": {"target": "ldm.trainer.resume.RNGState"},
+        # SIGTERM/SIGUSR1: save last.ckpt after the current batch and stop (docs/reliability.md).
+        "preemption": {"target": "ldm.trainer.preemption.PreemptionCheckpoint",
+                       "params": {"ckptdir": str(run.ckptdir), "signals": ["SIGTERM", "SIGUSR1"]}},
+        # NaN/inf loss or gradients: skip the update; stop with last.ckpt after max_consecutive in a row.
+        "nonfinite_guard": {"target": "ldm.trainer.nonfinite.NonFiniteGuard",
+                            "params": {"ckptdir": str(run.ckptdir), "max_consecutive": 10}},
         # Periodic weights-only snapshots, kept forever: a run's history for later evaluation.
         "step_checkpoint": {"target": "pytorch_lightning.callbacks.ModelCheckpoint",
                             "params": {"dirpath": str(run.ckptdir / "trainstep_checkpoints"),
@@ -159,9 +169,26 @@ def _run(opt, overrides: list[str]) -> int:
             if not opt.debug and trainer.global_rank == 0 and trainer.global_step > 0:
                 _save_crash_checkpoint(trainer, run_dir)
             raise
+        stopped = _stop_reason(trainer)
+        if stopped is not None:
+            return stopped
     if not opt.no_test and not trainer.interrupted and _has_split(data, "test"):
         trainer.test(model, data)
     return 0
+
+
+# Exit status of a run that stopped because of too many non-finite steps (preemption exits 0).
+EXIT_NONFINITE = 3
+
+
+def _stop_reason(trainer: pl.Trainer) -> Optional[int]:
+    """The exit status of a run its own callbacks stopped early (testing is skipped), else None."""
+    for cb in trainer.callbacks:
+        if isinstance(cb, NonFiniteGuard) and cb.stopped_at is not None:
+            return EXIT_NONFINITE
+        if isinstance(cb, PreemptionCheckpoint) and cb.saved_at is not None:
+            return 0
+    return None
 
 
 def _has_split(data, split: str) -> bool:

@@ -30,6 +30,7 @@ from ldm.models.diffusion.first_stage import decode_latent, sample_latent
 from ldm.models.diffusion.losses import DiffusionLoss, check_loss_type, get_loss, lvlb_weights
 from ldm.models.diffusion.schedule import (
     BETA_SCHEDULES, buffer_device, make_beta_schedule, register_schedule_buffers, schedule_arrays)
+from ldm.trainer.nonfinite import update_was_skipped
 from ldm.util import default, instantiate_from_config
 
 __all__ = ["DDPM", "DiffusionWrapper", "LatentDiffusion", "disabled_train"]
@@ -91,6 +92,7 @@ class DDPM(P.ForwardProcessMethods, pl.LightningModule):
         if use_ema:
             from ldm.modules.ema import LitEma
             self.model_ema = LitEma(self.model)
+        self._ema_updated = False  # this batch's optimizer step already moved the EMA
         self.use_scheduler = scheduler_config is not None
         self.scheduler_config = scheduler_config
         self.v_posterior = v_posterior
@@ -216,8 +218,20 @@ class DDPM(P.ForwardProcessMethods, pl.LightningModule):
         self.log_dict({k + "_ema": v for k, v in loss_dict_ema.items()},
                       prog_bar=False, logger=True, on_step=False, on_epoch=True, sync_dist=True)
 
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        # The EMA follows the update at once: checkpoints written at this batch's end (callbacks run
+        # before this module's on_train_batch_end) must include it, or a resumed run loses one update.
+        self._update_ema()
+        self._ema_updated = True
+
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self.use_ema:
+        if not self._ema_updated:  # an accumulating batch: the EMA moves every batch
+            self._update_ema()
+        self._ema_updated = False
+
+    def _update_ema(self) -> None:
+        if self.use_ema and not update_was_skipped(self._trainer):  # a skipped (non-finite) step changes nothing
             self.model_ema(self.model)
 
     def on_load_checkpoint(self, checkpoint):

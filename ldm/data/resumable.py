@@ -1,0 +1,135 @@
+"""A training DataLoader that can stop mid-epoch and continue with exactly the batches it would have served.
+
+Three pieces, so that the data a run sees depends on (seed, epoch, position) alone:
+
+* ``EpochSampler`` — the epoch's order is a permutation seeded by (seed, epoch), not drawn from
+  the process's RNG; it can start at a given position of that order (the resume point).
+* ``SeededItems`` — seeds ``random``, ``numpy`` and ``torch`` from (seed, epoch, position) before
+  each item is loaded, so random crops and flips are the same whichever worker loads the item, how
+  many workers there are, and whether the run was interrupted. In the main process
+  (``num_workers=0``) the global RNG states are put back afterwards: loading data must not shift
+  the noise the model draws.
+* ``ResumableDataLoader`` — counts the batches it has handed out in the current epoch and saves
+  (epoch, batches) through ``state_dict``; Lightning (2.x) stores that state in the checkpoint and
+  hands it back through ``load_state_dict`` before iterating again.
+
+Lightning asks a train loader for ``len()`` to know the epoch length, so the loader keeps
+reporting the full epoch while a resumed iteration yields only the rest; Lightning counts the
+batches done before the interruption itself. Single-process training only: under DDP Lightning
+wraps the sampler in a distributed one, which this module does not coordinate.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+__all__ = ["EpochSampler", "ResumableDataLoader", "SeededItems", "item_seed"]
+
+
+def _mix(*words: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence([int(w) % 2 ** 64 for w in words])
+
+
+def item_seed(seed: int, epoch: int, position: int) -> int:
+    """The 32-bit seed of the item at ``position`` of ``epoch``'s order."""
+    return int(_mix(seed, epoch, position).generate_state(1)[0])
+
+
+class EpochSampler(Sampler):
+    """Yields ``(index, item seed)`` for each position of the epoch's order, from ``start`` on."""
+
+    def __init__(self,
+                 length: int,     # dataset size
+                 shuffle: bool,   # permute each epoch (else 0, 1, ..., length - 1)
+                 seed: int):      # order and per-item seeds derive from it
+        self.length, self.shuffle, self.seed = int(length), shuffle, int(seed)
+        self.epoch = 0
+        self.start = 0  # position to start the next iteration at (a resumed epoch); reset after use
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this when an epoch starts; a resume point belongs to its own epoch only."""
+        if epoch != self.epoch:
+            self.start = 0
+        self.epoch = int(epoch)
+
+    def order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.length))
+        generator = torch.Generator().manual_seed(int(_mix(self.seed, self.epoch).generate_state(1)[0]))
+        return torch.randperm(self.length, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order, start = self.order(), self.start
+        self.start = 0
+        for position in range(start, self.length):
+            yield order[position], item_seed(self.seed, self.epoch, position)
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class SeededItems(Dataset):
+    """``dataset[index]`` loaded with the global RNGs seeded from the item seed (see module doc)."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        in_worker = torch.utils.data.get_worker_info() is not None
+        saved = None if in_worker else (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            return self.dataset[index]
+        finally:
+            if saved is not None:
+                random.setstate(saved[0])
+                np.random.set_state(saved[1])
+                torch.set_rng_state(saved[2])
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over ``SeededItems`` with an ``EpochSampler`` whose position is saved and restored."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._served = 0  # batches of the current epoch handed out (including those before a resume)
+
+    @property
+    def epoch_sampler(self) -> EpochSampler:
+        sampler = self.batch_sampler.sampler if self.batch_sampler is not None else self.sampler
+        if not isinstance(sampler, EpochSampler):
+            raise TypeError(f"ResumableDataLoader needs an EpochSampler, got {type(sampler).__name__}")
+        return sampler
+
+    def __iter__(self) -> Iterator[Any]:
+        sampler = self.epoch_sampler
+        self._served = sampler.start // self.batch_size if self.batch_size else 0
+        iterator = super().__iter__()
+        return self._count(iterator)
+
+    def _count(self, iterator: Iterator[Any]) -> Iterator[Any]:
+        for batch in iterator:
+            self._served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """Plain integers: checkpoints stay loadable without unpickling objects."""
+        return {"epoch": self.epoch_sampler.epoch, "batches": self._served}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        sampler = self.epoch_sampler
+        epoch, batches = int(state["epoch"]), int(state["batches"])
+        if batches * (self.batch_size or 1) >= len(sampler):  # saved at the end of an epoch
+            epoch, batches = epoch + 1, 0
+        sampler.epoch, sampler.start = epoch, batches * (self.batch_size or 1)
+        self._served = batches
