@@ -34,7 +34,8 @@ from ldm.checkpoint import atomic_path, load_into, load_state_dict  # noqa: E402
 from ldm.config import trust_all_targets  # noqa: E402
 from ldm.config.errors import ConfigError  # noqa: E402
 from ldm.eval import (FID_DIMS, DatasetImages, InceptionFeatures, InceptionWeightsMissing,  # noqa: E402
-                      ModuleFeatures, ScoreSettings, ShardImages, ShardStore, Statistics, format_table, open_images, parse_metrics, score)
+                      ModuleFeatures, ScoreSettings, ShardImages, ShardStore, Statistics, format_table,
+                      open_images, parse_metrics, score)
 from ldm.eval.protocols import (generation_batches, inpainting_batches, read_captions,  # noqa: E402
                                 reconstruction_batches, superres_batches, validation_dataset)
 from ldm.eval.scoring import default_stats_cache  # noqa: E402

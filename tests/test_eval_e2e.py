@@ -6,7 +6,6 @@ is tested in test_eval_inception.py)."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -10,7 +10,7 @@ data at hand); its scores are then *not* Inception scores, and every report name
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional, Protocol
+from typing import Iterable, Optional, Protocol
 
 import numpy as np
 import torch

@@ -148,7 +148,8 @@ class ShardImages(ImageSet):
 
 
 class DatasetImages(ImageSet):
-    """The ``image`` of every example of a dataset split (HWC float in [-1, 1] -> uint8)."""
+    """The ``image`` of every example of a dataset split (HWC float in [-1, 1] -> uint8); items
+    the dataset cannot read (it returns None and reports them) are left out."""
 
     def __init__(self, dataset, description: str):
         self.dataset = dataset
@@ -160,8 +161,10 @@ class DatasetImages(ImageSet):
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
         for start in range(0, len(self.names), batch_size):
-            stop = min(len(self.names), start + batch_size)
-            yield np.stack([to_uint8(self.dataset[i]["image"]) for i in range(start, stop)])
+            examples = [self.dataset[i] for i in range(start, min(len(self.names), start + batch_size))]
+            images = [to_uint8(e["image"]) for e in examples if e is not None]
+            if images:
+                yield np.stack(images)
 
     def fingerprint(self) -> str:
         """The split's config and length (its files are not read again to compute it)."""

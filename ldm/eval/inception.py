@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import torch
 

@@ -82,6 +82,9 @@ def _stack(dataset: Any, indices: np.ndarray, key: str) -> torch.Tensor:
     arrs = []
     for i in indices:
         example = dataset[int(i)]
+        if example is None:  # the dataset skips unreadable files (it has reported which)
+            raise ValueError(f"example {int(i)} of the evaluated split is unreadable; paired evaluations pair "
+                             "outputs with examples by index, so repair or remove that file and start over")
         if key not in example:
             raise KeyError(f"the dataset's examples have no {key!r} (keys: {sorted(example)})")
         arrs.append(np.asarray(example[key], dtype=np.float32))

@@ -111,7 +111,8 @@ ROWS: tuple[PaperRow, ...] = (
       for key, row, scale, fid, ism, iss, p, r in (
           ("tab3-cin-ldm4", "LDM-4", 1.0, 10.56, 103.49, 1.24, 0.71, 0.62),
           ("tab3-cin-ldm4-g", "LDM-4-G (guidance scale 1.5)", 1.5, 3.60, 247.67, 5.09, 0.87, 0.48))),
-    PaperRow(key="tab4-sr-ldm4", table="Tab. 4", row="LDM-4 (ours, 100 steps)", config="configs/ldm/sr-imagenet-ldm-vq-4.yaml",
+    PaperRow(key="tab4-sr-ldm4", table="Tab. 4", row="LDM-4 (ours, 100 steps)",
+             config="configs/ldm/sr-imagenet-ldm-vq-4.yaml",
              checkpoint="logs/<your sr-imagenet-ldm-vq-4 run>/checkpoints/last.ckpt", released=False, task="superres",
              metrics=("fid", "isc", "psnr", "ssim"),
              paper={"fid": 2.8, "isc_mean": 166.3, "psnr": 24.4, "psnr_std": 3.8, "ssim": 0.69, "ssim_std": 0.14},

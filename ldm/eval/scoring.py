@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
-import numpy as np
-
 from ldm.eval import metrics as M
 from ldm.eval.features import FeatureExtractor, Features, extract_features
 from ldm.eval.images import ImageSet, check_paired

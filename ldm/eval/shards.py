@@ -68,8 +68,9 @@ class ShardStore:
         settings = json.loads(json.dumps(dict(settings)))  # as it will read back
         old = self.manifest()
         if old is not None and old != settings:
-            diff = {k: (old.get(k), settings.get(k)) for k in set(old) | set(settings) if old.get(k) != settings.get(k)}
-            raise ValueError(f"{self.dir} holds samples drawn with other settings ({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in sorted(diff.items()))}); "
+            changed = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
+                                if old.get(k) != settings.get(k))
+            raise ValueError(f"{self.dir} holds samples drawn with other settings ({changed}); "
                              "use another --outdir, or delete that folder to start over")
         if old is None:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +79,8 @@ class ShardStore:
 
     def fill(self, n: int, shard_size: int, batch_size: int, settings: Mapping[str, Any], make: MakeBatch,
              progress: bool = True, desc: str = "samples") -> int:
-        """Draw the missing shards of ``n`` samples with ``make`` (see ``MakeBatch``). Returns the number of samples drawn now (0 when everything was there)."""
+        """Draw the missing shards of ``n`` samples with ``make`` (see ``MakeBatch``); returns how many
+        samples were drawn now (0 when all shards were on disk)."""
         if n < 1 or shard_size < 1 or batch_size < 1:
             raise ValueError(f"need n, shard size and batch size >= 1, got {n}, {shard_size}, {batch_size}")
         self._start({**settings, "n": n, "shard_size": shard_size, "batch_size": batch_size})
