@@ -7,11 +7,12 @@ Score two image sets (folders, .npz samples, or cached statistics for --real):
 
 Sample a model in resumable shards, then score (rerun the same command to resume):
 
-    python scripts/evaluate.py -r models/ldm/celeba256/model.ckpt -n 50000 --steps 500 --eta 0 \\
-        --real data/eval/celebahq256 --metrics fid,prc
+    python scripts/evaluate.py --config models/ldm/celeba256/config.yaml --ckpt models/ldm/celeba256/model.ckpt \\
+        -n 50000 --steps 500 --real data/eval/celebahq256 --metrics fid,prc
     python scripts/evaluate.py -r logs/<run> --task autoencoder --metrics fid,psnr,ssim,lpips     # Tab. 8
-    python scripts/evaluate.py -r models/ldm/bsr_sr/model.ckpt --task superres --data cfg.yaml   # Tab. 4
-    python scripts/evaluate.py -r models/ldm/inpainting_big/model.ckpt --task inpainting --mask-kind hard
+    python scripts/evaluate.py -r logs/<sr run> --task superres --metrics fid,isc,psnr,ssim            # Tab. 4
+    python scripts/evaluate.py --config models/ldm/inpainting_big/config.yaml \\
+        --ckpt models/ldm/inpainting_big/model.ckpt --task inpainting --mask-kind hard --metrics fid,lpips
 
 Figures go to the terminal and, with --json, to a file under the keys fid, kid_mean, kid_std,
 isc_mean, isc_std, precision, recall, psnr, ssim, lpips (and *_std, accuracy), for the metrics
