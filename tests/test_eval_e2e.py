@@ -126,6 +126,14 @@ def test_sample_score_and_resume_an_interrupted_evaluation(evaluate, runs, files
     # a finished evaluation reruns without sampling; other settings are refused, not mixed
     run(evaluate, *args, "--outdir", interrupted)
     assert "0 drawn now, 10 found" in capsys.readouterr().out
+    # more samples later: the first 10 are kept, the partial last shard is completed
+    more = list(args)
+    more[more.index("-n") + 1] = 12
+    run(evaluate, *more, "--outdir", interrupted)
+    assert "4 drawn now, 8 found" in capsys.readouterr().out
+    extended = np.concatenate([p["images"] for p in shards(interrupted)])
+    np.testing.assert_array_equal(extended[:10], images)
+    np.testing.assert_array_equal(np.concatenate([p["labels"] for p in shards(interrupted)]), np.arange(12) % 5)
     other = list(args)
     other[other.index("--steps") + 1] = "3"
     with pytest.raises(SystemExit, match="other settings .*steps: 2 -> 3"):

@@ -112,9 +112,7 @@ class ShardImages(ImageSet):
         self.key = key
         self.store = ShardStore(path)
         self.path = self.store.root
-        self.files = self.store.complete_shards()
-        if not self.files:
-            raise ValueError(f"{self.path}: no complete shards")
+        self.files = self.store.shards()
         counts, labels = [], []
         for f in self.files:
             with np.load(f, allow_pickle=False) as z:

@@ -5,7 +5,9 @@
 
 A shard holds samples ``[k * shard_size, (k + 1) * shard_size)`` and is written atomically
 (``ldm.checkpoint.atomic_path``), so a shard file is either complete or absent. A rerun with the
-same settings skips the shards on disk; different settings are refused rather than mixed.
+same settings skips the shards on disk; different settings are refused rather than mixed, except
+the number of samples: a larger N adds shards to a finished run (its last, partial shard is drawn
+again), since sample i does not depend on N.
 
 Sample i starts from noise drawn from a generator seeded with (seed, i) only, and the sampler's
 own noise (DDIM eta > 0, DDPM) from a generator seeded with (seed, first index of its batch);
@@ -56,8 +58,27 @@ class ShardStore:
     def shard_path(self, k: int) -> Path:
         return self.dir / f"shard-{k:05d}.npz"
 
-    def complete_shards(self) -> list[Path]:
-        return sorted(self.dir.glob("shard-[0-9][0-9][0-9][0-9][0-9].npz"))
+    def _expected(self, k: int, n: int, shard_size: int) -> int:
+        return min(shard_size, n - k * shard_size)
+
+    def _holds(self, k: int, count: int) -> bool:
+        path = self.shard_path(k)
+        if not path.is_file():
+            return False
+        with np.load(path, allow_pickle=False) as z:
+            return len(z["indices"]) == count
+
+    def shards(self) -> list[Path]:
+        """The shard files of the samples the manifest describes (all of them must be on disk)."""
+        manifest = self.manifest()
+        if manifest is None:
+            raise ValueError(f"{self.dir}: no manifest.json; not the output of a sampling run")
+        n, size = int(manifest["n"]), int(manifest["shard_size"])
+        missing = [k for k in range(-(-n // size)) if not self._holds(k, self._expected(k, n, size))]
+        if missing:
+            raise ValueError(f"{self.dir}: {len(missing)} of {-(-n // size)} shards are missing or incomplete "
+                             f"(first: {self.shard_path(missing[0]).name}); rerun the sampling command to finish")
+        return [self.shard_path(k) for k in range(-(-n // size))]
 
     def manifest(self) -> Optional[dict[str, Any]]:
         if not self.manifest_path.is_file():
@@ -65,14 +86,17 @@ class ShardStore:
         return json.loads(self.manifest_path.read_text())
 
     def _start(self, settings: Mapping[str, Any]) -> None:
+        """Record ``settings``; refuse settings other than those of the samples on disk. Only the
+        number of samples ``n`` may change: sample i does not depend on n."""
         settings = json.loads(json.dumps(dict(settings)))  # as it will read back
         old = self.manifest()
-        if old is not None and old != settings:
-            changed = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
+        keys = sorted((set(old or {}) | set(settings)) - {"n"})
+        if old is not None and any(old.get(k) != settings.get(k) for k in keys):
+            changed = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in keys
                                 if old.get(k) != settings.get(k))
             raise ValueError(f"{self.dir} holds samples drawn with other settings ({changed}); "
                              "use another --outdir, or delete that folder to start over")
-        if old is None:
+        if old != settings:
             self.dir.mkdir(parents=True, exist_ok=True)
             with atomic_path(self.manifest_path) as tmp:
                 Path(tmp).write_text(json.dumps(settings, indent=2, sort_keys=True))
@@ -85,7 +109,8 @@ class ShardStore:
             raise ValueError(f"need n, shard size and batch size >= 1, got {n}, {shard_size}, {batch_size}")
         self._start({**settings, "n": n, "shard_size": shard_size, "batch_size": batch_size})
         n_shards = -(-n // shard_size)
-        todo = [k for k in range(n_shards) if not self.shard_path(k).is_file()]
+        # a shard of an earlier run with another n may hold fewer or more samples: drawn again
+        todo = [k for k in range(n_shards) if not self._holds(k, self._expected(k, n, shard_size))]
         done_before = sum(min(shard_size, n - k * shard_size) for k in range(n_shards) if k not in todo)
         drawn = 0
         with tqdm(total=n, initial=done_before, desc=desc, unit="img", disable=not progress) as bar:
