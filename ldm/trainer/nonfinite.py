@@ -2,10 +2,10 @@
 
 ``NonFiniteGuard`` watches every backward pass (the loss) and every optimizer step (the
 gradients) of automatic and manual optimisation alike. When either is not finite, the gradients
-of all optimizers are dropped for that batch, so no parameter, optimizer moment or EMA
-(``update_was_skipped``) changes; the step counter and the LR schedule still advance, as with a
-mixed-precision grad scaler's skipped steps. Skipped batches are counted in the logged metric
-``train/nonfinite_skipped``. After ``max_consecutive`` skipped batches in a row the run saves
+of all optimizers are dropped for that batch, so no parameter, optimizer moment, EMA
+(``update_was_skipped``) or batch-norm statistic changes; the step counter and the LR schedule
+still advance, as with a mixed-precision grad scaler's skipped steps. Skipped batches are counted
+in the logged metric ``train/nonfinite_skipped``. After ``max_consecutive`` skipped batches in a row the run saves
 ``last.ckpt`` (the last good state: skipped batches changed nothing), says so, and stops.
 
 With a mixed-precision grad scaler, overflowing gradients are the scaler's business (it skips
@@ -53,6 +53,7 @@ class NonFiniteGuard(pl.Callback):
         self.consecutive = 0      # skipped batches in a row
         self.total = 0            # skipped batches in this run (logged)
         self.stopped_at: Optional[Path] = None  # set when the guard stopped the run
+        self._norm_stats: list[tuple[torch.nn.Module, dict[str, torch.Tensor]]] = []
 
     def state_dict(self) -> dict[str, int]:
         return {"consecutive": self.consecutive, "total": self.total}
@@ -64,6 +65,11 @@ class NonFiniteGuard(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         self.skipping = False
+        # Batch norm updates its running statistics in the forward pass, before any check can run:
+        # keep them (small) so that a skipped batch leaves them as they were.
+        self._norm_stats = [(m, {k: v.clone() for k, v in m._buffers.items() if v is not None})
+                            for m in pl_module.modules()
+                            if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.track_running_stats]
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
         if trainer.training and not _finite([loss.detach()]):
@@ -84,6 +90,10 @@ class NonFiniteGuard(pl.Callback):
         if self.skipping:
             self.consecutive += 1
             self.total += 1
+            with torch.no_grad():
+                for module, buffers in self._norm_stats:
+                    for k, v in buffers.items():
+                        module._buffers[k].copy_(v)
         else:
             self.consecutive = 0
         pl_module.log("train/nonfinite_skipped", float(self.total), on_step=True, on_epoch=False, logger=True)
