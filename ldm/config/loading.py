@@ -25,6 +25,10 @@ def load_yaml(path: str | Path) -> DictConfig:
         cfg = OmegaConf.load(path)
     except (yaml.YAMLError, OmegaConfBaseException) as exc:
         raise ConfigError(str(path), f"cannot parse YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), f"not a text file in UTF-8 ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read the config file ({exc})") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(str(path), f"a config must be a mapping at the top level, got {type(cfg).__name__}")
     unknown = [k for k in cfg.keys() if k not in TOP_LEVEL_KEYS]
@@ -49,10 +53,13 @@ def apply_overrides(config: DictConfig, dotlist: Iterable[str]) -> DictConfig:
             raise ConfigError(item, "override must look like key.path=value")
         if key.split(".")[0] not in TOP_LEVEL_KEYS:
             raise ConfigError(item, f"override key must start with one of {', '.join(TOP_LEVEL_KEYS)}")
-    try:
-        return OmegaConf.merge(config, OmegaConf.from_dotlist(dotlist))
-    except OmegaConfBaseException as exc:
-        raise ConfigError("command line", f"bad override: {exc}") from exc
+    for item in dotlist:  # one at a time, so an error names the override that caused it
+        try:
+            config = OmegaConf.merge(config, OmegaConf.from_dotlist([item]))
+        except (yaml.YAMLError, OmegaConfBaseException) as exc:
+            detail = " ".join(str(exc).split())
+            raise ConfigError(f"command line: {item}", f"bad override: {detail}") from None
+    return config
 
 
 def load_experiment(paths: Sequence[str | Path], overrides: Iterable[str] = ()) -> DictConfig:

@@ -143,9 +143,13 @@ def _walk(value: Any, path: str) -> None:
     if _is_node(value):
         target = value["target"]
         obj = get_obj_from_str(target, path=f"{path}.target" if path else "target")
+        params = value.get("params")
+        if params is not None and not isinstance(params, Mapping):
+            raise ConfigError(f"{path}.params" if path else "params",
+                              f"params must be a mapping, got {type(params).__name__} {params!r}")
         if canonical_target(target).startswith("ldm."):
-            check_params(obj, value.get("params"), path or "<root>")
-        for key, child in (value.get("params") or {}).items():
+            check_params(obj, params, path or "<root>")
+        for key, child in (params or {}).items():
             _walk(child, f"{path}.params.{key}" if path else f"params.{key}")
         return
     if isinstance(value, Mapping):

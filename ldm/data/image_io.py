@@ -112,7 +112,9 @@ def load_rgb(source: ImageSource,
             raise BadImageError(label, f"too small: {w}x{h} px, shorter side < min_size={min_size}")
         try:
             if draft_size is not None and img.format == "JPEG":
-                img.draft("RGB", (draft_size, draft_size))
+                # never below min_size: the decoded image must pass the check the file passed
+                side = max(draft_size, min_size)
+                img.draft("RGB", (side, side))
             img.load()  # decode now so truncation surfaces here, not in a later conversion
             img = ImageOps.exif_transpose(img)
             return _to_rgb_array(img, label)
