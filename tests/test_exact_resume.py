@@ -205,3 +205,21 @@ def test_loader_resumes_at_the_saved_batch_with_the_same_items():
     restored.epoch_sampler.set_epoch(2)
     assert all(torch.equal(a["noise"], b["noise"]) for a, b in zip(epoch2, list(restored)))
     assert not torch.equal(torch.cat([b["i"] for b in epoch1]), torch.cat([b["i"] for b in epoch2]))
+
+
+def test_loader_wrapped_for_distributed_training_iterates_without_a_position():
+    from lightning_fabric.utilities.distributed import DistributedSamplerWrapper  # what Lightning wraps it in
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return i
+
+    sampler = DistributedSamplerWrapper(EpochSampler(8, True, seed=1), num_replicas=2, rank=0, shuffle=False)
+    loader = ResumableDataLoader(SeededItems(Items()), batch_size=2, sampler=sampler)
+    served = torch.cat(list(loader)).tolist()
+    assert len(served) == 4 and len(set(served)) == 4
+    assert loader.state_dict() == {}
+    loader.load_state_dict({})

@@ -15,8 +15,9 @@ Three pieces, so that the data a run sees depends on (seed, epoch, position) alo
 
 Lightning asks a train loader for ``len()`` to know the epoch length, so the loader keeps
 reporting the full epoch while a resumed iteration yields only the rest; Lightning counts the
-batches done before the interruption itself. Single-process training only: under DDP Lightning
-wraps the sampler in a distributed one, which this module does not coordinate.
+batches done before the interruption itself. Exact resume is for single-process training: under
+DDP Lightning wraps the sampler in a distributed one; the loader then works as a plain DataLoader
+(its position is not saved, a resumed epoch starts over).
 """
 from __future__ import annotations
 
@@ -102,20 +103,22 @@ class ResumableDataLoader(DataLoader):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        if self.batch_size is None:
+            raise ValueError("ResumableDataLoader needs batch_size (it counts whole batches)")
         self._served = 0  # batches of the current epoch handed out (including those before a resume)
 
     @property
-    def epoch_sampler(self) -> EpochSampler:
+    def epoch_sampler(self) -> Optional[EpochSampler]:
+        """The EpochSampler, or None when Lightning wrapped it for distributed training."""
         sampler = self.batch_sampler.sampler if self.batch_sampler is not None else self.sampler
-        if not isinstance(sampler, EpochSampler):
-            raise TypeError(f"ResumableDataLoader needs an EpochSampler, got {type(sampler).__name__}")
-        return sampler
+        return sampler if isinstance(sampler, EpochSampler) else None
 
     def __iter__(self) -> Iterator[Any]:
         sampler = self.epoch_sampler
-        self._served = sampler.start // self.batch_size if self.batch_size else 0
-        iterator = super().__iter__()
-        return self._count(iterator)
+        if sampler is None:
+            return super().__iter__()
+        self._served = sampler.start // self.batch_size
+        return self._count(super().__iter__())
 
     def _count(self, iterator: Iterator[Any]) -> Iterator[Any]:
         for batch in iterator:
@@ -124,12 +127,17 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict[str, int]:
         """Plain integers: checkpoints stay loadable without unpickling objects."""
-        return {"epoch": self.epoch_sampler.epoch, "batches": self._served}
+        sampler = self.epoch_sampler
+        if sampler is None:  # distributed: the position is not tracked (see the module doc)
+            return {}
+        return {"epoch": sampler.epoch, "batches": self._served}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         sampler = self.epoch_sampler
+        if sampler is None or not state:
+            return
         epoch, batches = int(state["epoch"]), int(state["batches"])
-        if batches * (self.batch_size or 1) >= len(sampler):  # saved at the end of an epoch
+        if batches * self.batch_size >= len(sampler):  # saved at the end of an epoch
             epoch, batches = epoch + 1, 0
-        sampler.epoch, sampler.start = epoch, batches * (self.batch_size or 1)
+        sampler.epoch, sampler.start = epoch, batches * self.batch_size
         self._served = batches

@@ -66,6 +66,8 @@ class PreemptionCheckpoint(pl.Callback):
                            batch_idx: int) -> None:
         if self.received is None or self.saved_at is not None:
             return
+        if _accumulating(trainer):  # gradients are not checkpointed: wait for the optimizer step
+            return
         self.saved_at = save_last_checkpoint(trainer, self.path.parent)
         trainer.should_stop = True
         print(f"Received {self.received.name}: saved the state after step {trainer.global_step} to {self.saved_at}; "
@@ -81,3 +83,10 @@ class PreemptionCheckpoint(pl.Callback):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
+
+
+def _accumulating(trainer: pl.Trainer) -> bool:
+    """True after a batch whose gradients wait for more (trainer-level accumulate_grad_batches)."""
+    should_accumulate = getattr(trainer.fit_loop.epoch_loop, "_should_accumulate", None)
+    return bool(trainer.lightning_module.automatic_optimization and callable(should_accumulate)
+                and should_accumulate())
