@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from test_inference import write_run
+from test_inference import first_stage, write_run
 from test_scripts import script
 
 import ldm.eval as E
@@ -44,7 +44,7 @@ def evaluate():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("logs")
-    return {kind: write_run(root, kind)[0] for kind in ("class", "superres", "inpainting")}
+    return {kind: write_run(root, kind)[0] for kind in ("class", "text", "superres", "inpainting")}
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +138,49 @@ def test_sample_score_and_resume_an_interrupted_evaluation(evaluate, runs, files
     other[other.index("--steps") + 1] = "3"
     with pytest.raises(SystemExit, match="other settings .*steps: 2 -> 3"):
         run(evaluate, *other, "--outdir", interrupted)
+
+
+def test_text_models_sample_one_caption_per_line(evaluate, runs, files, tmp_path):
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a red circle\n\na blue square\n")
+    feat = ["--real", files / "real.npz", "--metrics", "fid", "--feature-extractor", files / "features.yaml"]
+    run(evaluate, "-r", runs["text"], "--captions", captions, *FAST, *feat, "--outdir", tmp_path / "t")
+    (part,) = shards(tmp_path / "t")
+    assert len(part["images"]) == 2 and "labels" not in part  # N defaults to one sample per caption
+    run(evaluate, "-r", runs["text"], "--captions", captions, "-n", 3, "--scale", 2.0, *FAST, *feat,
+        "--outdir", tmp_path / "t3")
+    assert len(shards(tmp_path / "t3")[0]["images"]) == 3
+    with pytest.raises(SystemExit, match="text-conditioned model needs --captions FILE"):
+        run(evaluate, "-r", runs["text"], *FAST, *feat, "--outdir", tmp_path / "t4")
+    with pytest.raises(SystemExit, match="--captions is for text-conditioned models; this one is 'class'"):
+        run(evaluate, "-r", runs["class"], "--captions", captions, *FAST, *feat, "--outdir", tmp_path / "t5")
+
+
+def test_a_first_stage_checkpoint_alone(evaluate, files, tmp_path):
+    """Tab. 8 evaluates autoencoders themselves: --config/--ckpt of a first stage."""
+    from omegaconf import OmegaConf
+
+    from ldm.data.synthetic import SyntheticShapesValidation
+    from ldm.inference import to_uint8
+    from ldm.util import instantiate_from_config
+
+    cfg = first_stage("kl")
+    cfg["params"].pop("ckpt_path")
+    torch.manual_seed(0)
+    ae = instantiate_from_config(cfg)
+    torch.save({"state_dict": ae.state_dict()}, tmp_path / "ae.ckpt")
+    OmegaConf.save(OmegaConf.create({"model": cfg}), tmp_path / "ae.yaml")
+    out = run(evaluate, "--config", tmp_path / "ae.yaml", "--ckpt", tmp_path / "ae.ckpt", "--task", "autoencoder",
+              "--data", files / "data-ae.yaml", "--data-param", "length=3", *FAST, "--metrics", "psnr,ssim",
+              "--outdir", tmp_path / "ae-eval")
+    (part,) = shards(tmp_path / "ae-eval")
+    data = SyntheticShapesValidation(size=16, length=3)
+    x = torch.from_numpy(np.stack([data[i]["image"] for i in range(3)])).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        expected = ae.eval()(x, sample_posterior=False)[0].clamp(-1, 1)  # D(E(x)) with the posterior mode
+    diff = np.abs(part["images"].astype(int) - to_uint8(expected).astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01  # float noise at rounding boundaries only
+    assert out["psnr"] == pytest.approx(E.psnr_values(part["reference"], part["images"]).mean())
 
 
 def test_scoring_paired_metrics_and_the_statistics_cache(evaluate, files, tmp_path, capsys):
