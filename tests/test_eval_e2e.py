@@ -246,6 +246,13 @@ def test_a_dataset_split_as_the_reference(evaluate, files):
 
 
 def test_missing_inception_weights_is_a_clear_error(evaluate, files, tmp_path, monkeypatch):
+    import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(tf_inception, "load_state_dict_from_url", no_download)  # torch-fidelity's fallback
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv(E.INCEPTION_WEIGHTS_ENV, raising=False)
     with pytest.raises(SystemExit, match=f"{E.INCEPTION_FILENAME}.*\n.*\n.*{E.INCEPTION_URL}"):
