@@ -74,6 +74,7 @@ def test_a_row_without_its_inputs_says_what_is_missing_and_how_to_get_it(reprodu
 
 
 def test_a_row_runs_and_prints_ours_beside_the_papers(reproduce, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LDM_STATS_CACHE", str(tmp_path / "stats"))
     weights, _ = random_inception_weights(tmp_path)
     run, _ = write_run(tmp_path / "logs", "uncond")
     rng = np.random.default_rng(0)
@@ -87,4 +88,5 @@ def test_a_row_runs_and_prints_ours_beside_the_papers(reproduce, tmp_path, monke
     out = capsys.readouterr().out
     assert results["feature_extractor"] == "inception-v3-compat-64" and np.isfinite(results["fid"])
     assert f"FID        {results['fid']:>12.4f}          5.11" in out
+    assert len(list((tmp_path / "stats").glob("*.npz"))) == 1  # the reference statistics, cached
     assert sum(len(np.load(f)["indices"]) for f in (tmp_path / "out" / "shards").glob("shard-*.npz")) == 2
