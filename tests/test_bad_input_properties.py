@@ -220,12 +220,17 @@ def _damaged(draw, images=_valid_images):
     return bytes(data)
 
 
+# Header sizes: small ones, and huge ones far beyond Pillow's decompression-bomb limit (sizes just
+# under the limit are legal and would only make the test allocate hundreds of MB).
+_sizes = st.one_of(st.tuples(st.integers(0, 48), st.integers(0, 48)),
+                   st.sampled_from([(1, 2 ** 31 - 1), (2 ** 31 - 1, 1), (2 ** 31 - 1, 2 ** 31 - 1), (100000, 100000),
+                                    (0, 2 ** 31 - 1), (65535, 65535), (40000, 0), (30000, 30000)]))
 _image_inputs = st.one_of(
     st.binary(max_size=300),
     _damaged(),
-    st.builds(_png_header, st.integers(0, 2 ** 31 - 1), st.integers(0, 2 ** 31 - 1),
+    st.builds(lambda wh, depth, color: _png_header(*wh, depth, color), _sizes,
               st.sampled_from([1, 2, 4, 8, 16]), st.sampled_from([0, 2, 3, 4, 6, 7])),
-    st.builds(_jpeg_with_size, st.integers(0, 65535), st.integers(0, 65535)),
+    st.builds(lambda wh: _jpeg_with_size(min(wh[0], 65535), min(wh[1], 65535)), _sizes),
 )
 
 
