@@ -182,6 +182,9 @@ def sample_shards(args: argparse.Namespace) -> tuple[Path, bool]:
                                 "sampler": args.sampler, "steps": args.steps, "eta": args.eta, "scale": args.scale,
                                 "seed": args.seed, "precision": args.precision, "ema": args.prefer_ema}
     paired = args.task != "samples"
+    if args.task != "autoencoder" and not hasattr(model, "alphas_cumprod"):
+        raise SystemExit(f"--task {args.task} samples a diffusion model; this checkpoint holds a "
+                         f"{type(model).__name__} (for a first stage use --task autoencoder)")
     if args.task == "samples":
         captions = read_captions(args.captions) if args.captions else None
         make = generation_batches(model, opts, args.seed, captions)

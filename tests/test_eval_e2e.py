@@ -181,6 +181,9 @@ def test_a_first_stage_checkpoint_alone(evaluate, files, tmp_path):
     diff = np.abs(part["images"].astype(int) - to_uint8(expected).astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01  # float noise at rounding boundaries only
     assert out["psnr"] == pytest.approx(E.psnr_values(part["reference"], part["images"]).mean())
+    with pytest.raises(SystemExit, match="--task samples samples a diffusion model; .* AutoencoderKL"):
+        run(evaluate, "--config", tmp_path / "ae.yaml", "--ckpt", tmp_path / "ae.ckpt", *FAST, "--metrics", "isc",
+            "--outdir", tmp_path / "ae-samples")
 
 
 def test_scoring_paired_metrics_and_the_statistics_cache(evaluate, files, tmp_path, capsys):
