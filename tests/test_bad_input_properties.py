@@ -27,7 +27,7 @@ from ldm.data.image_io import BadImageError, load_rgb
 from ldm.trainer.cli import parse_args
 from ldm.util import instantiate_from_config
 
-PROPERTY = settings(derandomize=True, deadline=None, max_examples=60,
+PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=60,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
