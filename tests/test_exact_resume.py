@@ -223,3 +223,25 @@ def test_loader_wrapped_for_distributed_training_iterates_without_a_position():
     assert len(served) == 4 and len(set(served)) == 4
     assert loader.state_dict() == {}
     loader.load_state_dict({})
+
+
+def test_seeded_items_repeat_their_augmentation_and_leave_the_process_rng_alone():
+    import numpy as np
+
+    class Noisy(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return (i, torch.rand(()).item(), float(np.random.rand()), random.random())
+
+    items = SeededItems(Noisy())
+    torch.manual_seed(5)
+    np.random.seed(5)
+    random.seed(5)
+    before = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    first, again, other = items[(2, 11)], items[(2, 11)], items[(2, 12)]
+    assert first == again and first[1:] != other[1:]
+    assert torch.equal(torch.get_rng_state(), before[0])
+    assert (np.random.get_state()[1] == before[1]).all() and random.getstate() == before[2]
+    assert items[3][0] == 3  # a plain index reads the item unseeded

@@ -82,13 +82,16 @@ class SeededItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> Any:
+    def __getitem__(self, key: tuple[int, int] | int) -> Any:
+        if not isinstance(key, tuple):  # a plain index (not from an EpochSampler): no seeding
+            return self.dataset[key]
         index, seed = key
         in_worker = torch.utils.data.get_worker_info() is not None
         saved = None if in_worker else (random.getstate(), np.random.get_state(), torch.get_rng_state())
         random.seed(seed)
         np.random.seed(seed)
-        torch.manual_seed(seed)
+        # The CPU generator only: torch.manual_seed would also reseed every CUDA generator.
+        torch.default_generator.manual_seed(seed)
         try:
             return self.dataset[index]
         finally:
