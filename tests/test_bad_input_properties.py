@@ -7,7 +7,6 @@ directory a test hands out. Examples are derandomized (fixed per test) so CI is 
 from __future__ import annotations
 
 import io
-import os
 import struct
 import tempfile
 import zlib
@@ -95,7 +94,8 @@ _CHEAP = ["torch.nn.Identity", "ldm.lr_scheduler.LambdaLinearScheduler", "ldm.mo
 
 
 @PROPERTY
-@given(target=st.one_of(st.sampled_from(_CHEAP), _names.filter(lambda n: not (isinstance(n, str) and n in ALLOWED_TARGETS))),
+@given(target=st.one_of(st.sampled_from(_CHEAP),
+                        _names.filter(lambda n: not (isinstance(n, str) and n in ALLOWED_TARGETS))),
        params=st.one_of(_scalars, st.dictionaries(st.sampled_from(["n_stages", "method", "multiplier", "bias",
                                                                     "warm_up_steps", "x", "f_start", "f_min"]),
                                                   _scalars, max_size=3)))
