@@ -8,7 +8,6 @@ from __future__ import annotations
 import inspect
 import pickle
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
