@@ -64,14 +64,19 @@ class PreemptionCheckpoint(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.received is None or self.saved_at is not None:
+        if self.saved_at is not None:
             return
-        if _accumulating(trainer):  # gradients are not checkpointed: wait for the optimizer step
+        received = self.received is not None
+        if trainer.world_size > 1:  # all ranks must save (a collective) and stop at the same batch
+            received = trainer.strategy.reduce_boolean_decision(received, all=False)
+        if not received or _accumulating(trainer):  # gradients are not checkpointed: wait for the step
             return
         self.saved_at = save_last_checkpoint(trainer, self.path.parent)
         trainer.should_stop = True
-        print(f"Received {self.received.name}: saved the state after step {trainer.global_step} to {self.saved_at}; "
-              f"continue with `main.py --resume {self.saved_at.parent.parent}`", file=sys.stderr, flush=True)
+        if trainer.is_global_zero:
+            what = self.received.name if self.received is not None else "a preemption signal on another rank"
+            print(f"Received {what}: saved the state after step {trainer.global_step} to {self.saved_at}; "
+                  f"continue with `main.py --resume {self.saved_at.parent.parent}`", file=sys.stderr, flush=True)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore_handlers()
