@@ -245,3 +245,19 @@ def test_seeded_items_repeat_their_augmentation_and_leave_the_process_rng_alone(
     assert torch.equal(torch.get_rng_state(), before[0])
     assert (np.random.get_state()[1] == before[1]).all() and random.getstate() == before[2]
     assert items[3][0] == 3  # a plain index reads the item unseeded
+
+
+@pytest.mark.slow
+def test_sigterm_during_gradient_accumulation_waits_for_the_optimizer_step(tmp_path):
+    accumulate = ["lightning.trainer.accumulate_grad_batches=2", "--max_steps", "5"]
+    assert train("ldm", tmp_path / "reference", *accumulate) == 0
+    logdir = tmp_path / "logs"
+    # The signal arrives as batch 5 starts, the first of step 3's two batches: the run saves after batch 6.
+    assert in_child(train, "ldm", logdir, *accumulate, *signal_at([2], tmp_path, "SIGTERM"),
+                    stderr=tmp_path / "train.err") == 0
+    rundir = the_run(logdir)
+    assert torch.load(rundir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert resume(rundir, *accumulate) == 0
+    a, b = final_state(the_run(tmp_path / "reference")), final_state(rundir)
+    assert a["global_step"] == b["global_step"] == 5
+    assert not [k for k, v in a["state_dict"].items() if not torch.equal(v, b["state_dict"][k])]
