@@ -203,7 +203,9 @@ def test_loader_resumes_at_the_saved_batch_with_the_same_items():
     for a, b in zip(epoch1[2:], rest):
         assert torch.equal(a["i"], b["i"]) and torch.equal(a["noise"], b["noise"])
     restored.epoch_sampler.set_epoch(2)
+    assert restored.state_dict() == {"epoch": 2, "batches": 0}  # set, not started: nothing served yet
     assert all(torch.equal(a["noise"], b["noise"]) for a, b in zip(epoch2, list(restored)))
+    assert restored.state_dict() == {"epoch": 2, "batches": 4}
     assert not torch.equal(torch.cat([b["i"] for b in epoch1]), torch.cat([b["i"] for b in epoch2]))
 
 

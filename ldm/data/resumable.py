@@ -109,6 +109,7 @@ class ResumableDataLoader(DataLoader):
         if self.batch_size is None:
             raise ValueError("ResumableDataLoader needs batch_size (it counts whole batches)")
         self._served = 0  # batches of the current epoch handed out (including those before a resume)
+        self._served_epoch = 0  # the epoch _served counts
 
     @property
     def epoch_sampler(self) -> Optional[EpochSampler]:
@@ -120,7 +121,7 @@ class ResumableDataLoader(DataLoader):
         sampler = self.epoch_sampler
         if sampler is None:
             return super().__iter__()
-        self._served = sampler.start // self.batch_size
+        self._served, self._served_epoch = sampler.start // self.batch_size, sampler.epoch
         return self._count(super().__iter__())
 
     def _count(self, iterator: Iterator[Any]) -> Iterator[Any]:
@@ -133,6 +134,8 @@ class ResumableDataLoader(DataLoader):
         sampler = self.epoch_sampler
         if sampler is None:  # distributed: the position is not tracked (see the module doc)
             return {}
+        if sampler.epoch != self._served_epoch:  # a new epoch has been set but not started
+            return {"epoch": sampler.epoch, "batches": 0}
         return {"epoch": sampler.epoch, "batches": self._served}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -143,4 +146,4 @@ class ResumableDataLoader(DataLoader):
         if batches * self.batch_size >= len(sampler):  # saved at the end of an epoch
             epoch, batches = epoch + 1, 0
         sampler.epoch, sampler.start = epoch, batches * self.batch_size
-        self._served = batches
+        self._served, self._served_epoch = batches, epoch
