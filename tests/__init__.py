@@ -1,0 +1,1 @@
+"""The test suite (a package, so that `tests.*` helpers resolve here before any installed `tests` package)."""
