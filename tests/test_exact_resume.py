@@ -80,7 +80,7 @@ def in_child(fn, *args, stderr: Path) -> int:
 
 
 def signal_at(steps, marker_dir: Path, sig: str = "SIGKILL") -> list[str]:
-    return ["lightning.callbacks.fault.target=fault_injection.SignalAt",
+    return ["lightning.callbacks.fault.target=tests.fault_injection.SignalAt",
             f"lightning.callbacks.fault.params.steps=[{','.join(map(str, steps))}]",
             f"lightning.callbacks.fault.params.marker_dir={marker_dir}",
             f"lightning.callbacks.fault.params.signal={sig}"]

@@ -10,18 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from fault_injection import RecordAround
-from test_exact_resume import STEPS, resume, the_run, train
+from tests.fault_injection import RecordAround
+from tests.test_exact_resume import STEPS, resume, the_run, train
 
 
 def inject(kind: str, steps: list[int]) -> list[str]:
-    target = {"nan_loss": "fault_injection.PoisonBatches", "inf_grad": "fault_injection.InfGradient"}[kind]
+    target = {"nan_loss": "tests.fault_injection.PoisonBatches", "inf_grad": "tests.fault_injection.InfGradient"}[kind]
     return [f"lightning.callbacks.fault.target={target}",
             f"lightning.callbacks.fault.params.steps=[{','.join(map(str, steps))}]"]
 
 
 def record(steps: list[int]) -> list[str]:
-    return ["lightning.callbacks.record.target=fault_injection.RecordAround",
+    return ["lightning.callbacks.record.target=tests.fault_injection.RecordAround",
             f"lightning.callbacks.record.params.steps=[{','.join(map(str, steps))}]"]
 
 
