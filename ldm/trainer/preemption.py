@@ -54,7 +54,7 @@ class PreemptionCheckpoint(pl.Callback):
         self.received, self.saved_at = None, None
         if threading.current_thread() is not threading.main_thread():
             return  # Python delivers signals to the main thread only
-        env = trainer._accelerator_connector.cluster_environment
+        env = getattr(getattr(trainer, "_accelerator_connector", None), "cluster_environment", None)
         slurm_owned = {env.requeue_signal} if isinstance(env, SLURMEnvironment) and env.auto_requeue else set()
         for sig in self.signals:
             if sig in slurm_owned:
