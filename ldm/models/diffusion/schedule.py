@@ -135,7 +135,13 @@ def make_ddim_timesteps(
     num_ddpm_timesteps: int,
     verbose: bool = True,
 ) -> np.ndarray:
-    """The DDPM steps a DDIM sampler visits, shifted by one as in the original (so t=1 is first)."""
+    """The DDPM steps the original DDIM/PLMS classes visit, +1 as in the original (t=1 first).
+
+    The one definition of the DDIM grid (Song et al. 2021, Sec. 4.2). ``uniform``: stride
+    ``c = T // S`` and ``range(0, T, c) + 1``, which holds ``ceil(T / c)`` steps: S when S divides
+    T, more otherwise (S = 30, T = 1000: 31 steps 1, 34, ..., 991). ``quad``: squares of
+    ``linspace(0, sqrt(0.8 T), S)``. ``sampling.ddim_timesteps`` takes the first S of this grid.
+    """
     if not 0 < num_ddim_timesteps <= num_ddpm_timesteps:
         raise ValueError(f"num_ddim_timesteps must be in [1, {num_ddpm_timesteps}], got {num_ddim_timesteps}")
     if ddim_discr_method == "uniform":

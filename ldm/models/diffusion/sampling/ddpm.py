@@ -8,7 +8,7 @@ the x0 estimate.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -32,11 +32,14 @@ def sample_ddpm(
     mask: Optional[torch.Tensor] = None,
     x0: Optional[torch.Tensor] = None,
     clip_denoised: bool = False,
+    x0_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> torch.Tensor:
     """Ancestral sampling from ``sigmas[0]`` to ``sigmas[-1]``.
 
     clip_denoised: clamp the x0 estimate to [-1, 1] before forming the posterior mean (the
         original ``clip_denoised``; meant for pixel-space models).
+    x0_transform: applied to the (clamped) x0 estimate before the posterior (the original
+        ``quantize_denoised``).
     noise_sampler / mask / x0: as in ``sample_ddim`` (re-noising draw first, then the step noise,
         which is skipped when sigma_next = 0).
     """
@@ -51,6 +54,8 @@ def sample_ddpm(
         denoised = call_denoiser(denoiser, x, sigma, extra_args)
         if clip_denoised:
             denoised = denoised.clamp(-1.0, 1.0)
+        if x0_transform is not None:
+            denoised = x0_transform(denoised)
         ratio = (sigma_next / sigma) ** 2
         x_next = denoised + ratio * (x - denoised)
         if sigma_next > 0.0:

@@ -39,18 +39,23 @@ def sample_plms(
     mask: Optional[torch.Tensor] = None,
     x0: Optional[torch.Tensor] = None,
     x0_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    old_eps: Optional[list[torch.Tensor]] = None,
 ) -> torch.Tensor:
     """PLMS from ``sigmas[0]`` to ``sigmas[-1]``: len(sigmas) denoiser calls (one extra at step 0).
 
     Deterministic; ``generator``/``noise_sampler`` only feed the re-noising of x0 in masked
     sampling. mask, x0, x0_transform: as in ``sample_ddim``. For a single step ending at sigma = 0
     the Heun correction is skipped (there is no eps at sigma = 0).
+    old_eps: eps estimates of earlier steps (oldest first) to continue from instead of the Heun
+        start; the list is updated in place and holds the last three eps after the run (the
+        original ``old_eps`` of ``p_sample_plms``).
     """
     levels = check_sigmas(sigmas)
     check_mask(mask, x0, x)
     extra_args = {} if extra_args is None else extra_args
     noise_sampler = default_noise_sampler(x, generator) if noise_sampler is None else noise_sampler
-    history: list[torch.Tensor] = []
+    history = [] if old_eps is None else old_eps
+    del history[:-3]
     for i in progress(len(levels) - 1, disable, "PLMS"):
         sigma, sigma_next = levels[i], levels[i + 1]
         if mask is not None:
@@ -69,7 +74,8 @@ def sample_plms(
             denoised = x0_transform(denoised)
         x_next = denoised + sigma_next * eps_prime
         report(callback, i, sigma, sigma_next, x, denoised, x_next)
-        history = (history + [eps])[-3:]
+        history.append(eps)
+        del history[:-3]
         x = x_next
     if mask is not None:
         x = mask * x0 + (1.0 - mask) * x

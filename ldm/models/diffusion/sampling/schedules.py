@@ -12,6 +12,8 @@ import math
 import numpy as np
 import torch
 
+from ldm.models.diffusion.schedule import make_ddim_timesteps
+
 from .denoiser import precise_dtype, sigmas_from_alphas_cumprod
 
 __all__ = [
@@ -36,34 +38,29 @@ def _check_steps(num_steps: int, num_train_timesteps: int) -> None:
 
 
 def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000, discretize: str = "uniform") -> torch.Tensor:
-    """The training steps a DDIM/PLMS sampler visits, ascending, with the original +1 offset.
+    """The training steps the samplers of this package visit: exactly ``num_steps``, ascending.
 
-    Always exactly ``num_steps`` steps:
-    * ``uniform``: ``c * arange(num_steps) + 1`` with stride ``c = T // num_steps``. When
-      ``num_steps`` divides T this is the original CompVis grid. Otherwise the original
-      ``range(0, T, c)`` held ``ceil(T / c)`` steps (31 for 30 requested, T=1000); we keep its first
-      ``num_steps``, which is also diffusers' ``timestep_spacing="leading"`` with ``steps_offset=1``.
-      ``num_steps = T`` raises, as its last step would be T (the original indexed past the table).
-    * ``quad``: ``floor(linspace(0, sqrt(0.8 T), num_steps)^2) + 1`` as the original; raises when
-      that collapses onto repeated steps (num_steps >= 30 for T=1000), which would run fewer
-      distinct steps than requested.
+    The first ``num_steps`` entries of the original grid ``schedule.make_ddim_timesteps`` (the one
+    place the grid is defined; the original sampler classes use it whole). When ``num_steps``
+    divides T the two are equal. Otherwise the original ``range(0, T, T // num_steps) + 1`` held
+    ``ceil(T / c)`` steps (31 for 30 requested, T=1000); the prefix is also diffusers'
+    ``timestep_spacing="leading"`` with ``steps_offset=1``. ``num_steps = T`` raises, as its last
+    step would be T (the original indexed past the table). ``quad`` raises when it collapses onto
+    repeated steps (num_steps >= 30 for T=1000), which would run fewer distinct steps than asked.
     """
     _check_steps(num_steps, num_train_timesteps)
-    if discretize == "uniform":
-        steps = np.arange(num_steps, dtype=np.int64) * (num_train_timesteps // num_steps) + 1
-    elif discretize == "quad":
-        steps = (np.linspace(0, np.sqrt(num_train_timesteps * 0.8), num_steps) ** 2).astype(np.int64) + 1
-        distinct = len(np.unique(steps))
-        if distinct != num_steps:
-            raise ValueError(f"discretize='quad' gives only {distinct} distinct timesteps for num_steps="
-                             f"{num_steps} (T={num_train_timesteps}); use fewer steps or 'uniform'")
-    else:
+    if discretize not in DISCRETIZATIONS:
         raise ValueError(f"discretize must be one of {DISCRETIZATIONS}, got {discretize!r}")
+    steps = make_ddim_timesteps(discretize, num_steps, num_train_timesteps, verbose=False)[:num_steps]
+    distinct = len(np.unique(steps))
+    if distinct != num_steps:
+        raise ValueError(f"discretize={discretize!r} gives only {distinct} distinct timesteps for num_steps="
+                         f"{num_steps} (T={num_train_timesteps}); use fewer steps or 'uniform'")
     if steps[-1] >= num_train_timesteps:
         raise ValueError(f"num_steps={num_steps} with the +1 offset needs timestep {steps[-1]}, beyond the "
                          f"last training step {num_train_timesteps - 1}; use at most "
                          f"{num_train_timesteps - 1} steps, or ddpm_sigmas for the full chain")
-    return torch.from_numpy(steps)
+    return torch.from_numpy(steps.astype(np.int64))
 
 
 def timestep_sigmas(alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
