@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +21,7 @@ from ldm.trainer.checkpoint_io import AtomicCheckpointIO
 from ldm.trainer.rundir import resume_run
 from ldm.trainer.run import main, run
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_main_e2e import DEMO_AE, TINY, only_run, train  # noqa: E402
+from tests.test_main_e2e import DEMO_AE, TINY, only_run, train
 
 
 class _Payload:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from reference_data import all_manifests, load_config, state_dict_shapes
+from tests.reference_data import all_manifests, load_config, state_dict_shapes
 
 from ldm.util import instantiate_from_config
 

@@ -13,7 +13,7 @@ from ldm.models.diffusion.sampling import (SAMPLERS, ClassifierFreeGuidance, Com
                                            ddim_sigmas, ddim_timesteps, ddpm_sigmas, dpm_solver_sigmas,
                                            invert_ddim, karras_sigmas, sample_ddim, sample_ddpm, sample_dpmpp_2m,
                                            sample_plms, sample_unipc, timestep_sigmas, ve_to_vp, vp_to_ve)
-from sampler_standins import LDM_SCHEDULE, AnalyticModel
+from tests.sampler_standins import LDM_SCHEDULE, AnalyticModel
 
 SHAPE = (2, 4, 8, 8)
 STOCHASTIC = {"ddpm": {}, "ddim": {"eta": 1.0}}

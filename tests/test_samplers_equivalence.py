@@ -24,7 +24,7 @@ from ldm.models.diffusion.plms import PLMSSampler  # noqa: E402
 from ldm.models.diffusion.sampling import (CompVisDenoiser, ddim_sigmas, ddim_timesteps, ddpm_sigmas,  # noqa: E402
                                            dpm_solver_sigmas, karras_sigmas, sample_ddim, sample_ddpm,
                                            sample_dpmpp_2m, sample_plms, sample_unipc, ve_to_vp, vp_to_ve)
-from sampler_standins import LDM_SCHEDULE, SD_SCHEDULE, AnalyticModel, OracleModel  # noqa: E402
+from tests.sampler_standins import LDM_SCHEDULE, SD_SCHEDULE, AnalyticModel, OracleModel  # noqa: E402
 
 TOL = 1e-4
 SHAPE = (2, 4, 8, 8)
