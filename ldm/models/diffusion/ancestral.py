@@ -1,17 +1,18 @@
 """Ancestral sampling p_θ(x_{t-1} | x_t) with the full T-step chain (Ho et al. 2020, Alg. 2).
 
-Used by the original method names ``p_sample``/``p_sample_loop``/``progressive_denoising``/
-``sample`` of DDPM and LatentDiffusion; faster samplers (DDIM, PLMS) live beside this module.
-``model`` is a DDPM: it supplies ``apply_model``, the schedule buffers and ``parameterization``.
+The original method names of DDPM and LatentDiffusion: ``p_mean_variance``/``p_sample`` (one
+step at per-sample timesteps, from the posterior of ``parameterization``) and the loops
+``p_sample_loop``/``progressive_denoising``/``sample``, which run ``sampling.sample_ddpm`` on the
+full chain. ``model`` is a DDPM: it supplies ``apply_model``, the schedule and ``parameterization``.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
 import torch
-from tqdm import tqdm
-
 from ldm.models.diffusion import parameterization as P
+from ldm.models.diffusion.sampling import CompVisDenoiser, ddpm_sigmas, sample_ddpm, ve_to_vp, vp_to_ve
+from ldm.models.diffusion.sampling.legacy import build_denoiser, quantizer, scaled_noise
 
 __all__ = ["LatentSamplingMethods", "p_mean_variance", "p_sample", "p_sample_loop", "slice_conditioning"]
 
@@ -79,6 +80,19 @@ def slice_conditioning(cond: Any, batch_size: int) -> Any:
     return cond[:batch_size]
 
 
+class NoisedCondition:
+    """The legacy ``num_timesteps_cond > 1`` option: the condition is itself diffused to step
+    ``model.cond_ids[t]`` before each denoiser call."""
+
+    def __init__(self, denoiser: Callable, model: Any):
+        self.denoiser, self.model, self.adapter = denoiser, model, CompVisDenoiser(model)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        tc = self.model.cond_ids.to(x.device)[self.adapter.sigma_to_t(sigma).to(x.device)]
+        cond = self.model.q_sample(x_start=cond, t=tc, noise=torch.randn_like(cond))
+        return self.denoiser(x, sigma, cond=cond)
+
+
 @torch.no_grad()
 def p_sample_loop(
     model: Any,
@@ -95,36 +109,43 @@ def p_sample_loop(
     verbose: bool = True,
     callback: Optional[Callable[[int], None]] = None,
     img_callback: Optional[Callable[[torch.Tensor, int], None]] = None,
-    **step_kwargs: Any,
+    temperature: float = 1.0,
+    noise_dropout: float = 0.0,
+    score_corrector: Any = None,
+    corrector_kwargs: Optional[dict] = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Run the chain from x_T ~ N(0, I). Intermediates are x_t (or x̂_0 when ``progressive``)
-    every ``log_every_t`` steps. With ``mask``, pixels where mask = 1 are taken from q(x_t | x0)."""
+    """Run the chain t = steps-1, ..., 0 from x_T ~ N(0, I) with ``sampling.sample_ddpm`` (the
+    one ancestral sampler). Intermediates are x_t (or x̂_0 when ``progressive``) every
+    ``log_every_t`` steps. With ``mask``, the region where mask = 1 is set to q(x_t | x0) before
+    each step (the samplers' one mask rule) and to x0 itself at the end."""
     log_every_t = log_every_t or model.log_every_t
     device = model.betas.device
     img = torch.randn(shape, device=device) if x_T is None else x_T.to(device)
     if mask is not None and x0 is None:
         raise ValueError("mask given without x0: masked sampling needs the known latent x0")
     steps = min(timesteps or model.num_timesteps, start_T or model.num_timesteps)
+    sigmas = ddpm_sigmas(model.alphas_cumprod)[-(steps + 1):].to(device)  # steps-1, ..., 0, then 0
+    denoiser = build_denoiser(model, score_corrector=score_corrector, corrector_kwargs=corrector_kwargs)
+    if getattr(model, "shorten_cond_schedule", False):
+        denoiser = NoisedCondition(denoiser, model)
     intermediates = [] if progressive else [img]
-    iterator = reversed(range(steps))
-    if verbose:
-        iterator = tqdm(iterator, desc="Progressive generation" if progressive else "Sampling t", total=steps)
-    for i in iterator:
-        ts = torch.full((shape[0],), i, device=device, dtype=torch.long)
-        if getattr(model, "shorten_cond_schedule", False):  # noised conditions (num_timesteps_cond > 1)
-            tc = model.cond_ids[ts].to(device)
-            cond = model.q_sample(x_start=cond, t=tc, noise=torch.randn_like(cond))
-        img, x0_pred = p_sample(model, img, cond, ts, clip_denoised=model.clip_denoised,
-                                quantize_denoised=quantize_denoised, **step_kwargs)
-        if mask is not None:
-            img = model.q_sample(x0, ts) * mask + (1.0 - mask) * img
-        if i % log_every_t == 0 or i == steps - 1:
-            intermediates.append(x0_pred if progressive else img)
+
+    def record(step: dict) -> None:
+        t = steps - 1 - step["i"]
+        x_prev = ve_to_vp(step["x_next"], step["sigma_next"])
+        if t % log_every_t == 0 or t == steps - 1:
+            intermediates.append(step["denoised"] if progressive else x_prev)
         if callback is not None:
-            callback(i)
+            callback(t)
         if img_callback is not None:
-            img_callback(img, i)
-    return img, intermediates
+            img_callback(x_prev, t)
+
+    masked = {} if mask is None else {"mask": mask, "x0": x0}
+    x = sample_ddpm(denoiser, vp_to_ve(img, sigmas[0]), sigmas, extra_args={"cond": cond}, callback=record,
+                    disable=not verbose, noise_sampler=scaled_noise(img, temperature, noise_dropout),
+                    clip_denoised=model.clip_denoised, x0_transform=quantizer(model, quantize_denoised),
+                    v_posterior=getattr(model, "v_posterior", 0.0), **masked)
+    return x, intermediates  # at sigma = 0 the two coordinate systems agree
 
 
 class LatentSamplingMethods:

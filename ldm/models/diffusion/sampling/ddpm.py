@@ -33,6 +33,7 @@ def sample_ddpm(
     x0: Optional[torch.Tensor] = None,
     clip_denoised: bool = False,
     x0_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    v_posterior: float = 0.0,
 ) -> torch.Tensor:
     """Ancestral sampling from ``sigmas[0]`` to ``sigmas[-1]``.
 
@@ -40,6 +41,9 @@ def sample_ddpm(
         original ``clip_denoised``; meant for pixel-space models).
     x0_transform: applied to the (clamped) x0 estimate before the posterior (the original
         ``quantize_denoised``).
+    v_posterior: the original DDPM option: the step variance is (1 - v) beta_tilde + v beta with
+        beta = 1 - abar_next / abar of the step (Ho et al. 2020, Sec. 3.2: sigma_t^2 = beta_tilde_t
+        or beta_t); the mean is the posterior mean either way.
     noise_sampler / mask / x0: as in ``sample_ddim`` (re-noising draw first, then the step noise,
         which is skipped when sigma_next = 0).
     """
@@ -59,7 +63,11 @@ def sample_ddpm(
         ratio = (sigma_next / sigma) ** 2
         x_next = denoised + ratio * (x - denoised)
         if sigma_next > 0.0:
-            x_next = x_next + sigma_next * (1.0 - ratio) ** 0.5 * noise_sampler(sigma, sigma_next)
+            var = sigma_next ** 2 * (1.0 - ratio)  # beta_tilde, in x0 + sigma*n units
+            if v_posterior:
+                beta = (sigma ** 2 - sigma_next ** 2) * (1.0 + sigma_next ** 2) / (1.0 + sigma ** 2)
+                var = (1.0 - v_posterior) * var + v_posterior * beta
+            x_next = x_next + var ** 0.5 * noise_sampler(sigma, sigma_next)
         report(callback, i, sigma, sigma_next, x, denoised, x_next)
         x = x_next
     if mask is not None:
