@@ -19,7 +19,7 @@ from typing import Any, Optional
 import torch
 
 from ldm.models.diffusion.sampling import (SAMPLERS, ClassifierFreeGuidance, CompVisDenoiser, ddim_sigmas,
-                                           ddpm_sigmas, dpm_solver_sigmas, ve_to_vp, vp_to_ve)
+                                           ddpm_sigmas, dpm_solver_sigmas, sample_vp, ve_to_vp)
 
 __all__ = ["SAMPLER_NAMES", "initial_noise", "noise_levels", "noise_to_level", "sample_latents"]
 
@@ -108,11 +108,7 @@ def sample_latents(
     if sampler == "ddpm":
         options["clip_denoised"] = False
     if mask is not None:
-        options.update(mask=mask.to(device), x0=x0.to(device))
+        mask, x0 = mask.to(device), x0.to(device)
     fn = SAMPLERS[SAMPLER_NAMES[sampler]]
-    x = fn(denoiser, vp_to_ve(z.float(), sigmas[0]), sigmas, extra_args={"cond": cond},
-           disable=not progress, generator=generator, **options)
-    out = ve_to_vp(x, sigmas[-1])
-    if mask is not None:  # exact at the end, also when the last level sigma(0) is above zero
-        out = mask * x0 + (1.0 - mask) * out
-    return out
+    return sample_vp(fn, denoiser, z.float(), sigmas, cond=cond, mask=mask, x0=x0, disable=not progress,
+                     generator=generator, **options)

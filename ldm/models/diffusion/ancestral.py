@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 
 import torch
 from ldm.models.diffusion import parameterization as P
-from ldm.models.diffusion.sampling import CompVisDenoiser, ddpm_sigmas, sample_ddpm, ve_to_vp, vp_to_ve
+from ldm.models.diffusion.sampling import CompVisDenoiser, ddpm_sigmas, sample_ddpm, sample_vp, ve_to_vp
 from ldm.models.diffusion.sampling.legacy import build_denoiser, quantizer, scaled_noise
 
 __all__ = ["LatentSamplingMethods", "p_mean_variance", "p_sample", "p_sample_loop", "slice_conditioning"]
@@ -140,12 +140,11 @@ def p_sample_loop(
         if img_callback is not None:
             img_callback(x_prev, t)
 
-    masked = {} if mask is None else {"mask": mask, "x0": x0}
-    x = sample_ddpm(denoiser, vp_to_ve(img, sigmas[0]), sigmas, extra_args={"cond": cond}, callback=record,
-                    disable=not verbose, noise_sampler=scaled_noise(img, temperature, noise_dropout),
-                    clip_denoised=model.clip_denoised, x0_transform=quantizer(model, quantize_denoised),
-                    v_posterior=getattr(model, "v_posterior", 0.0), **masked)
-    return x, intermediates  # at sigma = 0 the two coordinate systems agree
+    x = sample_vp(sample_ddpm, denoiser, img, sigmas, cond=cond, mask=mask, x0=x0, callback=record,
+                  disable=not verbose, noise_sampler=scaled_noise(img, temperature, noise_dropout),
+                  clip_denoised=model.clip_denoised, x0_transform=quantizer(model, quantize_denoised),
+                  v_posterior=getattr(model, "v_posterior", 0.0))
+    return x, intermediates
 
 
 class LatentSamplingMethods:

@@ -6,7 +6,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from ldm.models.diffusion.sampling import invert_ddim, sample_ddim, ve_to_vp, vp_to_ve
+from ldm.models.diffusion.sampling import invert_ddim, sample_ddim, sample_vp, ve_to_vp, vp_to_ve
 from ldm.models.diffusion.sampling.legacy import GridSampler, build_denoiser, scaled_noise
 
 __all__ = ["DDIMSampler", "DDIMGridSampler"]
@@ -72,9 +72,8 @@ class DDIMSampler(GridSampler):
         eta = getattr(self, "ddim_eta", 0.0)
         sigmas = self.levels(steps, final_zero=use_original_steps)  # abar_prev(t=0) = 1 there
         denoiser = build_denoiser(self.model, unconditional_guidance_scale, unconditional_conditioning)
-        x = sample_ddim(denoiser, vp_to_ve(x_latent, sigmas[0]), sigmas, extra_args={"cond": cond},
-                        callback=None if callback is None else lambda step: callback(step["i"]), eta=eta)
-        return ve_to_vp(x, sigmas[-1])
+        return sample_vp(sample_ddim, denoiser, x_latent, sigmas, cond=cond, eta=eta,
+                         callback=None if callback is None else lambda step: callback(step["i"]))
 
     @torch.no_grad()
     def encode(self, x0: torch.Tensor, c: Any, t_enc: int, use_original_steps: bool = False,

@@ -14,7 +14,7 @@ denoiser, and the functions in ``schedules`` choose the noise levels. Typical us
 """
 from .ddim import ddim_noise_levels, invert_ddim, sample_ddim
 from .ddpm import sample_ddpm
-from .denoiser import CompVisDenoiser, sigmas_from_alphas_cumprod, ve_to_vp, vp_to_ve
+from .denoiser import CompVisDenoiser, sample_vp, sigmas_from_alphas_cumprod, ve_to_vp, vp_to_ve
 from .dpm_solver import sample_dpmpp_2m
 from .guidance import ClassifierFreeGuidance, cat_conditioning
 from .plms import sample_plms
@@ -34,7 +34,7 @@ __all__ = [
     "SAMPLERS",
     "sample_ddpm", "sample_ddim", "invert_ddim", "sample_plms", "sample_dpmpp_2m", "sample_unipc",
     "ddim_noise_levels",
-    "CompVisDenoiser", "vp_to_ve", "ve_to_vp", "sigmas_from_alphas_cumprod",
+    "CompVisDenoiser", "sample_vp", "vp_to_ve", "ve_to_vp", "sigmas_from_alphas_cumprod",
     "ClassifierFreeGuidance", "cat_conditioning",
     "ddim_timesteps", "timestep_sigmas", "ddim_sigmas", "ddpm_sigmas", "dpm_solver_sigmas",
     "karras_sigmas", "append_zero",

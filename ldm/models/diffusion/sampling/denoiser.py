@@ -10,11 +10,11 @@ defines continuous time; at the training steps themselves t is an exact integer.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 
-__all__ = ["CompVisDenoiser", "vp_to_ve", "ve_to_vp", "sigmas_from_alphas_cumprod"]
+__all__ = ["CompVisDenoiser", "sample_vp", "vp_to_ve", "ve_to_vp", "sigmas_from_alphas_cumprod"]
 
 PARAMETERIZATIONS = ("eps", "x0", "v")
 _SNAP = 1e-4  # |t - round(t)| below this is float round-off of a training step, not a fraction
@@ -46,6 +46,21 @@ def ve_to_vp(x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
     """Inverse of ``vp_to_ve``: the CompVis latent z_t = sqrt(abar_t) * x."""
     s = _as_level(sigma, x)
     return x / (1.0 + s * s).sqrt()
+
+
+def sample_vp(fn: Callable[..., torch.Tensor], denoiser: Callable[..., torch.Tensor], z: torch.Tensor,
+              sigmas: torch.Tensor, *, cond: Any = None, mask: Optional[torch.Tensor] = None,
+              x0: Optional[torch.Tensor] = None, **options: Any) -> torch.Tensor:
+    """Sampler ``fn`` on a VP latent ``z`` at level ``sigmas[0]``: the VP latent at ``sigmas[-1]``.
+
+    With ``mask``/``x0`` the result equals ``x0`` exactly where mask = 1, also when the last level
+    is above zero (CompVis grids end at sigma(t=0)).
+    """
+    if mask is not None or x0 is not None:  # the sampler rejects one without the other
+        options.update(mask=mask, x0=x0)
+    x = fn(denoiser, vp_to_ve(z, sigmas[0]), sigmas, extra_args={"cond": cond}, **options)
+    out = ve_to_vp(x, sigmas[-1])
+    return out if mask is None else mask * x0 + (1.0 - mask) * out
 
 
 class CompVisDenoiser:

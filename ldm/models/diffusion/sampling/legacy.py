@@ -23,7 +23,7 @@ from ldm.models.diffusion.schedule import make_ddim_sampling_parameters, make_dd
 from ldm.modules.diffusionmodules.util import noise_like
 
 from ._common import Denoiser, NoiseSampler
-from .denoiser import CompVisDenoiser, sigmas_from_alphas_cumprod, ve_to_vp, vp_to_ve
+from .denoiser import CompVisDenoiser, sample_vp, sigmas_from_alphas_cumprod, ve_to_vp
 from .guidance import ClassifierFreeGuidance
 
 log = logging.getLogger(__name__)
@@ -166,13 +166,8 @@ class CompVisSampler:
                 intermediates["x_inter"].append(ve_to_vp(step["x_next"], step["sigma_next"]))
                 intermediates["pred_x0"].append(step["denoised"])
 
-        if mask is not None or x0 is not None:  # the sampler rejects one without the other
-            fn_kwargs.update(mask=mask, x0=x0)
-        x = fn(denoiser, vp_to_ve(img, sigmas[0]), sigmas, extra_args={"cond": conditioning},
-               callback=record, disable=not verbose, **fn_kwargs)
-        out = ve_to_vp(x, sigmas[-1])
-        if mask is not None:  # the known region is returned untouched, also at a final level > 0
-            out = mask * x0 + (1.0 - mask) * out
+        out = sample_vp(fn, denoiser, img, sigmas, cond=conditioning, mask=mask, x0=x0, callback=record,
+                        disable=not verbose, **fn_kwargs)
         return out, intermediates
 
 
@@ -321,7 +316,6 @@ class GridSampler(CompVisSampler):
         denoiser = build_denoiser(self.model, unconditional_guidance_scale, unconditional_conditioning,
                                   score_corrector, corrector_kwargs)
         seen: dict = {}
-        out = type(self).sampler_fn(denoiser, vp_to_ve(x, sigmas[0]), sigmas, extra_args={"cond": c},
-                                    callback=seen.update, disable=True,
-                                    x0_transform=quantizer(self.model, quantize_denoised), **fn_kwargs)
-        return ve_to_vp(out, sigmas[1]), seen["denoised"]
+        x_prev = sample_vp(type(self).sampler_fn, denoiser, x, sigmas, cond=c, callback=seen.update, disable=True,
+                           x0_transform=quantizer(self.model, quantize_denoised), **fn_kwargs)
+        return x_prev, seen["denoised"]
