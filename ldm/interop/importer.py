@@ -148,8 +148,12 @@ def _diffusion_state(model: Any, cfg: DictConfig, root: Path) -> dict[str, torch
         sd.update(_prefixed("cond_stage_model.", cond))
     _check_schedule(model, root)
     template = model.state_dict()
-    if "scale_factor" in template:
+    if "scale_factor" in template:  # scale_by_std models keep the scale as a buffer
         sd["scale_factor"] = torch.tensor(scale, dtype=template["scale_factor"].dtype)
+    elif not torch.isclose(torch.tensor(scale), torch.tensor(float(model.scale_factor))):
+        raise ConversionError(f"{vae_folder}/config.json: scaling_factor={scale:g}, but the config's "
+                              f"model.params.scale_factor is {float(model.scale_factor):g}; set "
+                              f"model.params.scale_factor: {scale:g} so that the latents keep their scale")
     for key, value in template.items():  # the schedule buffers: functions of the config
         if key not in sd and not key.startswith(("model.", "first_stage_model.", "cond_stage_model.", "model_ema.")):
             sd[key] = value.clone()
