@@ -12,8 +12,9 @@ condition with probability p.
 from __future__ import annotations
 
 import types
+import typing
 from collections.abc import Mapping
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +24,8 @@ from ldm.util import instantiate_from_config
 
 __all__ = [
     "CONDITIONING_KEYS",
+    "ConditioningKey",
     "DiffusionWrapper",
-    "__conditioning_keys__",
     "check_rate",
     "default_null_class",
     "disabled_train",
@@ -39,9 +40,8 @@ __all__ = [
     "to_model_kwargs",
 ]
 
-CONDITIONING_KEYS = (None, "concat", "crossattn", "hybrid", "adm")
-# original name: which DiffusionWrapper argument carries the condition for each key
-__conditioning_keys__ = {"concat": "c_concat", "crossattn": "c_crossattn", "adm": "y"}
+ConditioningKey = Literal["concat", "crossattn", "hybrid", "adm"]  # a typo fails config validation
+CONDITIONING_KEYS = (None, *typing.get_args(ConditioningKey))
 
 FIRST_STAGE, UNCONDITIONAL = "__is_first_stage__", "__is_unconditional__"
 
@@ -52,7 +52,7 @@ class DiffusionWrapper(nn.Module):
     def __init__(
         self,
         diff_model_config: Mapping[str, Any],  # target/params of the denoiser (a UNetModel)
-        conditioning_key: Optional[str],       # None | concat | crossattn | hybrid | adm
+        conditioning_key: Optional[ConditioningKey],  # None | concat | crossattn | hybrid | adm
     ):
         super().__init__()
         if conditioning_key not in CONDITIONING_KEYS:

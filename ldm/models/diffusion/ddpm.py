@@ -23,13 +23,14 @@ from torch import nn
 from ldm.models.diffusion import ancestral, image_logging, training
 from ldm.models.diffusion import parameterization as P
 from ldm.models.diffusion.conditioning import (  # noqa: F401  (original import paths)
-    DiffusionWrapper, __conditioning_keys__, check_rate, default_null_class, disabled_train, drop_conditioning,
+    ConditioningKey, DiffusionWrapper, check_rate, default_null_class, disabled_train, drop_conditioning,
     encode_condition, freeze, inpainting_condition, instantiate_cond_stage, resolve_conditioning_key,
     to_model_kwargs)
 from ldm.models.diffusion.first_stage import decode_latent, sample_latent
-from ldm.models.diffusion.losses import DiffusionLoss, check_loss_type, get_loss, lvlb_weights
+from ldm.models.diffusion.losses import DiffusionLoss, LossType, check_loss_type, get_loss, lvlb_weights
+from ldm.models.diffusion.parameterization import Parameterization
 from ldm.models.diffusion.schedule import (
-    BETA_SCHEDULES, buffer_device, make_beta_schedule, register_schedule_buffers, schedule_arrays)
+    BETA_SCHEDULES, BetaSchedule, buffer_device, make_beta_schedule, register_schedule_buffers, schedule_arrays)
 from ldm.trainer.nonfinite import update_was_skipped
 from ldm.util import default, instantiate_from_config
 
@@ -47,8 +48,8 @@ class DDPM(P.ForwardProcessMethods, pl.LightningModule):
         self,
         unet_config: Mapping[str, Any],          # target/params of the denoiser ε_θ
         timesteps: int = 1000,                   # T, length of the forward chain
-        beta_schedule: str = "linear",           # linear | cosine | sqrt_linear | sqrt
-        loss_type: str = "l2",                   # l1 | l2
+        beta_schedule: BetaSchedule = "linear",  # linear | cosine | sqrt_linear | sqrt
+        loss_type: LossType = "l2",              # l1 | l2
         ckpt_path: Optional[str] = None,         # initialise from this checkpoint
         ignore_keys: Sequence[str] = (),         # state-dict key prefixes not to load from ckpt_path
         load_only_unet: bool = False,            # ckpt_path holds only the DiffusionWrapper weights
@@ -66,8 +67,8 @@ class DDPM(P.ForwardProcessMethods, pl.LightningModule):
         original_elbo_weight: float = 0.0,       # weight of the VLB term
         v_posterior: float = 0.0,                # posterior variance: (1-v) β̃_t + v β_t
         l_simple_weight: float = 1.0,            # weight of L_simple (paper Eq. (1))
-        conditioning_key: Optional[str] = None,  # None | concat | crossattn | hybrid | adm
-        parameterization: str = "eps",           # what the network predicts: eps | x0 | v
+        conditioning_key: Optional[ConditioningKey] = None,  # None | concat | crossattn | hybrid | adm
+        parameterization: Parameterization = "eps",  # what the network predicts: eps | x0 | v
         scheduler_config: Optional[Mapping[str, Any]] = None,  # LambdaLR multiplier (ldm.lr_scheduler)
         use_positional_encodings: bool = False,  # unsupported, kept so original configs validate
         learn_logvar: bool = False,              # learn per-timestep log-variances of the loss
@@ -202,7 +203,7 @@ class DDPM(P.ForwardProcessMethods, pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, loss_dict = self.shared_step(batch)
-        self.log_dict(loss_dict, prog_bar=True, logger=True, on_step=True, on_epoch=True)
+        self.log_dict(loss_dict, prog_bar=True, logger=True, on_step=True, on_epoch=True, sync_dist=True)
         self.log("global_step", float(self.global_step), prog_bar=True, logger=True, on_step=True, on_epoch=False)
         if self.use_scheduler:
             lr = self.optimizers().param_groups[0]["lr"]
@@ -283,7 +284,7 @@ class LatentDiffusion(ancestral.LatentSamplingMethods, DDPM):
         cond_stage_trainable: bool = False,                  # optimise τ_θ jointly (paper Eq. (3))
         concat_mode: bool = True,                            # default conditioning: concat (else crossattn)
         cond_stage_forward: Optional[str] = None,            # method of τ_θ to call instead of encode/forward
-        conditioning_key: Optional[str] = None,              # None | concat | crossattn | hybrid | adm
+        conditioning_key: Optional[ConditioningKey] = None,  # None | concat | crossattn | hybrid | adm
         scale_factor: float = 1.0,                           # z is scaled by this before diffusion
         scale_by_std: bool = False,                          # set scale_factor = 1/std(z) on the first batch
         ucg_rate: float = 0.0,                               # classifier-free guidance: P(drop condition)

@@ -8,15 +8,20 @@ this is the heteroscedastic weighting of Kendall & Gal 2017) and VLB weights λ_
 """
 from __future__ import annotations
 
+import typing
+from typing import Literal
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ldm.models.diffusion.parameterization import prediction
 from ldm.models.diffusion.schedule import buffer_device
 
-__all__ = ["LOSS_TYPES", "DiffusionLoss", "check_loss_type", "get_loss", "lvlb_weights"]
+__all__ = ["LOSS_TYPES", "DiffusionLoss", "LossType", "check_loss_type", "get_loss", "lvlb_weights"]
 
-LOSS_TYPES = ("l1", "l2")
+LossType = Literal["l1", "l2"]  # a typo fails config validation
+LOSS_TYPES = typing.get_args(LossType)
 
 
 def check_loss_type(loss_type: str) -> str:
@@ -44,10 +49,7 @@ def lvlb_weights(arrays: dict[str, np.ndarray], parameterization: str) -> torch.
     The original code's x0 weight had an operator-precedence slip and its v weight was constant 1;
     both only matter for original_elbo_weight > 0, which no released config uses.
     """
-    ac = arrays["alphas_cumprod"]
-    factor = {"eps": (1 - ac) / ac, "x0": np.ones_like(ac), "v": 1 - ac}.get(parameterization)
-    if factor is None:
-        raise ValueError(f"parameterization {parameterization!r} has no VLB weighting; expected eps, x0 or v")
+    factor = prediction(parameterization).vlb_factor(arrays["alphas_cumprod"])
     with np.errstate(divide="ignore", invalid="ignore"):  # t=0 is replaced below
         weights = arrays["posterior_mean_coef1"] ** 2 / (2 * arrays["posterior_variance"]) * factor
     if len(weights) > 1:

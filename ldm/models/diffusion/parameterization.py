@@ -7,13 +7,19 @@ and tests can use them without a model. Notation follows Ho et al. 2020 (DDPM): 
 """
 from __future__ import annotations
 
-from typing import Protocol
+import typing
+from dataclasses import dataclass
+from typing import Callable, Literal, Protocol
 
+import numpy as np
 import torch
 
 __all__ = [
     "ForwardProcessMethods",
     "PARAMETERIZATIONS",
+    "PREDICTIONS",
+    "Parameterization",
+    "Prediction",
     "Schedule",
     "check_parameterization",
     "extract",
@@ -24,13 +30,14 @@ __all__ = [
     "predict_noise_from_start",
     "predict_start_from_noise",
     "predict_start_from_z_and_v",
+    "prediction",
     "q_mean_variance",
     "q_posterior",
     "q_sample",
     "training_target",
 ]
 
-PARAMETERIZATIONS = ("eps", "x0", "v")
+Parameterization = Literal["eps", "x0", "v"]  # what the network predicts (a typo fails config validation)
 
 
 class Schedule(Protocol):
@@ -53,8 +60,9 @@ def extract(a: torch.Tensor, t: torch.Tensor, x_shape: torch.Size | tuple[int, .
 
 
 def check_parameterization(parameterization: str) -> str:
-    if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(f"parameterization {parameterization!r} unknown; expected one of {PARAMETERIZATIONS}")
+    if parameterization not in typing.get_args(Parameterization):
+        raise ValueError(f"parameterization {parameterization!r} unknown; expected one of "
+                         f"{typing.get_args(Parameterization)}")
     return parameterization
 
 
@@ -106,6 +114,63 @@ def predict_eps_from_z_and_v(s: Schedule, x_t: torch.Tensor, t: torch.Tensor, v:
             + extract(s.sqrt_alphas_cumprod, t, x_t.shape) * v)
 
 
+# ---- the one table of parameterisations ----
+
+def _x0_in_sigma_space(x: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return out
+
+
+def _x0_from_eps_in_sigma_space(x: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return x - sigma * out
+
+
+def _x0_from_v_in_sigma_space(x: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    c_in = (1.0 + sigma * sigma).rsqrt()  # sqrt(ᾱ)
+    return x * c_in * c_in - sigma * c_in * out
+
+
+def _noise_target(s: Schedule, x_start: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return noise
+
+
+def _start_target(s: Schedule, x_start: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return x_start
+
+
+def _as_is(s: Schedule, x_t: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
+    return model_output
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the network predicts, in every form the model needs it."""
+
+    target: Callable[..., torch.Tensor]    # (s, x_0, ε, t) -> training target
+    to_x0: Callable[..., torch.Tensor]     # (s, x_t, t, output) -> x̂_0
+    to_eps: Callable[..., torch.Tensor]    # (s, x_t, t, output) -> ε̂
+    vlb_factor: Callable[[np.ndarray], np.ndarray]  # ᾱ_t -> ||x_0 - x̂_0||² per unit output error²
+    denoised: Callable[..., torch.Tensor]  # (x, σ, output) -> x̂_0 for x = x_0 + σ n, the model fed
+                                           # sqrt(ᾱ) x (Karras et al. 2022, Eq. 1; samplers' form)
+
+
+PREDICTIONS: dict[str, Prediction] = {
+    # ε (Ho et al. 2020): x̂_0 = x - σ ε̂
+    "eps": Prediction(_noise_target, predict_start_from_noise, _as_is, lambda ac: (1 - ac) / ac,
+                      _x0_from_eps_in_sigma_space),
+    "x0": Prediction(_start_target, _as_is, predict_noise_from_start, np.ones_like, _x0_in_sigma_space),
+    # v = sqrt(ᾱ) ε - sqrt(1 - ᾱ) x_0 (Salimans & Ho 2022, Sec. 4): x̂_0 = ᾱ x - σ sqrt(ᾱ) v̂
+    "v": Prediction(get_v, predict_start_from_z_and_v, predict_eps_from_z_and_v, lambda ac: 1 - ac,
+                    _x0_from_v_in_sigma_space),
+}
+PARAMETERIZATIONS = tuple(PREDICTIONS)
+
+
+def prediction(parameterization: str) -> Prediction:
+    """The table row of ``parameterization``; unknown names raise."""
+    check_parameterization(parameterization)
+    return PREDICTIONS[parameterization]
+
+
 def training_target(
     s: Schedule,
     parameterization: str,
@@ -114,11 +179,7 @@ def training_target(
     t: torch.Tensor,
 ) -> torch.Tensor:
     """What the network regresses: ε (Eq. (1)/(2) of the paper), x_0, or v."""
-    if check_parameterization(parameterization) == "eps":
-        return noise
-    if parameterization == "x0":
-        return x_start
-    return get_v(s, x_start, noise, t)
+    return prediction(parameterization).target(s, x_start, noise, t)
 
 
 def model_output_to_x0(
@@ -129,7 +190,7 @@ def model_output_to_x0(
     model_output: torch.Tensor,
 ) -> torch.Tensor:
     """The x_0 estimate implied by a network output under ``parameterization``."""
-    return _TO_X0[check_parameterization(parameterization)](s, x_t, t, model_output)
+    return prediction(parameterization).to_x0(s, x_t, t, model_output)
 
 
 def model_output_to_eps(
@@ -140,16 +201,7 @@ def model_output_to_eps(
     model_output: torch.Tensor,
 ) -> torch.Tensor:
     """The ε estimate implied by a network output under ``parameterization``."""
-    return _TO_EPS[check_parameterization(parameterization)](s, x_t, t, model_output)
-
-
-def _as_is(s: Schedule, x_t: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
-    return model_output
-
-
-# parameterization -> (s, x_t, t, network output) -> estimate
-_TO_X0 = {"eps": predict_start_from_noise, "x0": _as_is, "v": predict_start_from_z_and_v}
-_TO_EPS = {"eps": _as_is, "x0": predict_noise_from_start, "v": predict_eps_from_z_and_v}
+    return prediction(parameterization).to_eps(s, x_t, t, model_output)
 
 
 # ---- posterior q(x_{t-1} | x_t, x_0)   (Ho et al. Eq. (6)-(7)) ----

@@ -6,8 +6,9 @@ so the buffers of a model built here equal those in released checkpoints bit for
 from __future__ import annotations
 
 import logging
+import typing
 from collections.abc import Sequence
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 
 __all__ = [
     "BETA_SCHEDULES",
+    "BetaSchedule",
     "SCHEDULE_BUFFERS",
     "make_beta_schedule",
     "make_ddim_sampling_parameters",
@@ -26,7 +28,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BETA_SCHEDULES = ("linear", "cosine", "sqrt_linear", "sqrt")
+BetaSchedule = Literal["linear", "cosine", "sqrt_linear", "sqrt"]  # a typo fails config validation
+BETA_SCHEDULES = typing.get_args(BetaSchedule)
 
 # Persistent buffers under their original names: released checkpoints contain exactly these.
 SCHEDULE_BUFFERS = (

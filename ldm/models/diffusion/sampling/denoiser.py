@@ -14,9 +14,10 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ldm.models.diffusion.parameterization import PREDICTIONS
+
 __all__ = ["CompVisDenoiser", "sample_vp", "vp_to_ve", "ve_to_vp", "sigmas_from_alphas_cumprod"]
 
-PARAMETERIZATIONS = ("eps", "x0", "v")
 _SNAP = 1e-4  # |t - round(t)| below this is float round-off of a training step, not a fraction
 
 
@@ -66,9 +67,9 @@ def sample_vp(fn: Callable[..., torch.Tensor], denoiser: Callable[..., torch.Ten
 class CompVisDenoiser:
     """D(x; sigma) for a model with ``apply_model``, ``alphas_cumprod``, ``parameterization``.
 
-    The model's output is converted to the x0 estimate exactly:
-    eps: x0 = x - sigma * eps;  x0: as is;  v: x0 = x / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) * v
-    (Salimans & Ho 2022, v = sqrt(abar) eps - sqrt(1 - abar) x0, rewritten in x0 + sigma*n form).
+    The model's output is converted to the x0 estimate exactly by the ``denoised`` column of
+    ``parameterization.PREDICTIONS`` (eps: x - sigma eps; x0: as is; v: x / (1 + sigma^2) -
+    sigma / sqrt(1 + sigma^2) v).
 
     ``quantize=True`` feeds the model the nearest training step instead of fractional ones
     (only matters for continuous schedules such as Karras sigmas); the solver still uses the
@@ -83,8 +84,8 @@ class CompVisDenoiser:
         for attr in ("apply_model", "alphas_cumprod", "parameterization"):
             if not hasattr(model, attr):
                 raise TypeError(f"CompVisDenoiser needs a model with `{attr}`; got {type(model).__name__}")
-        if model.parameterization not in PARAMETERIZATIONS:
-            raise ValueError(f"model.parameterization must be one of {PARAMETERIZATIONS}, "
+        if model.parameterization not in PREDICTIONS:
+            raise ValueError(f"model.parameterization must be one of {tuple(PREDICTIONS)}, "
                              f"got {model.parameterization!r}")
         ac = model.alphas_cumprod
         if not isinstance(ac, torch.Tensor) or ac.ndim != 1 or ac.numel() < 2:
@@ -94,6 +95,7 @@ class CompVisDenoiser:
         self.model = model
         self.quantize = quantize
         self.parameterization = model.parameterization
+        self._denoised = PREDICTIONS[model.parameterization].denoised
         self.num_timesteps = ac.numel()
         dtype = precise_dtype(ac.device)
         # decreasing in t; kept as its negation so that searchsorted sees an increasing table
@@ -143,9 +145,4 @@ class CompVisDenoiser:
         t = self.sigma_to_t(sigma).to(x.device)
         s = sigma.to(x.device, x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
         c_in = (1.0 + s * s).rsqrt()  # sqrt(abar_t): back to the model's VP input scale
-        out = self.model.apply_model(x * c_in, t, cond)
-        if self.parameterization == "eps":
-            return x - s * out
-        if self.parameterization == "x0":
-            return out
-        return x * c_in * c_in - s * c_in * out
+        return self._denoised(x, s, self.model.apply_model(x * c_in, t, cond))
