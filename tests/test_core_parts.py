@@ -54,7 +54,7 @@ def test_sampler_adapter_reads_the_table(name):
 def ldm_config(**params):
     unet = {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel",
             "params": {"image_size": 8, "in_channels": 4, "out_channels": 4, "model_channels": 32,
-                       "num_res_blocks": 1, "attention_resolutions": [], "channel_mult": [1]}}
+                       "num_res_blocks": 1, "attention_resolutions": [], "channel_mult": [1], "num_heads": 1}}
     first = {"target": "ldm.models.autoencoder.IdentityFirstStage", "params": {}}
     base = {"unet_config": unet, "first_stage_config": first, "cond_stage_config": "__is_unconditional__"}
     return {"model": {"target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": {**base, **params}}}
@@ -67,3 +67,41 @@ def test_typed_options_fail_at_start_up_with_their_path(key, typo):
     with pytest.raises(ConfigError) as err:
         check_config_tree(ldm_config(**{key: typo}))
     assert err.value.path == f"model.params.{key}" and repr(typo) in str(err.value)
+
+
+def tiny_ldm(**params):
+    from ldm.util import instantiate_from_config
+    return instantiate_from_config(ldm_config(**params)["model"])
+
+
+def test_first_stage_object_applies_the_scale_once():
+    from ldm.models.diffusion.first_stage import FirstStage
+    model = tiny_ldm(scale_factor=0.5)
+    x = torch.randn(2, 4, 8, 8)  # the identity first stage: E(x) = x
+    fs = model.first_stage
+    assert isinstance(fs, FirstStage) and fs.autoencoder is model.first_stage_model and fs.scale_factor == 0.5
+    torch.testing.assert_close(fs.encode(x), 0.5 * x)
+    torch.testing.assert_close(model.get_first_stage_encoding(model.encode_first_stage(x)), 0.5 * x)
+    torch.testing.assert_close(model.decode_first_stage(0.5 * x), x)
+    torch.testing.assert_close(fs.unit_std_scale(x), 1.0 / x.flatten().std())
+
+
+def test_scale_by_std_estimate_goes_through_the_first_stage():
+    from ldm.models.diffusion import training
+    model = tiny_ldm(scale_by_std=True)
+    x = 3.0 * torch.randn(4, 4, 8, 8)
+    training.rescale_latents_by_std(model, x)
+    assert model.scale_factor == pytest.approx(1.0 / x.flatten().std().item(), rel=1e-6)
+    assert "scale_factor" in model.state_dict()  # still saved under its original name
+    torch.testing.assert_close(model.first_stage.encode(x).std(), torch.tensor(1.0), rtol=1e-5, atol=1e-5)
+
+
+def test_split_input_params_is_refused_with_a_pointer_to_tiled_decoding():
+    model = tiny_ldm()
+    model.split_input_params = {"ks": (128, 128), "stride": (64, 64), "vqf": 4, "patch_distributed_vq": True,
+                                "tie_braker": False, "clip_max_weight": 0.5, "clip_min_weight": 0.01,
+                                "clip_max_tie_weight": 0.5, "clip_min_tie_weight": 0.01}  # the BSR notebook's
+    z = torch.randn(1, 4, 8, 8)
+    for call in (lambda: model.decode_first_stage(z), lambda: model.encode_first_stage(z)):
+        with pytest.raises(NotImplementedError, match=r"split_input_params.*ldm\.inference\.tiling\.decode"):
+            call()

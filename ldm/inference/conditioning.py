@@ -74,9 +74,7 @@ def class_conditioning(model: Any, labels: Sequence[int]) -> tuple[Any, Optional
 @torch.no_grad()
 def encode_image(model: Any, x: torch.Tensor) -> torch.Tensor:
     """z = scale_factor * E(x), with the posterior's mode for KL first stages (deterministic)."""
-    posterior = model.encode_first_stage(x)
-    z = posterior if isinstance(posterior, torch.Tensor) else posterior.mode()
-    return model.scale_factor * z
+    return model.first_stage.encode(x, sample=False)
 
 
 def semantic_onehot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ from ldm.models.diffusion.conditioning import (  # noqa: F401  (original import 
     ConditioningKey, DiffusionWrapper, check_rate, default_null_class, disabled_train, drop_conditioning,
     encode_condition, freeze, inpainting_condition, instantiate_cond_stage, resolve_conditioning_key,
     to_model_kwargs)
-from ldm.models.diffusion.first_stage import decode_latent, sample_latent
+from ldm.models.diffusion.first_stage import SPLIT_INPUT_REFUSAL, FirstStage
 from ldm.models.diffusion.losses import DiffusionLoss, LossType, check_loss_type, get_loss, lvlb_weights
 from ldm.models.diffusion.parameterization import Parameterization
 from ldm.models.diffusion.schedule import (
@@ -353,15 +353,22 @@ class LatentDiffusion(ancestral.LatentSamplingMethods, DDPM):
             return
         training.rescale_latents_by_std(self, DDPM.get_input(self, batch, self.first_stage_key))
 
+    @property
+    def first_stage(self) -> FirstStage:
+        """The first stage with this model's current scale_factor (the one reader of it)."""
+        if getattr(self, "split_input_params", None) is not None:
+            raise NotImplementedError(SPLIT_INPUT_REFUSAL)
+        return FirstStage(self.first_stage_model, self.scale_factor)
+
     def get_first_stage_encoding(self, encoder_posterior):
-        return self.scale_factor * sample_latent(encoder_posterior)
+        return self.first_stage.latent(encoder_posterior)
 
     @torch.no_grad()
     def encode_first_stage(self, x):
-        return self.first_stage_model.encode(x)
+        return self.first_stage.autoencoder.encode(x)
 
     def differentiable_decode_first_stage(self, z, predict_cids=False, force_not_quantize=False):
-        return decode_latent(self.first_stage_model, z, self.scale_factor, predict_cids, force_not_quantize)
+        return self.first_stage.decode(z, predict_cids, force_not_quantize)
 
     @torch.no_grad()
     def decode_first_stage(self, z, predict_cids=False, force_not_quantize=False):

@@ -11,7 +11,12 @@ import torch
 from einops import rearrange
 from torch import nn
 
-__all__ = ["decode_latent", "sample_latent"]
+__all__ = ["FirstStage", "decode_latent", "sample_latent"]
+
+SPLIT_INPUT_REFUSAL = (
+    "split_input_params (the original's patch-wise first-stage encode/decode for large images) is not "
+    "supported: decode large latents tile by tile with ldm.inference.tiling.decode(model, z, tile=...) "
+    "(the scripts' --decode-tile option); the UNet itself samples any latent size (paper Sec. 4.3.2)")
 
 
 def sample_latent(encoder_posterior: Any) -> torch.Tensor:
@@ -22,6 +27,50 @@ def sample_latent(encoder_posterior: Any) -> torch.Tensor:
         return encoder_posterior.sample()
     raise TypeError(f"first stage encoding of type {type(encoder_posterior).__name__} is neither a tensor "
                     "nor a distribution")
+
+
+def mode_latent(encoder_posterior: Any) -> torch.Tensor:
+    """The deterministic latent: a KL posterior's mode, or a VQ encoder's tensor as is."""
+    if isinstance(encoder_posterior, torch.Tensor):
+        return encoder_posterior
+    return encoder_posterior.mode()
+
+
+class FirstStage:
+    """The frozen autoencoder with its latent scale: z = s * E(x), x = D(z / s).
+
+    The one place ``scale_factor`` is applied (paper Sec. 4.3.2, App. C.1); ``LatentDiffusion``
+    owns the value (a config number, or a buffer estimated on the first batch with
+    ``scale_by_std``) and hands it over through ``LatentDiffusion.first_stage``.
+    """
+
+    def __init__(
+        self,
+        autoencoder: nn.Module,                 # AutoencoderKL / VQModelInterface / IdentityFirstStage
+        scale_factor: float | torch.Tensor,     # s, latents are multiplied by it before diffusion
+    ):
+        self.autoencoder = autoencoder
+        self.scale_factor = scale_factor
+
+    def latent(self, encoder_posterior: Any) -> torch.Tensor:
+        """s * z for an encoder output, z drawn from a KL posterior (the training latent)."""
+        return self.scale_factor * sample_latent(encoder_posterior)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, sample: bool = True) -> torch.Tensor:
+        """s * E(x); ``sample=False`` takes a KL posterior's mode (deterministic, for inference)."""
+        posterior = self.autoencoder.encode(x)
+        return self.latent(posterior) if sample else self.scale_factor * mode_latent(posterior)
+
+    def decode(self, z: torch.Tensor, predict_cids: bool = False, force_not_quantize: bool = False) -> torch.Tensor:
+        """D(z / s), differentiable."""
+        return decode_latent(self.autoencoder, z, self.scale_factor, predict_cids, force_not_quantize)
+
+    @torch.no_grad()
+    def unit_std_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """The scale that gives the latents of images ``x`` unit standard deviation."""
+        z = self.encode(x)  # already carries the current scale
+        return self.scale_factor / z.flatten().std()
 
 
 def decode_latent(

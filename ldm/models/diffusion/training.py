@@ -63,8 +63,7 @@ def init_from_ckpt(model: Any, path: str, ignore_keys: Sequence[str] = (), only_
 def rescale_latents_by_std(model: Any, x: torch.Tensor) -> None:
     """Set ``model.scale_factor`` so the latents of images ``x`` have unit standard deviation
     (paper Sec. 4.3.2 and App. C.1). Under DDP every rank takes rank 0's estimate."""
-    z = model.get_first_stage_encoding(model.encode_first_stage(x.to(model.device))).detach()
-    new = (model.scale_factor / z.flatten().std()).to(model.scale_factor)  # z already carries the old factor
+    new = model.first_stage.unit_std_scale(x.to(model.device)).to(model.scale_factor)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.broadcast(new, src=0)
     model.scale_factor.copy_(new)
