@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConversionError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    what = result.pipeline or ("an autoencoder" if result.kind == "autoencoder" else "components (see README_components.md)")
+    what = result.pipeline or ("an autoencoder" if result.kind == "autoencoder"
+                               else "components (see README_components.md)")
     print(f"wrote {result.kind} model as {what} to {result.out} ({'EMA' if result.ema else 'trained'} weights, "
           f"{len(result.files)} files)")
     if args.push_to_hub:

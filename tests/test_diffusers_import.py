@@ -48,7 +48,8 @@ def write_config(path, cfg: dict):
 def test_diffusers_made_pipeline_imports_and_samples_the_same(tmp_path):
     pipe = diffusers_ldm_folder(tmp_path / "hub-model")
     cfg = model_config("uncond")
-    with pytest.raises(ConversionError, match=r"scaling_factor=0\.8, but the config's model\.params\.scale_factor is 1"):
+    with pytest.raises(ConversionError, match=r"scaling_factor=0\.8, but the config's model\.params\.scale_factor "
+                                              r"is 1"):
         import_folder(tmp_path / "hub-model", str(write_config(tmp_path / "unscaled.yaml", cfg)))
     cfg["params"]["scale_factor"] = 0.8
     config = write_config(tmp_path / "uncond.yaml", cfg)
@@ -77,7 +78,8 @@ def test_imported_checkpoint_initialises_fine_tuning(tmp_path):
     trained.model_ema.copy_to(trained.model)  # the export carried the EMA weights
     for key, value in trained.model.state_dict().items():
         assert torch.equal(model.model.state_dict()[key], value), key
-    assert torch.equal(model.first_stage_model.decoder.conv_out.weight, trained.first_stage_model.decoder.conv_out.weight)
+    decoder = trained.first_stage_model.decoder
+    assert torch.equal(model.first_stage_model.decoder.conv_out.weight, decoder.conv_out.weight)
 
 
 def test_mismatched_config_names_the_first_bad_tensor(tmp_path, capsys):

@@ -53,14 +53,15 @@ def model_card(config: DictConfig, info: dict, metrics: Optional[dict] = None, l
     tags = ["latent-diffusion", "ldm", f"ldm-{kind}"]
     lines = ["---", f"license: {license}", "library_name: diffusers", "tags:"] + [f"- {t}" for t in tags]
     if pipeline:
-        lines.append(f"pipeline_tag: {'text-to-image' if kind == 'text' else 'unconditional-image-generation' if kind == 'unconditional' else 'image-to-image'}")
+        tag = {"text": "text-to-image", "unconditional": "unconditional-image-generation"}.get(kind, "image-to-image")
+        lines.append(f"pipeline_tag: {tag}")
     lines += ["---", "", f"# Latent diffusion model ({kind})", ""]
     lines += ["Trained with the `ldm` framework (latent diffusion, Rombach et al., CVPR 2022) and exported "
               "with `scripts/convert_to_diffusers.py`.", ""]
     what = (f"a diffusers `{pipeline}`" if pipeline else "a diffusers autoencoder" if kind == "autoencoder"
             else "diffusers components (see `README_components.md`)")
-    lines += ["## Use", "", f"This folder holds {what}.", "", "```python", "from diffusers import DiffusionPipeline" if pipeline or kind != "autoencoder"
-              else "from diffusers import AutoencoderKL, VQModel"]
+    imports = "AutoencoderKL, VQModel" if kind == "autoencoder" else "DiffusionPipeline"
+    lines += ["## Use", "", f"This folder holds {what}.", "", "```python", f"from diffusers import {imports}"]
     if pipeline:
         image_size = size * factor if isinstance(size, int) else "H"
         lines.append(_USAGE[pipeline].format(repo="<this folder or repo id>", size=image_size, latent8=latent8))
@@ -74,7 +75,8 @@ def model_card(config: DictConfig, info: dict, metrics: Optional[dict] = None, l
     lines += ["## Training", "",
               f"- source: `{info.get('source') or 'unknown'}`",
               f"- training steps: {info['steps'] if info.get('steps') is not None else 'unknown'}",
-              f"- weights: {'EMA' if info.get('ema') else 'trained (no EMA copy, or --no-ema)'}, stored as {info.get('dtype')}",
+              f"- weights: {'EMA' if info.get('ema') else 'trained (no EMA copy, or --no-ema)'}, "
+              f"stored as {info.get('dtype')}",
               f"- latent scale factor: {info.get('scale_factor')}" if info.get("scale_factor") is not None else "",
               f"- data: {_data(config)}", ""]
     if metrics:

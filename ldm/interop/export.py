@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -105,6 +106,10 @@ def _bert_tokenizer(encoder: Any, tmp: Path) -> Any:
     inner = getattr(tknz, "tokenizer", None)
     if hasattr(inner, "inverse"):  # WordTokenizer
         words = [inner.inverse[i] for i in range(inner.vocab_size)]
+        joined = [w for w in words if any(c in w for c in "-'_")]
+        if joined:  # our word tokenizer keeps these inside words, BERT's splits them off
+            warnings.warn(f"the exported BERT tokenizer splits {joined[:3]} at - ' _ where ours keeps one word; "
+                          "prompts with them encode differently in diffusers", stacklevel=3)
         (tmp / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
         tok = load_bert_tokenizer(str(tmp / "vocab.txt"))
     else:
@@ -147,10 +152,14 @@ def _pipeline_kind(model: Any, kind: str, params: DictConfig) -> tuple[Optional[
                       f"max_seq_len={length}, so its components are exported instead")
     if kind == "superres":
         scale = float(model.scale_factor)
-        if scale == 1.0:
-            return "LDMSuperResolutionPipeline", ""
-        return None, (f"LDMSuperResolutionPipeline decodes latents without dividing by a scale factor; this model "
-                      f"has scale_factor={scale:g}, so its components are exported instead")
+        if scale != 1.0:
+            return None, (f"LDMSuperResolutionPipeline decodes latents without dividing by a scale factor; this "
+                          f"model has scale_factor={scale:g}, so its components are exported instead")
+        identity = type(model.cond_stage_model).__name__ == "Identity"
+        if not identity or params.unet_config.params.in_channels != 2 * model.channels:
+            return None, ("LDMSuperResolutionPipeline concatenates the low-resolution image itself to latents of as "
+                          "many channels; this model conditions otherwise, so its components are exported instead")
+        return "LDMSuperResolutionPipeline", ""
     if kind in ("class", "inpainting", "semantic", "layout"):
         return None, f"no diffusers pipeline runs {kind} models"
     raise ConversionError(f"a {kind!r} model (conditioning_key={model.model.conditioning_key!r}, cond_stage_key="
@@ -176,10 +185,12 @@ def _write(model: Any, cfg: DictConfig, kind: str, tmp: Path, dtype: torch.dtype
     elif pipeline == "LDMSuperResolutionPipeline":
         pipe = diffusers.LDMSuperResolutionPipeline(vqvae=vae, unet=unet, scheduler=scheduler)
     elif pipeline == "StableDiffusionPipeline":
+        tokenizer = _clip_tokenizer(model.cond_stage_model)
+        ids = {f"{t}_token_id": getattr(tokenizer, f"{t}_token_id") for t in ("bos", "eos", "pad")}
         pipe = diffusers.StableDiffusionPipeline(
-            vae=vae, text_encoder=clip_component(model.cond_stage_model).build(dtype),
-            tokenizer=_clip_tokenizer(model.cond_stage_model), unet=unet, scheduler=scheduler,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            vae=vae, text_encoder=clip_component(model.cond_stage_model, ids).build(dtype), tokenizer=tokenizer,
+            unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False)
     elif kind == "text":  # BERT: the LDMTextToImagePipeline, or its components
         with tempfile.TemporaryDirectory() as vocab_dir:
             tokenizer = _bert_tokenizer(model.cond_stage_model, Path(vocab_dir))

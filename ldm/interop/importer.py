@@ -101,16 +101,18 @@ def _check_schedule(model: Any, root: Path) -> None:
         raise ConversionError(f"{folder}/scheduler_config.json: its noise schedule ({len(theirs)} steps) differs from "
                               f"the config's (timesteps/linear_start/linear_end/beta_schedule); use the config the "
                               "model was trained with")
-    prediction = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}.get(scheduler.config.prediction_type)
-    if prediction != getattr(model, "parameterization", "eps"):
-        raise ConversionError(f"{folder}/scheduler_config.json: prediction_type={scheduler.config.prediction_type!r} but "
-                              f"the config's parameterization is {getattr(model, 'parameterization', 'eps')!r}")
+    theirs_type = scheduler.config.prediction_type
+    ours_type = getattr(model, "parameterization", "eps")
+    if {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}.get(theirs_type) != ours_type:
+        raise ConversionError(f"{folder}/scheduler_config.json: prediction_type={theirs_type!r} but the config's "
+                              f"model.params.parameterization is {ours_type!r}")
 
 
 def _diffusion_state(model: Any, cfg: DictConfig, root: Path) -> dict[str, torch.Tensor]:
     params = cfg.params
     sd: dict[str, torch.Tensor] = {}
-    unet = unet_component(model.model.diffusion_model, params.unet_config.params, where="model.params.unet_config.params")
+    unet = unet_component(model.model.diffusion_model, params.unet_config.params,
+                          where="model.params.unet_config.params")
     sd.update(_prefixed("model.diffusion_model.", _component_weights(unet, _subfolder(root, "unet"), "unet", root)))
     vae_folder = _subfolder(root, "first_stage")
     scale = float(model.scale_factor)
@@ -124,7 +126,8 @@ def _diffusion_state(model: Any, cfg: DictConfig, root: Path) -> dict[str, torch
         name = type(model.cond_stage_model).__name__
         text_folder = _subfolder(root, "text")
         if name in ("FrozenCLIPEmbedder", "BERTEmbedder") and text_folder is not None:
-            enc = clip_component(model.cond_stage_model) if name == "FrozenCLIPEmbedder" else bert_component(model.cond_stage_model)
+            make = clip_component if name == "FrozenCLIPEmbedder" else bert_component
+            enc = make(model.cond_stage_model)
             cond = _component_weights(enc, text_folder, "text", root)
             if name == "FrozenCLIPEmbedder":
                 cond = _prefixed("transformer.", cond)
@@ -143,7 +146,8 @@ def _diffusion_state(model: Any, cfg: DictConfig, root: Path) -> dict[str, torch
                                           f"cond_stage_model.{key} needs {want[key]}")
             missing = [k for k in want if k not in cond]
             if missing:
-                raise ConversionError(f"{folder}: the config's {name} needs tensor {missing[0]!r}, which the folder lacks")
+                raise ConversionError(f"{folder}: the config's {name} needs tensor {missing[0]!r}, "
+                                      "which the folder lacks")
             cond = {k: v.to(cond_sd[k].dtype) for k, v in cond.items()}
         sd.update(_prefixed("cond_stage_model.", cond))
     _check_schedule(model, root)
@@ -173,4 +177,5 @@ def import_folder(folder: Union[str, os.PathLike], config: Any) -> dict[str, tor
             comp = first_stage_component(model, cfg.params, 1.0, where="model.params")
             weights = root if (root / "config.json").is_file() else _subfolder(root, "first_stage")
             return _component_weights(comp, weights, "first_stage", root)
-    raise ConversionError(f"{type(model).__name__}: only latent diffusion models and autoencoders import from diffusers")
+    raise ConversionError(f"{type(model).__name__}: only latent diffusion models and autoencoders import "
+                          "from diffusers")

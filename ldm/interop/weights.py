@@ -68,7 +68,8 @@ class Component:
     def mapping(self) -> dict[str, str]:
         """{their key: our key} for the probe-invertible part, from a zero-memory probe."""
         keys = list(self.ours)
-        probe = {k: torch.tensor(float(i), dtype=torch.float64).expand(v.shape) for i, (k, v) in enumerate(self.ours.items())}
+        probe = {k: torch.tensor(float(i), dtype=torch.float64).expand(v.shape)  # no memory: a broadcast scalar
+                 for i, (k, v) in enumerate(self.ours.items())}
         out = self.convert(probe)
         mapping, used = {}, set()
         for theirs, v in out.items():
@@ -159,7 +160,8 @@ def _check_unet(params: Mapping[str, Any], where: str) -> None:
         if key in params and bad(params[key]):
             raise ConversionError(f"{where}.{key}={params[key]!r} has no counterpart in diffusers' UNets")
     if not isinstance(params.get("num_res_blocks"), int):
-        raise ConversionError(f"{where}.num_res_blocks must be one int for diffusers' UNets, got {params.get('num_res_blocks')!r}")
+        raise ConversionError(f"{where}.num_res_blocks must be one int for diffusers' UNets, "
+                              f"got {params.get('num_res_blocks')!r}")
 
 
 def _block_types(params: Mapping[str, Any], attn: str) -> tuple[list[str], list[str]]:
