@@ -253,7 +253,8 @@ def run_components(folder: Path, cond_input, concat: bool, x_T: torch.Tensor) ->
     """The loop README_components.md shows."""
     unet_cls = diffusers.UNet2DModel if concat else diffusers.UNet2DConditionModel
     unet_ = unet_cls.from_pretrained(str(folder), subfolder="unet").eval()
-    vae = diffusers.AutoencoderKL.from_pretrained(str(folder), subfolder="vae").eval()
+    vae_cls = json.loads((folder / "vae" / "config.json").read_text())["_class_name"]  # AutoencoderKL or VQModel
+    vae = getattr(diffusers, vae_cls).from_pretrained(str(folder), subfolder="vae").eval()
     scheduler = diffusers.DDIMScheduler.from_pretrained(str(folder), subfolder="scheduler")
     scheduler.set_timesteps(STEPS)
     latents = x_T.clone()
@@ -283,27 +284,30 @@ def test_class_model_components_sample_as_ours(tmp_path):
     assert_round_trip(result, ours, files)
 
 
-def test_semantic_model_components_sample_as_ours(tmp_path):
-    result, ours, files = export(tmp_path, "semantic", model_config("semantic"))
-    assert result.pipeline is None and result.kind == "semantic"
-    assert json.loads((result.out / "cond_stage" / "config.json").read_text())["conditioning_key"] == "concat"
-    labels = torch.randint(0, 5, (2, 16, 16), generator=torch.Generator().manual_seed(2))
-    c = ours.get_learned_conditioning(I.semantic_onehot(labels, 5))  # our conditioner, as the README says
-    expected = I.semantic2img(ours, labels, 5, ddim(), generator=torch.Generator().manual_seed(SEED))
-    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(SEED))
-    close(to01(expected), run_components(result.out, c, concat=True, x_T=x_T))
-    assert_round_trip(result, ours, files)
+def component_condition(ours, kind: str) -> torch.Tensor:
+    """The conditioning our conditioner gives for a batch of two (what README_components.md asks for)."""
+    g = torch.Generator().manual_seed(2)
+    if kind == "semantic":
+        return ours.get_learned_conditioning(I.semantic_onehot(torch.randint(0, 5, (2, 16, 16), generator=g), 5))
+    if kind == "inpainting_data":  # E(masked image), scaled, concatenated to z_t
+        return ours.get_learned_conditioning(torch.rand(2, 3, 16, 16, generator=g) * 2 - 1)
+    return ours.get_learned_conditioning(torch.randint(0, 128, (2, 14), generator=g))  # layout: box tokens
 
 
-@pytest.mark.parametrize("kind", ["inpainting_data", "layout"])
-def test_inpainting_and_layout_models_export_components_and_round_trip(tmp_path, kind):
+@pytest.mark.parametrize("kind", ["semantic", "inpainting_data", "layout"])
+def test_spatial_and_layout_components_sample_as_ours(tmp_path, kind):
     cfg = model_config(kind)
     if kind.startswith("inpainting"):
         cfg["params"]["first_stage_config"] = vq_first_stage()
     result, ours, files = export(tmp_path, kind, cfg)
     assert result.pipeline is None and result.kind == kind.split("_")[0]
-    for sub in ("unet", "vae", "scheduler"):
-        assert (result.out / sub / ("scheduler_config.json" if sub == "scheduler" else "config.json")).is_file()
+    concat = kind != "layout"
+    info = json.loads((result.out / "cond_stage" / "config.json").read_text())
+    assert info["conditioning_key"] == ("concat" if concat else "crossattn")
+    c = component_condition(ours, kind)
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(SEED))
+    expected = I.generate(ours, 2, ddim(), cond=c, x_T=x_T)
+    close(to01(expected), run_components(result.out, c, concat=concat, x_T=x_T))
     assert_round_trip(result, ours, files)
 
 
@@ -340,3 +344,12 @@ def test_unsupported_models_are_clear_errors(tmp_path):
     with pytest.raises(ConversionError, match=r"unet_config\.params\.resblock_updown=True"):
         export(tmp_path, "updown", cfg)
     assert not list(tmp_path.glob(".*"))  # no half-written folders left behind
+
+    pixel = {"target": "ldm.models.diffusion.ddpm.DDPM",
+             "params": {"timesteps": 100, "image_size": 8, "channels": 3, "unet_config": unet()}}
+    with pytest.raises(ConversionError, match="DDPM: only latent diffusion models and autoencoders export"):
+        export(tmp_path, "pixel", pixel)
+    concat = model_config("superres")
+    concat["params"]["cond_stage_key"] = "depth"  # a concat condition no task of ours names
+    with pytest.raises(ConversionError, match=r"a 'concat' model \(conditioning_key='concat', cond_stage_key='depth'\)"):
+        export(tmp_path, "depth", concat)
