@@ -105,3 +105,28 @@ def test_split_input_params_is_refused_with_a_pointer_to_tiled_decoding():
     for call in (lambda: model.decode_first_stage(z), lambda: model.encode_first_stage(z)):
         with pytest.raises(NotImplementedError, match=r"split_input_params.*ldm\.inference\.tiling\.decode"):
             call()
+
+
+INPAINTING = {"configs/ldm/inpainting-places-ldm-vq-4.yaml": 215, "configs/ldm/inpainting-places-ldm-vq-4-noattn.yaml": 215,
+              "configs/ldm/inpainting-places-ldm-vq-4-big.yaml": 387}  # UNet size in M, paper Sec. 4.5
+
+
+@pytest.mark.parametrize("rel", sorted(INPAINTING))
+def test_inpainting_configs_learning_rate_and_unet_size(rel):
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from ldm.lr_scheduler import LambdaWarmUpCosineScheduler
+    from ldm.util import instantiate_from_config
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parents[1] / rel), resolve=True)
+    lr, batch = cfg["model"]["base_learning_rate"], cfg["data"]["params"]["batch_size"]
+    assert lr == pytest.approx(1.0e-6 * batch) and batch == 48  # the released per-sample rate x batch size
+    scheduler = cfg["model"]["params"].get("scheduler_config")
+    if scheduler is not None:  # the big model's warm-up/cosine multiplier peaks at lr_max
+        multiplier = LambdaWarmUpCosineScheduler(**scheduler["params"])
+        peak = max(multiplier.schedule(n) for n in range(0, 50001, 250))
+        assert lr * peak == pytest.approx(4.8e-6)
+    with torch.device("meta"):
+        unet = instantiate_from_config(cfg["model"]["params"]["unet_config"])
+    assert round(sum(p.numel() for p in unet.parameters()) / 1e6) == INPAINTING[rel]
