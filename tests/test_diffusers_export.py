@@ -207,9 +207,14 @@ def test_bert_model_with_short_context_exports_components(tmp_path):
 
 
 # -- super-resolution: LDMSuperResolutionPipeline ---------------------------------------------------------
-def test_superres_model_runs_as_ldm_superresolution_pipeline(tmp_path):
-    result, ours, files = export(tmp_path, "sr", model_config("superres"))
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_superres_model_runs_as_ldm_superresolution_pipeline(tmp_path, scale):
+    cfg = model_config("superres")
+    cfg["params"]["scale_factor"] = scale
+    result, ours, files = export(tmp_path, "sr", cfg)
     assert result.pipeline == "LDMSuperResolutionPipeline"
+    # the pipeline decodes without unscaling: a scale other than 1 is folded into a copy of the autoencoder
+    assert (result.out / "first_stage").is_dir() == (scale != 1.0)
     pipe = diffusers.DiffusionPipeline.from_pretrained(str(result.out))
     pipe.set_progress_bar_config(disable=True)
     low = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
@@ -220,12 +225,13 @@ def test_superres_model_runs_as_ldm_superresolution_pipeline(tmp_path):
     assert_round_trip(result, ours, files)
 
 
-def test_superres_with_a_latent_scale_exports_components(tmp_path):
+def test_vq_superres_with_a_latent_scale_exports_components(tmp_path):
     cfg = model_config("superres")
-    cfg["params"]["scale_factor"] = 0.5
-    result, _, _ = export(tmp_path, "sr-scaled", cfg)
+    cfg["params"].update(scale_factor=0.5, first_stage_config=vq_first_stage())
+    result, ours, files = export(tmp_path, "sr-scaled", cfg)
     assert result.pipeline is None
-    assert "scale_factor=0.5" in (result.out / "README_components.md").read_text()
+    assert "scale_factor=0.5 cannot be folded" in (result.out / "README_components.md").read_text()
+    assert_round_trip(result, ours, files)
 
 
 # -- autoencoders alone ----------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ with offset 1), so the pipelines sample what ``scripts/sample_diffusion.py --sam
 """
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -138,6 +140,26 @@ def _save_cond_stage(model: Any, cond_cfg: Any, folder: Path, dtype: torch.dtype
                                                    indent=2) + "\n")
 
 
+@torch.no_grad()
+def fold_latent_scale(vae: torch.nn.Module, scale: float) -> torch.nn.Module:
+    """A copy of a KL autoencoder that encodes to ``scale * z`` and decodes ``D(z' / scale)``, so
+    that it works in the diffusion latent space with ``scaling_factor`` 1: the posterior mean is
+    scaled (and its log-variance shifted by 2 log scale) in ``quant_conv``, the input of
+    ``post_quant_conv`` is divided by ``scale``. Computed in float64."""
+    folded = copy.deepcopy(vae)
+    q, pq = folded.quant_conv, folded.post_quant_conv
+    c = q.weight.shape[0] // 2  # moments = [mean | logvar] along channels
+    w, b = q.weight.double(), q.bias.double()
+    w[:c] *= scale
+    b[:c] *= scale
+    b[c:] += 2.0 * math.log(scale)
+    q.weight.copy_(w)
+    q.bias.copy_(b)
+    pq.weight.copy_(pq.weight.double() / scale)
+    folded.register_to_config(scaling_factor=1.0)
+    return folded
+
+
 def _pipeline_kind(model: Any, kind: str, params: DictConfig) -> tuple[Optional[str], str]:
     """(diffusers pipeline class or None for a component folder, why not a pipeline)."""
     if kind == "unconditional":
@@ -152,9 +174,10 @@ def _pipeline_kind(model: Any, kind: str, params: DictConfig) -> tuple[Optional[
                       f"max_seq_len={length}, so its components are exported instead")
     if kind == "superres":
         scale = float(model.scale_factor)
-        if scale != 1.0:
-            return None, (f"LDMSuperResolutionPipeline decodes latents without dividing by a scale factor; this "
-                          f"model has scale_factor={scale:g}, so its components are exported instead")
+        if scale != 1.0 and hasattr(model.first_stage_model, "quantize"):
+            return None, (f"LDMSuperResolutionPipeline decodes latents without dividing by a scale factor, and this "
+                          f"VQ model's scale_factor={scale:g} cannot be folded into its codebook lookup, so its "
+                          "components are exported instead")
         identity = type(model.cond_stage_model).__name__ == "Identity"
         if not identity or params.unet_config.params.in_channels != 2 * model.channels:
             return None, ("LDMSuperResolutionPipeline concatenates the low-resolution image itself to latents of as "
@@ -183,6 +206,12 @@ def _write(model: Any, cfg: DictConfig, kind: str, tmp: Path, dtype: torch.dtype
     if pipeline == "LDMPipeline":
         pipe = diffusers.LDMPipeline(vqvae=vae, unet=unet, scheduler=scheduler)
     elif pipeline == "LDMSuperResolutionPipeline":
+        if scale != 1.0:  # the pipeline decodes without unscaling: it gets a copy with the scale folded in
+            vae.save_pretrained(str(tmp / "first_stage"), safe_serialization=True)
+            vae = fold_latent_scale(vae, scale)
+            why = (f"vqvae/ is the autoencoder with the latent scale {scale:g} folded into its 1x1 quant convs "
+                   "(LDMSuperResolutionPipeline decodes latents without unscaling them); first_stage/ is the "
+                   "autoencoder as trained")
         pipe = diffusers.LDMSuperResolutionPipeline(vqvae=vae, unet=unet, scheduler=scheduler)
     elif pipeline == "StableDiffusionPipeline":
         tokenizer = _clip_tokenizer(model.cond_stage_model)

@@ -24,7 +24,8 @@ __all__ = ["build_template", "import_folder", "read_weights"]
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
 # component subfolders by role, in the names the pipelines (or our component export) use
-ROLES = {"unet": ("unet",), "first_stage": ("vqvae", "vae"), "text": ("text_encoder", "bert"),
+# (first_stage/: the autoencoder as trained, beside a vqvae/ with the latent scale folded in)
+ROLES = {"unet": ("unet",), "first_stage": ("first_stage", "vqvae", "vae"), "text": ("text_encoder", "bert"),
          "cond_stage": ("cond_stage",)}
 
 
