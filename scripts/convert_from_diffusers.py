@@ -16,6 +16,8 @@ import argparse
 import sys
 
 from ldm.checkpoint import save_state_dict
+from ldm.config.errors import ConfigError
+from ldm.interop import ConversionError, import_folder
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,11 +31,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from ldm.interop import ConversionError, import_folder
-
     try:
         sd = import_folder(args.folder, args.config)
-    except (ConversionError, FileNotFoundError) as exc:
+    except (ConversionError, ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     save_state_dict(args.out, sd)

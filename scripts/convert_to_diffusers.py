@@ -19,7 +19,15 @@ import json
 import sys
 from pathlib import Path
 
+from ldm.checkpoint import CheckpointError
+from ldm.config.errors import ConfigError
 from ldm.inference import find_run
+from ldm.interop import ConversionError
+from ldm.modules.encoders.tokenizers import TokenizerUnavailableError
+
+# what a wrong path, config or model gives: reported in one line, without a traceback
+USER_ERRORS = (ConversionError, ConfigError, CheckpointError, TokenizerUnavailableError, FileNotFoundError,
+               FileExistsError)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -76,12 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     configs, ckpt, run = resolve(args)
     metrics = read_metrics(args.metrics, run)
-    from ldm.interop import ConversionError, export_checkpoint, push_to_hub
+    from ldm.interop import export_checkpoint, push_to_hub
 
     try:
         result = export_checkpoint(configs, ckpt, args.out, prefer_ema=args.prefer_ema, dtype=args.dtype,
                                    metrics=metrics, license=args.license)
-    except (ConversionError, FileExistsError) as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     what = result.pipeline or ("an autoencoder" if result.kind == "autoencoder"

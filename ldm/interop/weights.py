@@ -126,7 +126,8 @@ def from_diffusers(component: Component, theirs: Mapping[str, torch.Tensor], whe
         theirs = component.merge(theirs)
     mapping = component.mapping()
     extra = sorted(set(theirs) - set(mapping) - {k for k in theirs if k.endswith("position_ids")})
-    missing = sorted((k for k in mapping if k not in theirs), key=lambda k: list(component.ours).index(mapping[k]))
+    order = {k: i for i, k in enumerate(component.ours)}  # report in our model's order
+    missing = sorted((k for k in mapping if k not in theirs), key=lambda k: order[mapping[k]])
     if missing:
         raise ConversionError(f"{where}: the config expects tensor {missing[0]!r}, which the folder lacks "
                               f"({len(missing)} missing)")
@@ -134,8 +135,7 @@ def from_diffusers(component: Component, theirs: Mapping[str, torch.Tensor], whe
         raise ConversionError(f"{where}: tensor {extra[0]!r} has no place in the config's model "
                               f"({len(extra)} unexpected); is --config the model this folder came from?")
     out = {}
-    order = {k: i for i, k in enumerate(component.ours)}
-    for their_key, our_key in sorted(mapping.items(), key=lambda kv: order[kv[1]]):  # our model's order
+    for their_key, our_key in sorted(mapping.items(), key=lambda kv: order[kv[1]]):
         value, want = theirs[their_key], component.ours[our_key]
         if value.numel() != want.numel() or value.squeeze().shape != want.squeeze().shape:
             raise ConversionError(f"{where}: tensor {their_key!r} has shape {tuple(value.shape)}, but the config's "
