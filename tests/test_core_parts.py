@@ -130,3 +130,27 @@ def test_inpainting_configs_learning_rate_and_unet_size(rel):
     with torch.device("meta"):
         unet = instantiate_from_config(cfg["model"]["params"]["unet_config"])
     assert round(sum(p.numel() for p in unet.parameters()) / 1e6) == INPAINTING[rel]
+
+
+@pytest.mark.parametrize("transformer", [False, True])
+def test_attention_is_checkpointed_by_default_as_in_the_original(transformer):
+    """The original always recomputed attention in backward (its memory budget); one switch turns it off."""
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    params = dict(image_size=8, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=1,
+                  attention_resolutions=[1], channel_mult=[1], num_heads=2)
+    if transformer:
+        params.update(use_spatial_transformer=True, context_dim=8, legacy=False)
+    kwargs = {"context": torch.randn(2, 3, 8)} if transformer else {}
+    calls = {}
+    for flag in (True, False):
+        torch.manual_seed(0)
+        unet = UNetModel(**params, checkpoint_attention=flag)
+        attention = [m for m in unet.modules() if type(m).__name__ in ("QKVAttentionLegacy", "CrossAttention")]
+        counter = []
+        for m in attention:
+            m.register_forward_hook(lambda *a: counter.append(1))
+        x = torch.randn(2, 4, 8, 8, requires_grad=True)
+        unet(x, torch.tensor([3, 7]), **kwargs).square().sum().backward()
+        calls[flag] = (len(counter), x.grad.clone())
+    assert calls[True][0] == 2 * calls[False][0] > 0  # recomputed once in backward
+    torch.testing.assert_close(calls[True][1], calls[False][1])  # same gradients

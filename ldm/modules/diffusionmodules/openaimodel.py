@@ -133,6 +133,8 @@ class UNetModel(nn.Module):
         dims: int = 2,                         # 1D, 2D or 3D signals
         num_classes: int | str | None = None,  # int: class-conditional; "continuous"/"sequential": SD-2 vectors
         use_checkpoint: bool = False,          # gradient checkpointing in every block
+        checkpoint_attention: bool = True,     # recompute attention activations in backward, as the
+                                               # original always did: its batch sizes fit in its memory
         use_fp16: bool = False,                # run the blocks in float16 (after convert_to_fp16())
         use_bf16: bool = False,                # run the blocks in bfloat16
         num_heads: int = -1,
@@ -221,7 +223,7 @@ class UNetModel(nn.Module):
                     ch,
                     num_heads=num_heads_upsample if upsample else n_heads,
                     num_head_channels=dim_head,
-                    use_checkpoint=use_checkpoint,
+                    use_checkpoint=use_checkpoint or checkpoint_attention,
                     use_new_attention_order=use_new_attention_order,
                 )
             if level is None:
@@ -230,7 +232,8 @@ class UNetModel(nn.Module):
                 disabled_sa = disable_self_attentions[level] if disable_self_attentions is not None else False
             return SpatialTransformer(
                 ch, n_heads, dim_head, depth=transformer_depth, context_dim=context_dim,
-                disable_self_attn=disabled_sa, use_linear=use_linear_in_transformer, use_checkpoint=use_checkpoint,
+                disable_self_attn=disabled_sa, use_linear=use_linear_in_transformer,
+                use_checkpoint=use_checkpoint or checkpoint_attention,
             )
 
         self.input_blocks, skip_chans, ch, ds = _down_path(
