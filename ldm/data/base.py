@@ -14,10 +14,11 @@ Lightning runs validation only if ``validation`` is given.
 """
 from __future__ import annotations
 
+import functools
 import os
 import random
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pytorch_lightning as pl
@@ -49,20 +50,21 @@ class WrappedDataset(Dataset):
         return self.data[idx]
 
 
-def worker_init_fn(worker_id: int) -> None:
+def worker_init_fn(worker_id: int, rank: int = 0, world_size: int = 1) -> None:
     """Seed ``numpy`` and ``random`` in a worker from torch's per-worker seed.
 
     torch gives worker k the seed ``base_seed + k``, and ``base_seed`` comes from the main
     process's torch generator (set by ``seed_everything``). Deriving the other generators from it
-    makes random crops and flips reproducible run to run, and distinct across workers.
+    makes random crops and flips reproducible run to run, and distinct across workers; ``rank``
+    makes them distinct across the processes of a distributed run as well.
     """
-    seed = torch.initial_seed() % 2 ** 32
+    seed = (torch.initial_seed() + rank * 1_000_003) % 2 ** 32
     np.random.seed(seed)
     random.seed(seed)
     info = get_worker_info()
     shard = getattr(info.dataset, "set_worker_shard", None) if info is not None else None
-    if callable(shard):  # iterable datasets split their stream between workers themselves
-        shard(info.id, info.num_workers)
+    if callable(shard):  # iterable datasets split their stream between all workers of all ranks themselves
+        shard(rank * info.num_workers + info.id, world_size * info.num_workers)
 
 
 # Strings (captions, labels, paths) and None collate into lists; numpy string/object arrays too,
@@ -170,12 +172,23 @@ class DataModuleFromConfig(pl.LightningDataModule):
             shuffle=shuffle and not iterable,
             num_workers=self.num_workers,
             collate_fn=collate_examples,
-            worker_init_fn=worker_init_fn if self.use_worker_init_fn or iterable else None,
+            worker_init_fn=self._worker_init_fn() if self.use_worker_init_fn or iterable else None,
             # Workers survive between epochs: re-forking costs seconds and drops their caches.
             persistent_workers=self.num_workers > 0,
             pin_memory=self._pin_memory(),
             generator=self._generator(),
         )
+
+    def _share(self) -> tuple[int, int]:
+        """(rank, world size) of this process in the run (0, 1 outside a distributed run)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    def _worker_init_fn(self) -> Callable[[int], None]:
+        rank, world_size = self._share()
+        return functools.partial(worker_init_fn, rank=rank, world_size=world_size)
 
     def _seed(self) -> int:
         # seed_everything(--seed) seeds torch, so by default the data follows main.py's --seed.
@@ -191,14 +204,16 @@ class DataModuleFromConfig(pl.LightningDataModule):
         """The training loader: its order and augmentations depend on (seed, epoch, position) only,
         and its position is saved in checkpoints, so a resumed run sees the batches the uninterrupted
         run would have seen (ldm.data.resumable)."""
-        seed = self._seed()
+        rank, world_size = self._share()
         return ResumableDataLoader(
             SeededItems(dataset),
             batch_size=self.batch_size,
-            sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=seed),
+            # The same seed on every rank: one permutation, split between the ranks without overlap.
+            sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=self._seed(), num_replicas=world_size,
+                                 rank=rank),
             num_workers=self.num_workers,
             collate_fn=collate_examples,
-            worker_init_fn=worker_init_fn if self.use_worker_init_fn else None,
+            worker_init_fn=self._worker_init_fn() if self.use_worker_init_fn else None,
             persistent_workers=self.num_workers > 0,
             pin_memory=self._pin_memory(),
             generator=self._generator(),

@@ -15,9 +15,18 @@ Three pieces, so that the data a run sees depends on (seed, epoch, position) alo
 
 Lightning asks a train loader for ``len()`` to know the epoch length, so the loader keeps
 reporting the full epoch while a resumed iteration yields only the rest; Lightning counts the
-batches done before the interruption itself. Exact resume is for single-process training: under
-DDP Lightning wraps the sampler in a distributed one; the loader then works as a plain DataLoader
-(its position is not saved, a resumed epoch starts over).
+batches done before the interruption itself.
+
+Distributed training: ``EpochSampler`` shards the epoch itself. Every rank computes the same
+permutation (same seed and epoch) and rank r of W takes positions r, r + W, r + 2W, ...; the last
+``len % W`` positions of the permutation are dropped so that all ranks run the same number of
+batches (no example is served twice in an epoch, unlike a padding DistributedSampler). Item seeds
+follow the global position, so the W ranks together load exactly the items, with exactly the
+augmentations, of a single-process run. ``EpochSampler`` is a ``DistributedSampler`` for
+Lightning's sake: Lightning then leaves it in place instead of wrapping it. All ranks serve the
+same number of batches, so the one position saved in the checkpoint (rank 0's) resumes every rank.
+A sampler wrapped by someone else (e.g. Lightning's ``DistributedSamplerWrapper``) still iterates,
+but its position is not saved: a resumed epoch starts over.
 """
 from __future__ import annotations
 
@@ -26,7 +35,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 __all__ = ["EpochSampler", "ResumableDataLoader", "SeededItems", "item_seed"]
 
@@ -40,16 +49,26 @@ def item_seed(seed: int, epoch: int, position: int) -> int:
     return int(_mix(seed, epoch, position).generate_state(1)[0])
 
 
-class EpochSampler(Sampler):
-    """Yields ``(index, item seed)`` for each position of the epoch's order, from ``start`` on."""
+class EpochSampler(DistributedSampler):
+    """Yields ``(index, item seed)`` for this rank's positions of the epoch's order, from ``start`` on.
+
+    A ``DistributedSampler`` by type only (its constructor needs no process group): Lightning
+    replaces the sampler of a distributed run's loader unless it is one.
+    """
 
     def __init__(self,
-                 length: int,     # dataset size
-                 shuffle: bool,   # permute each epoch (else 0, 1, ..., length - 1)
-                 seed: int):      # order and per-item seeds derive from it
+                 length: int,           # dataset size
+                 shuffle: bool,         # permute each epoch (else 0, 1, ..., length - 1)
+                 seed: int,             # order and per-item seeds derive from it; the same on every rank
+                 num_replicas: int = 1,  # ranks sharing the epoch (world size)
+                 rank: int = 0):        # this process's share
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"EpochSampler: rank {rank} of {num_replicas} replicas is not a valid share")
         self.length, self.shuffle, self.seed = int(length), shuffle, int(seed)
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+        self.drop_last = True  # the tail that does not divide among the ranks (see the module doc)
         self.epoch = 0
-        self.start = 0  # position to start the next iteration at (a resumed epoch); reset after use
+        self.start = 0  # local position to start the next iteration at (a resumed epoch); reset after use
 
     def set_epoch(self, epoch: int) -> None:
         """Lightning calls this when an epoch starts; a resume point belongs to its own epoch only."""
@@ -58,19 +77,24 @@ class EpochSampler(Sampler):
         self.epoch = int(epoch)
 
     def order(self) -> list[int]:
+        """The epoch's permutation of the whole dataset (the same on every rank)."""
         if not self.shuffle:
             return list(range(self.length))
         generator = torch.Generator().manual_seed(int(_mix(self.seed, self.epoch).generate_state(1)[0]))
         return torch.randperm(self.length, generator=generator).tolist()
 
+    def positions(self) -> range:
+        """This rank's positions in ``order()``."""
+        return range(self.rank, len(self) * self.num_replicas, self.num_replicas)
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order, start = self.order(), self.start
         self.start = 0
-        for position in range(start, self.length):
+        for position in self.positions()[start:]:
             yield order[position], item_seed(self.seed, self.epoch, position)
 
     def __len__(self) -> int:
-        return self.length
+        return self.length // self.num_replicas
 
 
 class SeededItems(Dataset):
@@ -113,7 +137,7 @@ class ResumableDataLoader(DataLoader):
 
     @property
     def epoch_sampler(self) -> Optional[EpochSampler]:
-        """The EpochSampler, or None when Lightning wrapped it for distributed training."""
+        """The EpochSampler, or None when another sampler wraps it."""
         sampler = self.batch_sampler.sampler if self.batch_sampler is not None else self.sampler
         return sampler if isinstance(sampler, EpochSampler) else None
 
@@ -132,18 +156,26 @@ class ResumableDataLoader(DataLoader):
     def state_dict(self) -> dict[str, int]:
         """Plain integers: checkpoints stay loadable without unpickling objects."""
         sampler = self.epoch_sampler
-        if sampler is None:  # distributed: the position is not tracked (see the module doc)
+        if sampler is None:  # wrapped by another sampler: the position is not tracked (see the module doc)
             return {}
-        if sampler.epoch != self._served_epoch:  # a new epoch has been set but not started
-            return {"epoch": sampler.epoch, "batches": 0}
-        return {"epoch": sampler.epoch, "batches": self._served}
+        state = {"epoch": sampler.epoch, "batches": 0 if sampler.epoch != self._served_epoch else self._served}
+        if sampler.num_replicas > 1:  # (a new epoch that has been set but not started has served 0)
+            state["world_size"] = sampler.num_replicas
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         sampler = self.epoch_sampler
         if sampler is None or not state:
             return
         epoch, batches = int(state["epoch"]), int(state["batches"])
-        if batches * self.batch_size >= len(sampler):  # saved at the end of an epoch
+        world_size = int(state.get("world_size", 1))
+        if batches * self.batch_size >= sampler.length // world_size:  # saved at the end of an epoch
             epoch, batches = epoch + 1, 0
+        elif world_size != sampler.num_replicas:
+            raise ValueError(
+                f"the checkpoint's data position (epoch {epoch}, batch {batches}) was saved by {world_size} "
+                f"process(es), this run has {sampler.num_replicas}: resuming mid-epoch needs the same number of "
+                "processes (keep --devices/--num_nodes as they were, or resume from a checkpoint taken at an "
+                "epoch end)")
         sampler.epoch, sampler.start = epoch, batches * self.batch_size
         self._served, self._served_epoch = batches, epoch

@@ -172,12 +172,15 @@ class DeviceStatsCallback(pl.Callback):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - self._start
-        stats = {"stats/epoch_time_s": elapsed,
-                 "stats/samples_per_s": self._samples * trainer.world_size / max(elapsed, 1e-9)}
+        # Reduced over ranks: the slowest rank's time, the sum of all ranks' throughput, the largest memory.
+        stats = {"stats/epoch_time_s": (elapsed, "max"),
+                 "stats/samples_per_s": (self._samples / max(elapsed, 1e-9), "sum")}
         if device.type == "cuda":
-            stats["stats/peak_memory_MiB"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
-        pl_module.log_dict(stats, rank_zero_only=True, sync_dist=False)
-        rank_zero_info("  ".join(f"{k.split('/')[1]}={v:.2f}" for k, v in stats.items()))
+            stats["stats/peak_memory_MiB"] = (torch.cuda.max_memory_allocated(device) / 2 ** 20, "max")
+        for name, (value, reduce) in stats.items():
+            pl_module.log(name, float(value), sync_dist=True, reduce_fx=reduce)
+        rank_zero_info("  ".join(f"{k.split('/')[1]}={v[0]:.2f}" for k, v in stats.items())
+                       + (" (rank 0; the logged values are over all ranks)" if trainer.world_size > 1 else ""))
 
 
 class FinalCheckpoint(pl.Callback):

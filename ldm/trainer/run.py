@@ -5,6 +5,7 @@ piece in its own module so that this file stays a table of contents.
 """
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -20,6 +21,7 @@ from ldm.config.loading import load_experiment
 from ldm.trainer.callbacks import FinalCheckpoint
 from ldm.trainer.checkpoint_io import AtomicCheckpointIO
 from ldm.trainer.cli import parse_args
+from ldm.trainer.distributed import RUN_NOW_ENV, RankSeeds, shared_now
 from ldm.trainer.loggers import build_logger
 from ldm.trainer.nonfinite import NonFiniteGuard
 from ldm.trainer.preemption import PreemptionCheckpoint
@@ -77,7 +79,8 @@ def _section(config: DictConfig, *keys: str) -> dict:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
 
 
-def build_callbacks(run: RunDir, model, config, lightning_config, resume: bool) -> list[pl.Callback]:
+def build_callbacks(run: RunDir, model, config, lightning_config, resume: bool,
+                    seed: int = 23) -> list[pl.Callback]:
     specs = OmegaConf.merge(default_callbacks(run, config, lightning_config, resume),
                             lightning_config.get("callbacks", {}))
     callbacks = []
@@ -90,17 +93,26 @@ def build_callbacks(run: RunDir, model, config, lightning_config, resume: bool) 
         callbacks.append(cb)
     callbacks.append(checkpoint_callback(run, model, lightning_config))
     callbacks.append(FinalCheckpoint(str(run.ckptdir)))
+    callbacks.append(RankSeeds(seed))  # not optional: ranks drawing the same noise would waste the batch
     return callbacks
 
 
 def learning_rate(config: DictConfig, trainer_kwargs: dict, model, scale: bool) -> float:
+    """The optimizer's learning rate, printed with the rule that produced it.
+
+    ``data.params.batch_size`` is per process; one optimizer step sees accumulate * devices * nodes
+    * batch_size examples (DDP averages the gradients over ranks). With --scale_lr the rate grows
+    linearly with that global batch, as in the original; without, base_learning_rate is used as is.
+    """
     base_lr = float(config.model.get("base_learning_rate", 1e-4))
-    if not scale:
-        rank_zero_info(f"Learning rate {base_lr:.2e} (base_learning_rate; --scale_lr is off)")
-        return base_lr
     accumulate = int(trainer_kwargs.get("accumulate_grad_batches", getattr(model, "accumulate_grad_batches", 1)))
-    batch_size = int(config.data.params.batch_size)
-    ngpu = num_devices(trainer_kwargs) * int(trainer_kwargs.get("num_nodes", 1))
+    batch_size = int(config.data.params.batch_size) if "data" in config else 1
+    ngpu = num_devices(trainer_kwargs) * int(trainer_kwargs.get("num_nodes", 1) or 1)
+    if not scale:
+        rank_zero_info(f"Learning rate {base_lr:.2e} (base_learning_rate; --scale_lr is off); global batch "
+                       f"{accumulate * ngpu * batch_size} = {accumulate} (accumulate_grad_batches) * {ngpu} "
+                       f"(devices x nodes) * {batch_size} (batch size per device)")
+        return base_lr
     lr = accumulate * ngpu * batch_size * base_lr
     rank_zero_info(f"Learning rate {lr:.2e} = {accumulate} (accumulate_grad_batches) * {ngpu} (devices) * "
                    f"{batch_size} (batch size) * {base_lr:.2e} (base_learning_rate)")
@@ -126,17 +138,20 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     opt, overrides = parse_args(argv)
     set_trust_all_targets(opt.trust_config_targets)
     previous = allow_missing_checkpoints(True) if opt.allow_missing_ckpt else None
+    inherited_now = os.environ.get(RUN_NOW_ENV)
     try:
         return _run(opt, overrides)
     finally:  # in-process callers (tests, notebooks) get the process-wide switches back
+        if inherited_now is None:
+            os.environ.pop(RUN_NOW_ENV, None)
         set_trust_all_targets(False)
         if opt.allow_missing_ckpt:
             allow_missing_checkpoints(previous)
 
 
 def _run(opt, overrides: list[str]) -> int:
-    run_dir = resume_run(opt.resume, opt.base) if opt.resume else new_run(
-        opt.logdir, opt.base, opt.name, opt.postfix, opt.debug)
+    run_dir = resume_run(opt.resume, opt.base, now=shared_now()) if opt.resume else new_run(
+        opt.logdir, opt.base, opt.name, opt.postfix, opt.debug, now=shared_now())
     config = load_experiment(run_dir.base_configs, overrides)
     lightning_config = config.pop("lightning", OmegaConf.create())
     check_config_tree(OmegaConf.masked_copy(config, [k for k in ("model", "data") if k in config]))
@@ -145,6 +160,8 @@ def _run(opt, overrides: list[str]) -> int:
 
     model = instantiate_from_config(config.model, path="model")
     data = instantiate_from_config(config.data, path="data") if "data" in config else None
+    if data is not None and getattr(data, "seed", False) is None:
+        data.seed = opt.seed  # the data order: one permutation shared by all ranks (ldm.trainer.distributed)
     accumulate = int(trainer_kwargs.get("accumulate_grad_batches", 1))
     if not model.automatic_optimization and accumulate > 1:
         # Lightning 2 refuses trainer-level accumulation with manual optimisation: the model does it.
@@ -160,8 +177,11 @@ def _run(opt, overrides: list[str]) -> int:
     logger_kind = opt.logger or _section(lightning_config, "logger").get("kind", "tensorboard")
     logger = build_logger(logger_kind, run_dir.logdir, run_dir.logdir.name, opt.project, opt.wandb_offline)
     trainer = pl.Trainer(default_root_dir=str(run_dir.logdir), logger=logger if logger is not None else False,
-                         callbacks=build_callbacks(run_dir, model, config, lightning_config, bool(opt.resume)),
+                         callbacks=build_callbacks(run_dir, model, config, lightning_config, bool(opt.resume),
+                                                   seed=opt.seed),
                          plugins=[AtomicCheckpointIO()], **trainer_kwargs)
+    # Processes Lightning starts for the other ranks re-run this command: they inherit the run's name.
+    os.environ.setdefault(RUN_NOW_ENV, run_dir.now)
     if opt.train:
         try:
             trainer.fit(model, data, ckpt_path=str(run_dir.resume_ckpt) if run_dir.resume_ckpt else None)
