@@ -163,8 +163,9 @@ class _FirstStage(pl.LightningModule, abc.ABC):
             if not update_was_skipped(self._trainer):  # a skipped (non-finite) step changes nothing
                 self._after_update()
 
-        self.log("aeloss", aeloss.detach(), prog_bar=True, logger=True, on_step=True, on_epoch=True)
-        self.log("discloss", discloss.detach(), prog_bar=True, logger=True, on_step=True, on_epoch=True)
+        self.log("aeloss", aeloss.detach(), prog_bar=True, logger=True, on_step=True, on_epoch=True, sync_dist=True)
+        self.log("discloss", discloss.detach(), prog_bar=True, logger=True, on_step=True, on_epoch=True,
+                 sync_dist=True)
         self.log_dict({**log_ae, **log_disc}, prog_bar=False, logger=True, on_step=True, on_epoch=False)
         return aeloss.detach()
 
@@ -182,7 +183,7 @@ class _FirstStage(pl.LightningModule, abc.ABC):
                  sync_dist=True)
         self.log(f"{split}/aeloss", aeloss, prog_bar=True, logger=True, on_step=False, on_epoch=True,
                  sync_dist=True)
-        self.log_dict({**log_ae, **log_disc})
+        self.log_dict({**log_ae, **log_disc}, sync_dist=True)
         return {f"{split}/rec_loss": rec_loss, **log_ae, **log_disc}
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
