@@ -10,7 +10,7 @@ convolutional sampling of paper Sec. 4.3.2 (see ``ldm.inference.sampling``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -61,13 +61,14 @@ def _device(model: Any) -> torch.device:
 @torch.no_grad()
 def generate(model: Any, n: int, opts: SamplingOptions, cond: Any = None, uncond: Any = None,
              size: Optional[tuple[int, int]] = None, generator: Optional[torch.Generator] = None,
-             x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
+             x_T: Optional[torch.Tensor] = None, noise_sampler: Optional[Callable] = None) -> torch.Tensor:
     """n images from noise (unconditional, class or text conditioned). ``size`` is the latent (h, w)."""
     h, w = size or (model.image_size, model.image_size)
     shape = (n, model.channels, h, w)
     with autocast(_device(model), opts.precision):
         z = sample_latents(model, shape, cond=cond, uncond=uncond, scale=opts.scale, sampler=opts.sampler,
-                           steps=opts.steps, eta=opts.eta, generator=generator, x_T=x_T, progress=opts.progress)
+                           steps=opts.steps, eta=opts.eta, generator=generator, x_T=x_T, progress=opts.progress,
+                           noise_sampler=noise_sampler)
         return _decode(model, z, opts)
 
 

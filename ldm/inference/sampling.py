@@ -14,7 +14,7 @@ condition fixes the layout and the model generalises to larger sizes, up to the 
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -73,6 +73,7 @@ def sample_latents(
     x0: Optional[torch.Tensor] = None,          # known latent for masked sampling
     progress: bool = True,
     first_step: int = 0,                        # start this many levels into the grid (img2img)
+    noise_sampler: Optional[Callable] = None,   # (sigma, sigma_next) -> noise; default: from generator
 ) -> torch.Tensor:
     """A latent sample of ``shape`` in the model's VP coordinates (paper Eq. (1)-(2) reversed).
 
@@ -109,6 +110,8 @@ def sample_latents(
         options["clip_denoised"] = False
     if mask is not None:
         mask, x0 = mask.to(device), x0.to(device)
+    if noise_sampler is not None and sampler in ("ddim", "ddpm", "plms"):  # the others draw no noise
+        options["noise_sampler"] = noise_sampler
     fn = SAMPLERS[SAMPLER_NAMES[sampler]]
     return sample_vp(fn, denoiser, z.float(), sigmas, cond=cond, mask=mask, x0=x0, disable=not progress,
                      generator=generator, **options)
