@@ -289,6 +289,17 @@ def test_class_model_components_sample_as_ours(tmp_path):
     close(to01(expected), run_components(result.out, table[labels][:, None], concat=False, x_T=x_T))
     assert_round_trip(result, ours, files)
 
+    # the README's snippet runs as written and samples what our sampler does
+    snippet = readme.split("```python\n")[1].split("```")[0].replace('"<this folder>"', repr(str(result.out)))
+    torch.manual_seed(SEED)
+    namespace: dict = {}
+    exec(compile(snippet, "README_components.md", "exec"), namespace)
+    torch.manual_seed(SEED)
+    x_T = torch.randn(1, 3, 8, 8)
+    c, _ = I.class_conditioning(ours, [0])
+    close(to01(I.generate(ours, 1, I.SamplingOptions(steps=50, progress=False), cond=c, x_T=x_T)),
+          namespace["images"].detach())
+
 
 def component_condition(ours, kind: str) -> torch.Tensor:
     """The conditioning our conditioner gives for a batch of two (what README_components.md asks for)."""

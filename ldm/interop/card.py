@@ -60,16 +60,15 @@ def model_card(config: DictConfig, info: dict, metrics: Optional[dict] = None, l
               "with `scripts/convert_to_diffusers.py`.", ""]
     what = (f"a diffusers `{pipeline}`" if pipeline else "a diffusers autoencoder" if kind == "autoencoder"
             else "diffusers components (see `README_components.md`)")
-    imports = "AutoencoderKL, VQModel" if kind == "autoencoder" else "DiffusionPipeline"
-    lines += ["## Use", "", f"This folder holds {what}.", "", "```python", f"from diffusers import {imports}"]
+    lines += ["## Use", "", f"This folder holds {what}.", ""]
     if pipeline:
         image_size = size * factor if isinstance(size, int) else "H"
-        lines.append(_USAGE[pipeline].format(repo="<this folder or repo id>", size=image_size, latent8=latent8))
+        lines += ["```python", "from diffusers import DiffusionPipeline",
+                  _USAGE[pipeline].format(repo="<this folder or repo id>", size=image_size, latent8=latent8), "```", ""]
     elif kind == "autoencoder":
-        lines.append("vae = AutoencoderKL.from_pretrained(\"<this folder or repo id>\")  # VQModel for VQ models")
-    else:
-        lines.append("# no diffusers pipeline runs this kind of model: see README_components.md")
-    lines += ["```", ""]
+        lines += ["```python", "from diffusers import AutoencoderKL, VQModel",
+                  "vae = AutoencoderKL.from_pretrained(\"<this folder or repo id>\")  # VQModel for VQ models",
+                  "```", ""]
     if info.get("note"):
         lines += [f"Note: {info['note']}.", ""]
     lines += ["## Training", "",
@@ -98,9 +97,11 @@ _COMPONENTS = """# Driving the components of this {kind} model
 - {cond}
 
 ```python
+import safetensors.torch
 import torch
 from diffusers import DDIMScheduler, {unet}, {vae}
 
+FOLDER = "<this folder>"
 unet = {unet}.from_pretrained(FOLDER, subfolder="unet")
 vae = {vae}.from_pretrained(FOLDER, subfolder="vae")
 scheduler = DDIMScheduler.from_pretrained(FOLDER, subfolder="scheduler")
@@ -117,6 +118,7 @@ images = (vae.decode(latents / vae.config.scaling_factor).sample / 2 + 0.5).clam
 _CONDITIONS = {
     "class": ("`cond_stage/`: the class embedding table (`embedding.weight`, our ClassEmbedder)",
               "table = safetensors.torch.load_file(f\"{FOLDER}/cond_stage/model.safetensors\")[\"embedding.weight\"]\n"
+              "class_id = 0  # the row after the last class is the null class of guided models\n"
               "context = table[torch.tensor([class_id])][:, None]  # (B, 1, dim)",
               "    eps = unet(latents, t, encoder_hidden_states=context).sample"),
     "concat": ("`cond_stage/`: our conditioner (`config.json` names it; its weights, if any, in "
