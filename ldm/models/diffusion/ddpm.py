@@ -31,6 +31,7 @@ from ldm.models.diffusion.losses import DiffusionLoss, LossType, check_loss_type
 from ldm.models.diffusion.parameterization import Parameterization
 from ldm.models.diffusion.schedule import (
     BETA_SCHEDULES, BetaSchedule, buffer_device, make_beta_schedule, register_schedule_buffers, schedule_arrays)
+from ldm.modules.ema import LitEma
 from ldm.trainer.nonfinite import update_was_skipped
 from ldm.util import default, instantiate_from_config
 
@@ -91,7 +92,6 @@ class DDPM(P.ForwardProcessMethods, pl.LightningModule):
         self.model = DiffusionWrapper(unet_config, conditioning_key)
         self.use_ema = use_ema
         if use_ema:
-            from ldm.modules.ema import LitEma
             self.model_ema = LitEma(self.model)
         self._ema_updated = False  # this batch's optimizer step already moved the EMA
         self.use_scheduler = scheduler_config is not None

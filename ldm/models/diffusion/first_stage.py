@@ -11,6 +11,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from ldm.models.autoencoder import VQModelInterface
+
 __all__ = ["FirstStage", "decode_latent", "sample_latent"]
 
 SPLIT_INPUT_REFUSAL = (
@@ -87,7 +89,6 @@ def decode_latent(
         z = first_stage_model.quantize.get_codebook_entry(z, shape=None)
         z = rearrange(z, "b h w c -> b c h w").contiguous()
     z = z / scale_factor
-    from ldm.models.autoencoder import VQModelInterface
     if isinstance(first_stage_model, VQModelInterface):
         return first_stage_model.decode(z, force_not_quantize=predict_cids or force_not_quantize)
     return first_stage_model.decode(z)

@@ -11,7 +11,9 @@ from einops import rearrange
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
+from ldm.models.autoencoder import AutoencoderKL, IdentityFirstStage
 from ldm.models.diffusion.conditioning import split_inpainting_condition
+from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.util import isimage, ismap, log_txt_as_img
 
 __all__ = ["diffusion_row", "log_images_ddpm", "log_images_ldm", "rows_to_grid", "sample_log", "to_rgb"]
@@ -87,7 +89,6 @@ def _conditioning_images(model: Any, batch: dict, c: Any, xc: Any, size: tuple[i
 
 
 def _is_vq(first_stage: Any) -> bool:
-    from ldm.models.autoencoder import AutoencoderKL, IdentityFirstStage
     return hasattr(first_stage, "quantize") and not isinstance(first_stage, (AutoencoderKL, IdentityFirstStage))
 
 
@@ -102,7 +103,6 @@ def _decode_rows(model: Any, samples: Any, desc: str = "") -> torch.Tensor:
 def sample_log(model: Any, cond: Any, batch_size: int, ddim: bool, ddim_steps: Optional[int], **kwargs):
     """Samples (and intermediates) with DDIM when ``ddim``, else the full ancestral chain."""
     if ddim:
-        from ldm.models.diffusion.ddim import DDIMSampler
         shape = (model.channels, model.image_size, model.image_size)
         if "quantize_denoised" in kwargs:
             kwargs["quantize_x0"] = kwargs.pop("quantize_denoised")

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from ldm import checkpoint as ckpt
+from ldm.modules.ema import LitEma
 from ldm.util import instantiate_from_config
 
 __all__ = ["configure_optimizers", "init_from_ckpt", "rescale_latents_by_std"]
@@ -40,8 +42,6 @@ def init_from_ckpt(model: Any, path: str, ignore_keys: Sequence[str] = (), only_
     from the loaded weights instead of the random ones. ``only_model``: load into the
     DiffusionWrapper, from a full checkpoint (``model.*``) or a bare one.
     """
-    from ldm import checkpoint as ckpt
-    from ldm.modules.ema import LitEma
     target = model.model if only_model else model
     if not os.path.isfile(path):
         ckpt.init_from_ckpt(target, path)  # raises, or warns when LDM_ALLOW_MISSING_CKPT=1

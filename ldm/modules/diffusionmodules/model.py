@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldm.modules.attention import LinearAttention
+
 __all__ = [
     "AttnBlock",
     "Decoder",
@@ -151,8 +153,6 @@ def make_attn(in_channels: int, attn_type: str = "vanilla") -> nn.Module:
     if attn_type == "none":
         return nn.Identity()
     if attn_type == "linear":
-        from ldm.modules.attention import LinearAttention
-
         return LinearAttention(dim=in_channels, heads=1, dim_head=in_channels)
     raise ValueError(f"attn_type={attn_type!r} is not supported; choose one of {ATTN_TYPES}")
 

@@ -2,7 +2,7 @@
 
 The noise schedules and ``extract_into_tensor`` that lived here in the original code
 (``make_beta_schedule``, ``make_ddim_timesteps``, ...) belong to the diffusion process and live in
-``ldm.models.diffusion``; their original names still resolve here.
+``ldm.models.diffusion``; they are imported here under their original names.
 """
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+# Original names of the diffusion-process helpers that lived here; they belong to the process.
+from ldm.models.diffusion.parameterization import extract as extract_into_tensor
+from ldm.models.diffusion.schedule import make_beta_schedule, make_ddim_sampling_parameters, make_ddim_timesteps
 from ldm.util import mean_flat
 
 __all__ = [
@@ -23,7 +26,11 @@ __all__ = [
     "avg_pool_nd",
     "checkpoint",
     "conv_nd",
+    "extract_into_tensor",
     "linear",
+    "make_beta_schedule",
+    "make_ddim_sampling_parameters",
+    "make_ddim_timesteps",
     "mean_flat",
     "noise_like",
     "normalization",
@@ -137,22 +144,3 @@ def noise_like(shape: Sequence[int], device: torch.device | str, repeat: bool = 
     if repeat:
         return torch.randn((1, *shape[1:]), device=device).expand(shape).contiguous()
     return torch.randn(shape, device=device)
-
-
-# Moved to the diffusion process: original name -> (module in ldm.models.diffusion, its name there).
-# Resolved lazily so that importing the network layers does not import the diffusion package.
-_MOVED = {
-    "make_beta_schedule": ("schedule", "make_beta_schedule"),
-    "make_ddim_timesteps": ("schedule", "make_ddim_timesteps"),
-    "make_ddim_sampling_parameters": ("schedule", "make_ddim_sampling_parameters"),
-    "extract_into_tensor": ("parameterization", "extract"),  # a[t] shaped to broadcast against x
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        module, attr = _MOVED[name]
-        return getattr(importlib.import_module(f"ldm.models.diffusion.{module}"), attr)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
