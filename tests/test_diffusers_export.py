@@ -156,6 +156,11 @@ def test_clip_text_model_runs_as_stable_diffusion_pipeline(tmp_path):
     assert pipe.tokenizer(["a cat"], padding="max_length", max_length=16).input_ids[0] == \
         ours.cond_stage_model.tokenize(["a cat"])[0].tolist()
     assert pipe.safety_checker is None
+    # vocab.json + merges.txt too: our tokenizer_path (and older transformers) read the folder's tokenizer
+    from ldm.modules.encoders.tokenizers import load_clip_tokenizer
+    from_files = load_clip_tokenizer(str(result.out / "tokenizer"))
+    assert from_files.get_vocab() == pipe.tokenizer.get_vocab()
+    assert from_files(["a cat dog"]).input_ids == pipe.tokenizer(["a cat dog"]).input_ids
     prompts = ["a cat", "dog"]
     x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(SEED))
     c, uc = I.prompt_conditioning(ours, prompts)

@@ -140,3 +140,64 @@ def test_push_to_hub_offline_fails_clearly_and_keeps_the_folder(tmp_path, monkey
     assert "--push-to-hub me/tiny-ldm: upload failed (ConnectionError" in err and f"complete at {out}" in err
     assert json.loads((out / "model_index.json").read_text())["_class_name"] == "LDMPipeline"
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_stable_diffusion_format_folder_imports_with_its_tokenizer(tmp_path):
+    """Weights published as a StableDiffusionPipeline (CLIP text encoder, tokenizer) come in and
+    sample as the pipeline does."""
+    import transformers
+
+    from ldm.modules.encoders.tokenizers import load_clip_tokenizer
+    from tests.test_clip_equivalence import TINY_MERGES, write_openai_bpe
+
+    torch.manual_seed(4)
+    tokenizer = load_clip_tokenizer(str(write_openai_bpe(tmp_path / "bpe.txt.gz", TINY_MERGES)))
+    tokenizer.model_max_length = 16
+    text_encoder = randomize(transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=16, hidden_act="quick_gelu", bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)))
+    unet = randomize(diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=2))
+    vae = randomize(diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64), layers_per_block=1,
+        latent_channels=4, sample_size=16))
+    scheduler = diffusers.DDIMScheduler(num_train_timesteps=100, beta_schedule="scaled_linear", beta_start=0.00085,
+                                        beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                             scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                             requires_safety_checker=False)
+    folder = tmp_path / "sd-format"
+    pipe.save_pretrained(str(folder))
+
+    cfg = model_config("class")
+    dd = dict(cfg["params"]["first_stage_config"]["params"]["ddconfig"], z_channels=4)
+    cfg["params"].update(
+        linear_start=0.00085, linear_end=0.012, channels=4, scale_factor=0.18215, cond_stage_key="caption",
+        cond_stage_trainable=False,
+        first_stage_config={"target": "ldm.models.autoencoder.AutoencoderKL",
+                            "params": {"embed_dim": 4, "ddconfig": dd, "lossconfig": {"target": "torch.nn.Identity"}}},
+        unet_config={"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel",
+                     "params": {"image_size": 8, "in_channels": 4, "out_channels": 4, "model_channels": 32,
+                                "num_res_blocks": 1, "attention_resolutions": [1], "channel_mult": [1, 2],
+                                "num_heads": 2, "use_spatial_transformer": True, "context_dim": 32, "legacy": False}},
+        cond_stage_config={"target": "ldm.modules.encoders.modules.FrozenCLIPEmbedder",
+                           "params": {"max_length": 16, "tokenizer_path": str(tmp_path / "bpe.txt.gz"),
+                                      "text_config": {"width": 32, "layers": 2, "heads": 4, "mlp_width": 64,
+                                                      "max_length": 16, "vocab_size": len(tokenizer)}}})
+    cfg["params"].pop("ucg_rate")
+    config = write_config(tmp_path / "sd.yaml", cfg)
+    assert load_script("convert_from_diffusers").main([str(folder), "--config", str(config),
+                                                       "--out", str(tmp_path / "sd.ckpt")]) == 0
+    ours = I.load_model(str(config), tmp_path / "sd.ckpt", device="cpu")
+    prompts = ["a cat", "dog"]
+    x_T = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(SEED))
+    c, uc = I.prompt_conditioning(ours, prompts)
+    expected = I.generate(ours, 2, ddim(scale=4.0), cond=c, uncond=uc, x_T=x_T)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(prompts, height=16, width=16, num_inference_steps=STEPS, guidance_scale=4.0, latents=x_T.clone(),
+                  output_type="pt").images
+    close(to01(expected), theirs)

@@ -99,6 +99,17 @@ def _clip_tokenizer(encoder: Any) -> Any:
     return tok
 
 
+def _write_bpe_files(folder: Path) -> None:
+    """vocab.json + merges.txt beside tokenizer.json (transformers 5 writes only the latter), so
+    that older transformers and our ``tokenizer_path`` read the folder's tokenizer too."""
+    if (folder / "vocab.json").is_file() or not (folder / "tokenizer.json").is_file():
+        return
+    model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+
+
 def _bert_tokenizer(encoder: Any, tmp: Path) -> Any:
     """A transformers BERT tokenizer with our vocabulary: the WordPiece one as is, the closed
     word-level one written as a vocab.txt (ids unchanged: [PAD] [UNK] [CLS] [SEP] then the words)."""
@@ -232,6 +243,8 @@ def _write(model: Any, cfg: DictConfig, kind: str, tmp: Path, dtype: torch.dtype
             tokenizer.save_pretrained(str(tmp / "tokenizer"))
     if pipeline:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
+        if pipeline == "StableDiffusionPipeline":
+            _write_bpe_files(tmp / "tokenizer")
         return pipeline, why
     unet.save_pretrained(str(tmp / "unet"), safe_serialization=True)
     vae.save_pretrained(str(tmp / "vae"), safe_serialization=True)

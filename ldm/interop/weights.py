@@ -327,10 +327,12 @@ def clip_component(encoder: torch.nn.Module, special_ids: Optional[Mapping[str, 
 
     cfg = encoder.transformer.config
     sd = encoder.transformer.state_dict()
+    # CLIP's vocabulary ends with <|startoftext|> <|endoftext|>; padding is <|endoftext|>
+    ids = {"bos_token_id": cfg.vocab_size - 2, "eos_token_id": cfg.vocab_size - 1, "pad_token_id": cfg.vocab_size - 1}
     config = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.width, num_hidden_layers=cfg.layers,
                   num_attention_heads=cfg.heads, intermediate_size=cfg.mlp_width,
                   max_position_embeddings=cfg.max_length, layer_norm_eps=cfg.layer_norm_eps, hidden_act="quick_gelu",
-                  projection_dim=cfg.width, **dict(special_ids or {}))
+                  projection_dim=cfg.width, **{**ids, **dict(special_ids or {})})
     with torch.device("meta"):
         theirs = set(transformers.CLIPTextModel(transformers.CLIPTextConfig(**config)).state_dict())
     prefixed = any(k.startswith("text_model.") for k in theirs)
