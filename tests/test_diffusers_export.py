@@ -373,5 +373,6 @@ def test_unsupported_models_are_clear_errors(tmp_path):
         export(tmp_path, "pixel", pixel)
     concat = model_config("superres")
     concat["params"]["cond_stage_key"] = "depth"  # a concat condition no task of ours names
-    with pytest.raises(ConversionError, match=r"a 'concat' model \(conditioning_key='concat', cond_stage_key='depth'\)"):
+    with pytest.raises(ConversionError, match=r"a 'concat' model \(conditioning_key='concat', "
+                                              r"cond_stage_key='depth'\)"):
         export(tmp_path, "depth", concat)
