@@ -154,3 +154,19 @@ def test_attention_is_checkpointed_by_default_as_in_the_original(transformer):
         calls[flag] = (len(counter), x.grad.clone())
     assert calls[True][0] == 2 * calls[False][0] > 0  # recomputed once in backward
     torch.testing.assert_close(calls[True][1], calls[False][1])  # same gradients
+
+
+def test_one_null_condition_for_training_and_guidance():
+    from ldm.models.diffusion.conditioning import NullCondition
+    null = NullCondition(rate=0.5, class_key="class_label", null_class=10)
+    batch = {"class_label": torch.tensor([1, 2, 3, 4])}
+    assert null.like(batch)["class_label"].tolist() == [10] * 4
+    assert null.like(["a cat", "a dog"]) == ["", ""]
+    assert torch.equal(null.like(torch.ones(2, 3)), torch.zeros(2, 3))
+    g = torch.Generator().manual_seed(0)
+    dropped, mask = null.drop(batch, generator=g)  # the training rate
+    expected = torch.rand(4, generator=torch.Generator().manual_seed(0)) < 0.5
+    assert torch.equal(mask, expected)
+    assert dropped["class_label"].tolist() == [10 if m else v for v, m in zip([1, 2, 3, 4], expected.tolist())]
+    with pytest.raises(ValueError, match="ucg_rate"):
+        NullCondition(rate=1.5)

@@ -50,7 +50,7 @@ def prompt_conditioning(model: Any, prompts: Sequence[str]) -> tuple[Any, Any]:
     with warnings.catch_warnings():  # check_prompts already reported truncation, with the prompt
         warnings.filterwarnings("ignore", message=r".*is truncated to max_length")
         c = model.get_learned_conditioning(prompts)
-        uc = model.get_learned_conditioning([""] * len(prompts))
+        uc = model.get_unconditional_conditioning(list(prompts))
     return c, uc
 
 
@@ -65,10 +65,9 @@ def class_conditioning(model: Any, labels: Sequence[int]) -> tuple[Any, Optional
     device = model.alphas_cumprod.device
     c = model.get_learned_conditioning(labels_t.to(device))
     try:
-        null = model.null_class()
-    except ValueError:
+        return c, model.get_unconditional_conditioning(labels_t.to(device))
+    except ValueError:  # no null class: conditional sampling only
         return c, None
-    return c, model.get_learned_conditioning(torch.full_like(labels_t, null).to(device))
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ from ldm.util import instantiate_from_config
 __all__ = [
     "CONDITIONING_KEYS",
     "ConditioningKey",
+    "NullCondition",
     "DiffusionWrapper",
     "check_rate",
     "default_null_class",
@@ -206,6 +207,32 @@ def split_inpainting_condition(c: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 # ---- classifier-free guidance: training dropout and the null condition ----
+
+class NullCondition:
+    """The null condition ∅ of classifier-free guidance (Ho & Salimans 2021) for one model: the
+    raw condition that means "no condition", and the training dropout y -> ∅ with probability
+    ``rate``. Training (``LatentDiffusion.get_input``) and guided sampling (its unconditional
+    conditioning, the inference library) both use it, so ∅ is defined once."""
+
+    def __init__(
+        self,
+        rate: float = 0.0,                 # P(y -> ∅) per sample while training
+        class_key: Optional[str] = None,   # batch key of the class labels (class-conditional models)
+        null_class: Optional[int] = None,  # the label meaning ∅; None: the model has none
+    ):
+        self.rate = check_rate(rate, "ucg_rate")
+        self.class_key = class_key
+        self.null_class = null_class
+
+    def drop(self, xc: Any, rate: Optional[float] = None,
+             generator: Optional[torch.Generator] = None) -> tuple[Any, torch.Tensor]:
+        """``drop_conditioning`` with this model's null values; ``rate`` defaults to the training rate."""
+        return drop_conditioning(xc, self.rate if rate is None else rate, self.class_key, self.null_class, generator)
+
+    def like(self, xc: Any) -> Any:
+        """∅ in the layout of the raw condition ``xc`` (no random numbers drawn)."""
+        return self.drop(xc, 1.0)[0]
+
 
 def default_null_class(cond_stage_model: Optional[nn.Module]) -> int:
     """The class index meaning "no class": the embedder's ``null_index`` when it has one."""

@@ -23,7 +23,8 @@ from torch import nn
 from ldm.models.diffusion import ancestral, image_logging, training
 from ldm.models.diffusion import parameterization as P
 from ldm.models.diffusion.conditioning import (  # noqa: F401  (original import paths)
-    ConditioningKey, DiffusionWrapper, check_rate, default_null_class, disabled_train, drop_conditioning,
+    ConditioningKey, DiffusionWrapper, NullCondition, check_rate, default_null_class, disabled_train,
+    drop_conditioning,
     encode_condition, freeze, inpainting_condition, instantiate_cond_stage, resolve_conditioning_key,
     to_model_kwargs)
 from ldm.models.diffusion.first_stage import SPLIT_INPUT_REFUSAL, FirstStage
@@ -383,18 +384,23 @@ class LatentDiffusion(ancestral.LatentSamplingMethods, DDPM):
     def null_class(self) -> int:
         return self.ucg_null_class if self.ucg_null_class is not None else default_null_class(self.cond_stage_model)
 
-    def drop_condition(self, xc, rate: float):
-        """Classifier-free guidance training: per sample, y -> null with probability ``rate``."""
+    def null_condition(self, xc: Any = None) -> NullCondition:
+        """The null condition and training dropout of this model; the null class is looked up only
+        when the raw condition ``xc`` holds class labels (other models need not have one)."""
         class_key = getattr(self.cond_stage_model, "key", self.cond_stage_key)
         needs_class = isinstance(xc, Mapping) or (isinstance(xc, torch.Tensor) and not xc.is_floating_point())
-        return drop_conditioning(xc, rate, class_key, self.null_class() if needs_class else None)[0]
+        return NullCondition(self.ucg_rate, class_key, self.null_class() if needs_class else None)
+
+    def drop_condition(self, xc, rate: float):
+        """Classifier-free guidance training: per sample, y -> null with probability ``rate``."""
+        return self.null_condition(xc).drop(xc, rate)[0]
 
     @torch.no_grad()
     def get_unconditional_conditioning(self, xc, batch_size: Optional[int] = None,
                                        mask: Optional[torch.Tensor] = None):
         """τ_θ(∅) shaped like the conditioning of raw condition ``xc`` (for guided sampling). With
         ``concat_mask_key`` the pixel ``mask`` (B, 1, H, W) is kept: only the masked image is dropped."""
-        c = self.get_learned_conditioning(self.drop_condition(xc, 1.0))
+        c = self.get_learned_conditioning(self.null_condition(xc).like(xc))
         c = ancestral.slice_conditioning(c, batch_size) if batch_size else c
         if self.concat_mask_key is not None:
             if mask is None:
