@@ -88,6 +88,7 @@ def test_report_holds_figures_commands_and_embedded_images(tmp_path):
                        images=[("Reconstructions & inputs", tmp_path / "a.png"), ("second", tmp_path / "b.jpg")],
                        commands=commands, notes=["Trained on 2 cores & offline."])
     assert out == tmp_path / "sub" / "report.html" and out.is_file()
+    assert out.stat().st_mode & 0o777 == 0o644
     page = out.read_text(encoding="utf-8")
     assert "<PSNR>" not in page and "&lt;PSNR&gt; &amp; more" in page  # escaped in the source
     p = _parse(page)

@@ -135,4 +135,5 @@ def write_report(path: PathLike, title: str, figures: Sequence[Figure], images: 
     page = render_report(title, figures, images, commands, notes, image_width)
     with atomic_path(path) as tmp:
         Path(tmp).write_text(page, encoding="utf-8")
+        os.chmod(tmp, 0o644)  # a page to share: not the private mode of the temporary file
     return Path(path)
