@@ -5,8 +5,10 @@ What each kind of model becomes:
 =====================================  =================================================
 unconditional LDM (KL or VQ)           ``LDMPipeline``
 text-to-image, CLIP text encoder       ``StableDiffusionPipeline`` (no safety checker)
-text-to-image, BERT text encoder       ``LDMTextToImagePipeline`` (77-token encoders)
-x4 super-resolution (scale_factor 1)   ``LDMSuperResolutionPipeline``
+text-to-image, BERT text encoder       ``LDMTextToImagePipeline`` (77-token encoders;
+                                       shorter ones: components)
+x4 super-resolution                    ``LDMSuperResolutionPipeline`` (a KL first stage's
+                                       latent scale folded in; scaled VQ: components)
 autoencoder alone                      an ``AutoencoderKL`` or ``VQModel`` folder
 class, inpainting, semantic, layout    components: unet/, vae/, scheduler/, cond_stage/
                                        and a README on how to drive them
@@ -40,7 +42,7 @@ __all__ = ["DTYPES", "ExportResult", "export_checkpoint", "export_model", "push_
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
-EXPORT_INFO = "ldm_export.json"  # what was exported from where; import reads the kind from it
+EXPORT_INFO = "ldm_export.json"  # what was exported, from where, and how (kind, pipeline, dtype, EMA)
 
 
 @dataclass
@@ -93,10 +95,19 @@ def _text_encoder(model: Any) -> str:
                           "(FrozenCLIPEmbedder and BERTEmbedder with a tokenizer are supported)")
 
 
-def _clip_tokenizer(encoder: Any) -> Any:
+def _clip_parts(encoder: Any, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
+    """transformers' CLIPTextModel and tokenizer for our FrozenCLIPEmbedder."""
     tok = encoder.tokenizer  # raises TokenizerUnavailableError naming what to provide
     tok.model_max_length = int(encoder.max_length)
-    return tok
+    ids = {f"{t}_token_id": getattr(tok, f"{t}_token_id") for t in ("bos", "eos", "pad")}
+    return clip_component(encoder, ids).build(dtype), tok
+
+
+def _bert_parts(encoder: Any, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
+    """diffusers' LDMBertModel and a transformers tokenizer for our BERTEmbedder."""
+    with tempfile.TemporaryDirectory() as vocab_dir:
+        tokenizer = _bert_tokenizer(encoder, Path(vocab_dir))
+    return bert_component(encoder).build(dtype), tokenizer
 
 
 def _write_bpe_files(folder: Path) -> None:
@@ -225,16 +236,12 @@ def _write(model: Any, cfg: DictConfig, kind: str, tmp: Path, dtype: torch.dtype
                    "autoencoder as trained")
         pipe = diffusers.LDMSuperResolutionPipeline(vqvae=vae, unet=unet, scheduler=scheduler)
     elif pipeline == "StableDiffusionPipeline":
-        tokenizer = _clip_tokenizer(model.cond_stage_model)
-        ids = {f"{t}_token_id": getattr(tokenizer, f"{t}_token_id") for t in ("bos", "eos", "pad")}
+        text_encoder, tokenizer = _clip_parts(model.cond_stage_model, dtype)
         pipe = diffusers.StableDiffusionPipeline(
-            vae=vae, text_encoder=clip_component(model.cond_stage_model, ids).build(dtype), tokenizer=tokenizer,
-            unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False)
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     elif kind == "text":  # BERT: the LDMTextToImagePipeline, or its components
-        with tempfile.TemporaryDirectory() as vocab_dir:
-            tokenizer = _bert_tokenizer(model.cond_stage_model, Path(vocab_dir))
-        bert = bert_component(model.cond_stage_model).build(dtype)
+        bert, tokenizer = _bert_parts(model.cond_stage_model, dtype)
         if pipeline:
             pipe = diffusers.LDMTextToImagePipeline(vqvae=vae, bert=bert, tokenizer=tokenizer, unet=unet,
                                                     scheduler=scheduler)
