@@ -21,7 +21,7 @@ from tests.test_inference import model_config  # noqa: E402
 from tests.unet_helpers import randomize  # noqa: E402
 
 
-def diffusers_ldm_folder(path, beta_end: float = 0.0195):
+def diffusers_ldm_folder(path, beta_end: float = 0.0195, safe_serialization: bool = True):
     """An LDMPipeline built from diffusers' own classes with random weights, in the layout of
     tests/test_inference.py's tiny unconditional model (T = 100, 8x8x3 latents, f = 2)."""
     torch.manual_seed(3)
@@ -36,7 +36,7 @@ def diffusers_ldm_folder(path, beta_end: float = 0.0195):
     scheduler = diffusers.DDIMScheduler(num_train_timesteps=100, beta_schedule="scaled_linear", beta_start=0.0015,
                                         beta_end=beta_end, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     pipe = diffusers.LDMPipeline(vqvae=vae, unet=unet, scheduler=scheduler)
-    pipe.save_pretrained(str(path))
+    pipe.save_pretrained(str(path), safe_serialization=safe_serialization)
     return pipe
 
 
@@ -46,7 +46,8 @@ def write_config(path, cfg: dict):
 
 
 def test_diffusers_made_pipeline_imports_and_samples_the_same(tmp_path):
-    pipe = diffusers_ldm_folder(tmp_path / "hub-model")
+    pipe = diffusers_ldm_folder(tmp_path / "hub-model", safe_serialization=False)  # .bin, as older Hub repos
+    assert (tmp_path / "hub-model" / "unet" / "diffusion_pytorch_model.bin").is_file()
     cfg = model_config("uncond")
     with pytest.raises(ConversionError, match=r"scaling_factor=0\.8, but the config's model\.params\.scale_factor "
                                               r"is 1"):

@@ -22,7 +22,9 @@ from ldm.interop.weights import (Component, ConversionError, bert_component, cli
 
 __all__ = ["build_template", "import_folder", "read_weights"]
 
-WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
+# safetensors first; .bin files of older Hub repositories are read without unpickling code
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin",
+                "pytorch_model.bin")
 # component subfolders by role, in the names the pipelines (or our component export) use
 # (first_stage/: the autoencoder as trained, beside a vqvae/ with the latent scale folded in)
 ROLES = {"unet": ("unet",), "first_stage": ("first_stage", "vqvae", "vae"), "text": ("text_encoder", "bert"),
@@ -30,19 +32,21 @@ ROLES = {"unet": ("unet",), "first_stage": ("first_stage", "vqvae", "vae"), "tex
 
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """The tensors of one component folder (single-file safetensors, as the export writes)."""
+    """The tensors of one component folder: one weights file, or safetensors shards."""
     from safetensors.torch import load_file
+
+    from ldm.checkpoint import load_state_dict
 
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
-            return load_file(str(folder / name), device="cpu")
+            return load_state_dict(folder / name)
     if any(folder.glob("*.safetensors.index.json")):  # sharded (large models saved by diffusers)
         out: dict[str, torch.Tensor] = {}
         for shard in sorted(folder.glob("*-of-*.safetensors")):
             out.update(load_file(str(shard), device="cpu"))
         if out:
             return out
-    raise ConversionError(f"{folder}: no weights ({' or '.join(WEIGHT_FILES)}); only safetensors folders are read")
+    raise ConversionError(f"{folder}: no weights file ({', '.join(WEIGHT_FILES)} or safetensors shards)")
 
 
 def _strip_ckpt_paths(node: Any) -> None:
