@@ -7,6 +7,11 @@
 Writes <outdir>/img/NNNNN.png per sample, <outdir>/grid-0000.png (the first --grid_max samples)
 and <outdir>/samples_<N>x<H>x<W>x3.npz with the uint8 samples under ``arr_0`` (and the class
 labels under ``labels``), the layout FID/IS tools read. Default outdir: <run>/samples/<time>.
+
+Sample i depends only on (--seed, i): its initial and per-step noise come from generators seeded
+with (seed, i) (ldm.eval.shards), so --batch_size and the number of processes change no image.
+Under ``torchrun --nproc_per_node K`` each process draws a block of the N samples and writes
+their PNGs; rank 0 gathers them and writes the grid and the one .npz of exactly N samples.
 """
 from __future__ import annotations
 
@@ -23,9 +28,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from ldm.inference import class_conditioning, generate, model_kind, save_npz, seed_everything, to_uint8  # noqa: E402
-from ldm.inference.cli import (Outputs, add_model_args, add_sampling_args, model_from_args,  # noqa: E402
-                               options_from_args, timestamp)
+from ldm.eval.shards import per_sample_noise, sample_noise  # noqa: E402
+from ldm.inference import class_conditioning, generate, save_npz, to_uint8  # noqa: E402
+from ldm.inference.cli import add_model_args, add_sampling_args, start_task, timestamp  # noqa: E402
+from ldm.inference.distributed import join_processes  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,18 +55,26 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
     args = parser().parse_args(argv)
     if args.n_samples < 1 or args.batch_size < 1:
         raise SystemExit("-n and --batch_size must be positive")
-    if args.eta is None:
-        args.eta = 1.0 if args.sampler == "ddim" else 0.0
-    loaded = model_from_args(args)
-    model, kind = loaded.model, model_kind(loaded.model)
-    if kind not in ("unconditional", "class"):
-        raise SystemExit(f"sample_diffusion.py samples unconditional or class-conditional models; this one is "
-                         f"{kind!r} (use txt2img.py, inpaint.py, superres.py, semantic2img.py or layout2img.py)")
-    if kind == "unconditional" and (args.classes or args.scale != 1.0):
+    share = join_processes()
+    try:
+        return _sample(args, share)
+    finally:
+        share.close()
+
+
+def _sample(args: argparse.Namespace, share) -> list[Path]:
+    args.device = share.device(args.device)
+
+    def outdir(loaded) -> str:  # one folder for all ranks
+        return share.broadcast(args.outdir or str((loaded.run.logdir if loaded.run else Path("outputs")) / "samples"
+                                                  / timestamp()))
+
+    task = start_task(args, "sample_diffusion.py", ["unconditional", "class"],
+                      "an unconditional or class-conditional model (use txt2img.py, inpaint.py, superres.py, "
+                      "semantic2img.py or layout2img.py for the others)", outdir=outdir)
+    model, kind, opts, out, generator = task.model, task.kind, task.options, task.out, task.generator
+    if kind == "unconditional" and (args.classes or opts.scale != 1.0):
         raise SystemExit("--classes/--scale need a class-conditional model; this one is unconditional")
-    outdir = args.outdir or str((loaded.run.logdir if loaded.run else Path("outputs")) / "samples" / timestamp())
-    out = Outputs(outdir, skip_save=args.skip_save)
-    generator = seed_everything(args.seed)
     labels = None
     if kind == "class":
         if args.classes:
@@ -68,23 +82,33 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
         else:
             n_classes = int(model.cond_stage_model.n_classes)
             labels = torch.randint(0, n_classes, (args.n_samples,), generator=generator).numpy()
-    opts = options_from_args(args)
+    latent = (model.channels, model.image_size, model.image_size)
+    mine = share.indices(args.n_samples)
     batches = []
-    for start in tqdm(range(0, args.n_samples, args.batch_size), desc="batches", disable=not args.progress):
-        n = min(args.batch_size, args.n_samples - start)
+    for start in tqdm(range(0, len(mine), args.batch_size), desc=f"batches (rank {share.rank})" if share.distributed
+                      else "batches", disable=not args.progress):
+        idx = mine[start:start + args.batch_size]
         cond = uncond = None
         if labels is not None:
-            cond, uncond = class_conditioning(model, labels[start:start + n].tolist())
+            cond, uncond = class_conditioning(model, labels[idx].tolist())
             if opts.scale != 1.0 and uncond is None:
                 raise SystemExit(f"--scale {opts.scale} needs a model trained with a null class (ucg_rate > 0)")
-        images = generate(model, n, opts, cond=cond, uncond=uncond, generator=generator).cpu()
-        out.samples(images, "img", start=start)
+        images = generate(model, len(idx), opts, cond=cond, uncond=uncond, generator=generator,
+                          x_T=sample_noise(args.seed, idx, latent),
+                          noise_sampler=per_sample_noise(args.seed, idx, latent, model.device)).cpu()
+        out.samples(images, "img", start=int(idx[0]))
         batches.append(images)
-    images = torch.cat(batches)
-    arr = to_uint8(images)
+    # uint8 travels (a quarter of the floats); rank 0 checks that every sample arrived exactly once.
+    parts = share.gather((mine, to_uint8(torch.cat(batches)) if batches else None))
+    if parts is None:  # not rank 0: its samples went to rank 0, which writes the npz and the grid
+        return out.written
+    if not np.array_equal(np.concatenate([i for i, _ in parts]), np.arange(args.n_samples)):
+        raise RuntimeError("the processes' shares do not add up to the samples 0..N-1 exactly once")
+    arr = np.concatenate([a for _, a in parts if a is not None])
+    images = torch.from_numpy(arr[:args.grid_max]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     npz = save_npz(out.root / f"samples_{'x'.join(map(str, arr.shape))}.npz", arr, labels)
-    grid = out.grid(images[:args.grid_max], "grid", nrow=int(math.ceil(math.sqrt(min(len(images), args.grid_max)))))
-    print(f"{len(images)} samples in {out.root} (npz: {npz.name}{', grid: ' + grid.name if grid else ''})")
+    grid = out.grid(images, "grid", nrow=int(math.ceil(math.sqrt(len(images)))))
+    print(f"{len(arr)} samples in {out.root} (npz: {npz.name}{', grid: ' + grid.name if grid else ''})")
     return out.written + [npz]
 
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from ldm.checkpoint import atomic_path
 
-__all__ = ["ShardStore", "batch_generator", "sample_noise"]
+__all__ = ["ShardStore", "batch_generator", "per_sample_noise", "sample_noise"]
 
 # indices -> (uint8 images, labels or None), or (uint8 images, uint8 references, None)
 MakeBatch = Callable[[np.ndarray], tuple]
@@ -42,6 +42,19 @@ def sample_noise(seed: int, indices: np.ndarray, shape: tuple[int, ...]) -> torc
     """(len(indices), *shape) standard normal noise; row j depends only on (seed, indices[j])."""
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(_seed_of(seed, int(i))))
                         for i in indices])
+
+
+def per_sample_noise(seed: int, indices: np.ndarray, shape: tuple[int, ...],
+                     device: Union[str, torch.device] = "cpu") -> Callable[[float, float], torch.Tensor]:
+    """A sampler's ``noise_sampler`` ((sigma, sigma_next) -> (len(indices), *shape) noise) whose row j
+    comes from a generator of its own, seeded with (seed, indices[j]): the noise sample i receives
+    at every step depends on (seed, i) alone, not on the batch it is drawn in nor on the process
+    drawing it. The initial noise of the same samples: :func:`sample_noise`."""
+    generators = [torch.Generator().manual_seed(_seed_of(seed + 1, int(i))) for i in indices]
+
+    def draw(sigma: float, sigma_next: float) -> torch.Tensor:
+        return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+    return draw
 
 
 def batch_generator(seed: int, first_index: int) -> torch.Generator:
