@@ -20,9 +20,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from ldm.inference import img2img, load_image, model_kind, seed_everything  # noqa: E402
-from ldm.inference.cli import (Outputs, add_condition_args, add_model_args, add_output_args,  # noqa: E402
-                               add_sampling_args, model_from_args, options_from_args)
+from ldm.inference import img2img, load_image  # noqa: E402
+from ldm.inference.cli import (add_condition_args, add_model_args, add_output_args, add_sampling_args,  # noqa: E402
+                               start_task)
 from ldm.inference.conditioning import user_conditioning  # noqa: E402
 
 
@@ -44,20 +44,15 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
     args = parser().parse_args(argv)
-    model = model_from_args(args).model
     size = None
     if args.H or args.W:
         if not (args.H and args.W):
             raise SystemExit("give both --H and --W to resize the input")
         size = (args.H, args.W)
+    task = start_task(args, "img2img.py")
+    model, opts, out, generator = task.model, task.options, task.out, task.generator
     init = load_image(args.init_img, size=size)
     cond, uncond = user_conditioning(model, args.n_samples, args.prompt, args.class_label)
-    scale = args.scale if args.scale is not None else (5.0 if model_kind(model) == "text" else 1.0)
-    if uncond is None:
-        scale = 1.0 if args.scale is None else args.scale
-    opts = options_from_args(args, scale=scale)
-    out = Outputs(args.outdir, skip_save=args.skip_save, skip_grid=args.skip_grid)
-    generator = seed_everything(args.seed)
     rows = []
     for _ in tqdm(range(args.n_iter), desc="iterations", disable=not args.progress or args.n_iter == 1):
         images = img2img(model, init.repeat(args.n_samples, 1, 1, 1), args.strength, opts, cond=cond,

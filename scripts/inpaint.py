@@ -24,9 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from ldm.inference import inpaint, load_image, load_mask, model_kind, seed_everything  # noqa: E402
-from ldm.inference.cli import (Outputs, add_condition_args, add_model_args, add_output_args,  # noqa: E402
-                               add_sampling_args, model_from_args, options_from_args)
+from ldm.inference import inpaint, load_image, load_mask  # noqa: E402
+from ldm.inference.cli import (add_condition_args, add_model_args, add_output_args, add_sampling_args,  # noqa: E402
+                               start_task)
 from ldm.inference.conditioning import user_conditioning  # noqa: E402
 
 
@@ -64,17 +64,13 @@ def find_pairs(args: argparse.Namespace) -> list[tuple[str, str]]:
 def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
     args = parser().parse_args(argv)
     pairs = find_pairs(args)
-    model = model_from_args(args).model
-    guided = model_kind(model) != "inpainting"
+    task = start_task(args, "inpaint.py")
+    model, opts, out, generator = task.model, task.options, task.out, task.generator
     cond = uncond = None
-    if guided:
+    if task.kind != "inpainting":  # mask-guided sampling with any other model
         cond, uncond = user_conditioning(model, 1, args.prompt, args.class_label)
     elif args.prompt is not None or args.class_label is not None:
         raise SystemExit("this inpainting model is conditioned on the image and mask only: drop --prompt/--class")
-    default_scale = 5.0 if model_kind(model) == "text" else 1.0
-    opts = options_from_args(args, scale=args.scale if args.scale is not None else default_scale)
-    out = Outputs(args.outdir, skip_save=args.skip_save, skip_grid=args.skip_grid)
-    generator = seed_everything(args.seed)
     rows = []
     for image_path, mask_path in tqdm(pairs, desc="images", disable=not args.progress or len(pairs) == 1):
         image, mask = load_image(image_path), load_mask(mask_path)

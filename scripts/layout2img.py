@@ -21,10 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from ldm.inference import (generate, latent_size, layout_tokenizer, layout_tokens, model_kind,  # noqa: E402
-                           read_layouts, seed_everything)
-from ldm.inference.cli import (Outputs, add_model_args, add_output_args, add_sampling_args,  # noqa: E402
-                               model_from_args, options_from_args)
+from ldm.inference import generate, latent_size, layout_tokenizer, layout_tokens, read_layouts  # noqa: E402
+from ldm.inference.cli import add_model_args, add_output_args, add_sampling_args, start_task  # noqa: E402
 from ldm.inference.layouts import draw_layout, null_layout_conditioning  # noqa: E402
 
 
@@ -47,18 +45,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
     args = parser().parse_args(argv)
     layouts = read_layouts(args.layout)
-    model = model_from_args(args).model
-    if model_kind(model) != "layout":
-        raise SystemExit(f"layout2img.py needs a model conditioned on box tokens (cond_stage_key coordinates_bbox); "
-                         f"this one is {model_kind(model)!r}")
-    if args.eta is None:  # the original layout2img notebook sampled DDIM with eta = 1
-        args.eta = 1.0 if args.sampler == "ddim" else 0.0
+    task = start_task(args, "layout2img.py", ["layout"],
+                      "a model conditioned on box tokens (cond_stage_key coordinates_bbox)")
+    model, opts, out, generator = task.model, task.options, task.out, task.generator
     tokenizer = layout_tokenizer(model, args.n_classes, args.grid)
     h, w = latent_size(model, args.H, args.W)
-    opts = options_from_args(args)
     uncond = null_layout_conditioning(model, tokenizer, args.n_samples) if opts.scale != 1.0 else None
-    out = Outputs(args.outdir, skip_save=args.skip_save, skip_grid=args.skip_grid)
-    generator = seed_everything(args.seed)
     stem = Path(args.layout).stem
     for k, layout in enumerate(tqdm(layouts, desc="layouts", disable=not args.progress or len(layouts) == 1)):
         tokens = layout_tokens(tokenizer, layout)[None].repeat(args.n_samples, 1)

@@ -38,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
     args = parser().parse_args(argv)
-    task = start_task(args, "semantic2img.py", "semantic", "a model concat-conditioned on segmentation maps")
+    task = start_task(args, "semantic2img.py", ["semantic"], "a model concat-conditioned on segmentation maps")
     n_classes = args.n_classes or semantic_classes(task.model)
     out = task.out
     for path in tqdm(args.input, desc="maps", disable=not args.progress or len(args.input) == 1):

@@ -42,7 +42,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
         inputs += sorted(str(p) for p in Path(args.indir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not inputs:
         raise SystemExit("no inputs: pass --input or --indir")
-    task = start_task(args, "superres.py", "superres",
+    task = start_task(args, "superres.py", ["superres"],
                       "a concat-conditioned super-resolution model (cond_stage_key LR_image)")
     out = task.out
     for path in tqdm(inputs, desc="images", disable=not args.progress or len(inputs) == 1):

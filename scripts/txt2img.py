@@ -20,10 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from ldm.inference import (generate, initial_noise, latent_size, model_kind, prompt_conditioning,  # noqa: E402
-                           seed_everything)
-from ldm.inference.cli import (Outputs, add_model_args, add_output_args, add_sampling_args,  # noqa: E402
-                               model_from_args, options_from_args)
+from ldm.inference import generate, initial_noise, latent_size, prompt_conditioning  # noqa: E402
+from ldm.inference.cli import add_model_args, add_output_args, add_sampling_args, start_task  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -61,13 +59,9 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
     prompts = read_prompts(args)
     if args.n_samples < 1 or args.n_iter < 1:
         raise SystemExit("--n_samples and --n_iter must be positive")
-    model = model_from_args(args).model
-    if model_kind(model) != "text":
-        raise SystemExit(f"txt2img.py needs a text-conditioned model; this one is {model_kind(model)!r}")
+    task = start_task(args, "txt2img.py", ["text"], "a text-conditioned model")
+    model, opts, out, generator = task.model, task.options, task.out, task.generator
     h, w = latent_size(model, args.H, args.W)
-    opts = options_from_args(args)
-    out = Outputs(args.outdir, skip_save=args.skip_save, skip_grid=args.skip_grid)
-    generator = seed_everything(args.seed)
     shape = (args.n_samples, model.channels, h, w)
     fixed = initial_noise(shape, generator, model.alphas_cumprod.device) if args.fixed_code else None
     for prompt in tqdm(prompts, desc="prompts", disable=not args.progress or len(prompts) == 1):

@@ -7,7 +7,7 @@ import datetime
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from PIL import Image
@@ -20,7 +20,8 @@ from ldm.inference.runtime import PRECISIONS, seed_everything, select_device
 from ldm.inference.sampling import SAMPLER_NAMES
 
 __all__ = ["CONCAT_SAMPLERS", "LoadedModel", "TaskRun", "add_concat_task_args", "add_model_args", "add_output_args",
-           "add_sampling_args", "model_from_args", "options_from_args", "Outputs", "start_task", "timestamp"]
+           "add_sampling_args", "default_scale", "model_from_args", "options_from_args", "Outputs", "start_task",
+           "timestamp"]
 
 # Samplers for concat-conditioned models, DDIM first: classifier-free guidance does not apply.
 CONCAT_SAMPLERS = ("ddim", "plms", "dpm", "unipc", "ddpm")
@@ -162,19 +163,32 @@ class TaskRun:
     """What a task script needs after parsing its arguments."""
 
     model: Any
+    kind: str                   # model_kind(model)
+    run: Optional[RunFiles]     # the run directory the model came from, if any
     options: SamplingOptions
     out: Outputs
     generator: torch.Generator  # seeded from --seed; draws the initial noise
 
 
-def start_task(args: argparse.Namespace, script: str, kind: str, requirement: str) -> TaskRun:
-    """Load the model, check it is a ``kind`` model (else exit: "<script> needs <requirement>"),
-    resolve an unset ``--eta`` (1 for DDIM, as the original notebooks sampled, else 0), open the
-    output folder and seed."""
-    model = model_from_args(args).model
-    if model_kind(model) != kind:
-        raise SystemExit(f"{script} needs {requirement}; this one is {model_kind(model)!r}")
+def default_scale(kind: str) -> float:
+    """Guidance scale when --scale is not given: 5 for text models (the txt2img default), else 1."""
+    return 5.0 if kind == "text" else 1.0
+
+
+def start_task(args: argparse.Namespace, script: str, kinds: Optional[Sequence[str]] = None, requirement: str = "",
+               outdir: Optional[Callable[[LoadedModel], str]] = None) -> TaskRun:
+    """The set-up every task script shares: load the model, check it is one of ``kinds`` (else exit:
+    "<script> needs <requirement>"), resolve an unset ``--eta`` (1 for DDIM, as the original scripts
+    and notebooks sampled, else 0) and an unset ``--scale`` (``default_scale``), open the output
+    folder (``args.outdir``, or ``outdir(loaded)``) and seed."""
+    loaded = model_from_args(args)
+    kind = model_kind(loaded.model)
+    if kinds is not None and kind not in kinds:
+        raise SystemExit(f"{script} needs {requirement}; this one is {kind!r}")
     if args.eta is None:
         args.eta = 1.0 if args.sampler == "ddim" else 0.0
-    out = Outputs(args.outdir, skip_save=args.skip_save, skip_grid=getattr(args, "skip_grid", False))
-    return TaskRun(model, options_from_args(args), out, seed_everything(args.seed))
+    scale = getattr(args, "scale", None)
+    options = options_from_args(args, scale=default_scale(kind) if scale is None else scale)
+    root = args.outdir if outdir is None else outdir(loaded)
+    out = Outputs(root, skip_save=args.skip_save, skip_grid=getattr(args, "skip_grid", False))
+    return TaskRun(loaded.model, kind, loaded.run, options, out, seed_everything(args.seed))
