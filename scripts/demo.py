@@ -17,6 +17,13 @@ Default stages: autoencoder, ldm_uncond, ldm_class, ldm_text. Task stages (opt-i
 (layout-to-image, Sec. 4.3.1), ldm_inpaint (inpainting, Sec. 4.5). Their sampling inputs (a
 low-resolution image, a segmentation map, a boxes JSON, an image with a mask) are cut from the
 synthetic validation set into <logdir>/demo_samples/inputs/.
+
+Finally the demo measures what it trained (ldm.eval) and writes <logdir>/demo_report.html, one
+self-contained page with the grids, the figures and every command: the autoencoder's PSNR on
+synthetic validation images, and how often guided class samples are recognised as their class
+by a classifier of the synthetic data (scripts/train_classifier.py, trained on first use into
+<logdir>/demo_classifier/) relative to real validation images, with an FID-like score of that
+classifier's features (not Inception FID). --no-report skips this.
 """
 from __future__ import annotations
 
@@ -81,7 +88,15 @@ def latest_run(logdir: Path, name: str) -> Path:
     return runs[-1]
 
 
-def run_stage(name: str, config: str, ae_ckpt: Path | None, logdir: Path, fast: bool) -> Path:
+def run(cmd: list[str], commands: list[list[str]], what: str) -> None:
+    """Print, record and run one command from the repository root."""
+    print(f"\n==> {what}: {shlex.join(cmd)}", flush=True)
+    commands.append(cmd)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def run_stage(name: str, config: str, ae_ckpt: Path | None, logdir: Path, fast: bool,
+              commands: list[list[str]]) -> Path:
     cmd = [sys.executable, "main.py", "--base", config, "-t", "--accelerator", "cpu", "--logger", "csv",
            "-n", f"demo_{name}", "-l", str(logdir)]
     if ae_ckpt is not None:
@@ -89,12 +104,11 @@ def run_stage(name: str, config: str, ae_ckpt: Path | None, logdir: Path, fast: 
     if fast:
         cmd += ["lightning.trainer.max_steps=40", "lightning.trainer.val_check_interval=20",
                 "lightning.callbacks.image_logger.params.batch_frequency=20"]
-    print(f"\n==> {name}: {shlex.join(cmd)}", flush=True)
     start = time.time()
-    subprocess.run(cmd, cwd=ROOT, check=True)
-    run = latest_run(logdir, f"demo_{name}")
-    print(f"==> {name} finished in {time.time() - start:.0f} s; run directory {run}", flush=True)
-    return run
+    run(cmd, commands, name)
+    run_dir = latest_run(logdir, f"demo_{name}")
+    print(f"==> {name} finished in {time.time() - start:.0f} s; run directory {run_dir}", flush=True)
+    return run_dir
 
 
 def write_inputs(folder: Path, size: int = DEMO_SIZE, n: int = N_INPUTS) -> dict[str, list[Path]]:
@@ -168,6 +182,179 @@ def sample_commands(runs: dict[str, Path], outdir: Path, inputs: Optional[dict[s
     return cmds
 
 
+# ---------------------------------------------------------------------------------------------
+# Figures and report: what the demo's models reached, measured with ldm.eval
+
+class Targets(NamedTuple):
+    psnr_db: float = 28.0          # autoencoder reconstructions, mean per-image PSNR (8-bit)
+    relative_accuracy: float = 0.9  # class samples recognised / real validation images recognised
+
+
+class Sizes(NamedTuple):
+    real_images: int     # validation images: reconstructions, the classifier's real accuracy, FID-like reference
+    class_samples: int   # guided class samples (class i mod 8), sampled with the demo's class settings
+    class_steps: int     # DDIM steps of those samples
+
+
+FULL = Sizes(real_images=1000, class_samples=256, class_steps=50)
+FAST = Sizes(real_images=64, class_samples=16, class_steps=10)
+CLASS_SCALE = 3.0  # classifier-free guidance scale of the class samples (as sample_commands uses)
+SEED = 0
+
+
+def classifier_command(folder: Path, fast: bool) -> list[str]:
+    cmd = [sys.executable, "scripts/train_classifier.py", "--out", str(folder), "--no-progress"]
+    return cmd + (["--steps", "60", "--train-images", "1024", "--val-images", "200"] if fast else [])
+
+
+def ensure_classifier(logdir: Path, fast: bool, commands: list[list[str]]) -> Path:
+    """The judge: ``<logdir>/demo_classifier`` (``_fast`` for --fast), trained on first use and
+    reused while it matches the synthetic data."""
+    from ldm.eval.classifier import ClassifierMismatch, load_classifier
+
+    folder = logdir / ("demo_classifier_fast" if fast else "demo_classifier")
+    try:
+        load_classifier(folder, size=DEMO_SIZE)
+        print(f"\n==> classifier: reusing {folder}", flush=True)
+        commands.append(classifier_command(folder, fast))
+    except (FileNotFoundError, ClassifierMismatch, ValueError):
+        run(classifier_command(folder, fast), commands, "classifier")
+    return folder
+
+
+def _uint8_to_tensor(images: "np.ndarray") -> "torch.Tensor":
+    import torch
+
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def autoencoder_figures(run_dir: Path, n: int, grid: Path) -> "Figure":
+    """Mean per-image PSNR of D(E(x)) (posterior mode) on ``n`` synthetic validation images;
+    writes a grid of the first 8 inputs (top) and reconstructions (bottom)."""
+    import numpy as np
+    import torch
+
+    from ldm.data.synthetic import SyntheticShapesValidation
+    from ldm.eval.html_report import Figure
+    from ldm.eval.metrics import psnr_values
+    from ldm.eval.protocols import reconstruction_batches
+    from ldm.inference import load_run, save_grid
+
+    model = load_run(run_dir, device="cpu")
+    data = SyntheticShapesValidation(size=DEMO_SIZE, length=n)
+    make = reconstruction_batches(model, data, torch.device("cpu"))
+    values, first = [], None
+    for start in range(0, n, 100):
+        rec, ref, _ = make(np.arange(start, min(start + 100, n)))
+        values.append(psnr_values(ref, rec))
+        first = first if first is not None else (ref[:8], rec[:8])
+    psnr = np.concatenate(values)
+    save_grid(_uint8_to_tensor(np.concatenate(first)), grid, nrow=len(first[0]))
+    return Figure(f"Autoencoder reconstructions: PSNR on {n} synthetic validation images", float(psnr.mean()),
+                  unit="dB", target=Targets().psnr_db,
+                  note=f"mean of per-image PSNR of 8-bit images (std {psnr.std():.2f} dB), ldm.eval.metrics.psnr_values")
+
+
+def class_figures(run_dir: Path, classifier: Path, sizes: Sizes, grid: Path) -> list["Figure"]:
+    """How often guided class samples are recognised as their class by the classifier, relative
+    to real validation images, and an FID-like score of the classifier's features."""
+    import numpy as np
+
+    from ldm.data.synthetic import SyntheticShapesValidation
+    from ldm.eval.classifier import classifier_features
+    from ldm.eval.features import extract_features
+    from ldm.eval.html_report import Figure
+    from ldm.eval.metrics import Statistics, accuracy, fid
+    from ldm.eval.protocols import generation_batches
+    from ldm.inference import SamplingOptions, load_run, save_grid, to_uint8
+
+    extractor = classifier_features(classifier, size=DEMO_SIZE)
+    data = SyntheticShapesValidation(size=DEMO_SIZE, length=sizes.real_images)
+    real = [(to_uint8(_stack_images(data, range(i, min(i + 100, len(data))))),
+             np.array([data[j]["class_label"] for j in range(i, min(i + 100, len(data)))]))
+            for i in range(0, len(data), 100)]
+    real_feats = extract_features(extractor, (r for r, _ in real), total=len(data), desc="real images")
+    real_acc = accuracy(real_feats.logits, np.concatenate([lab for _, lab in real]))
+
+    model = load_run(run_dir, device="cpu")
+    opts = SamplingOptions(sampler="ddim", steps=sizes.class_steps, scale=CLASS_SCALE, progress=False)
+    make = generation_batches(model, opts, SEED)
+    samples, labels = [], []
+    for start in range(0, sizes.class_samples, 64):
+        images, lab = make(np.arange(start, min(start + 64, sizes.class_samples)))
+        samples.append(images)
+        labels.append(lab)
+        print(f"    class samples: {start + len(images)}/{sizes.class_samples}", flush=True)
+    samples_u8, labels_np = np.concatenate(samples), np.concatenate(labels)
+    fake_feats = extract_features(extractor, (samples_u8[i:i + 100] for i in range(0, len(samples_u8), 100)),
+                                  total=len(samples_u8), desc="class samples")
+    fake_acc = accuracy(fake_feats.logits, labels_np)
+    fid_like = fid(Statistics.from_features(real_feats.features, extractor=extractor.name),
+                   Statistics.from_features(fake_feats.features, extractor=extractor.name))
+    save_grid(_uint8_to_tensor(samples_u8[:64]), grid, nrow=8)  # column k: class k
+    how = f"{sizes.class_samples} samples (class i mod 8), DDIM {sizes.class_steps} steps, guidance scale {CLASS_SCALE:g}"
+    return [
+        Figure(f"Classifier accuracy on {len(data)} real validation images", 100 * real_acc, unit="%", digits=1,
+               note=extractor.name),
+        Figure("Guided class samples recognised as their class", 100 * fake_acc, unit="%", digits=1, note=how),
+        Figure("Class samples recognised, relative to real images", 100 * fake_acc / max(real_acc, 1e-12), unit="%",
+               digits=1, target=100 * Targets().relative_accuracy, note="sample accuracy / real-image accuracy"),
+        Figure("FID-like score of the classifier's features (not Inception FID)", fid_like, digits=2,
+               note=f"Frechet distance of {fake_feats.features.shape[1]}-d classifier features, samples vs "
+                    f"{len(data)} validation images; lower is better, only comparable between runs of this demo"),
+    ]
+
+
+def _stack_images(data: object, indices: range) -> "torch.Tensor":
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.stack([data[i]["image"] for i in indices])).permute(0, 3, 1, 2)
+
+
+def first_png(folder: Path, pattern: str) -> Optional[Path]:
+    found = sorted(folder.glob(pattern))
+    return found[0] if found else None
+
+
+def write_demo_report(runs: dict[str, Path], logdir: Path, fast: bool, commands: list[list[str]],
+                      argv: Sequence[str]) -> Optional[Path]:
+    """Figures of the models trained in this invocation, printed and written with the grids and
+    commands to ``<logdir>/demo_report.html``."""
+    from ldm.eval.html_report import format_figures, write_report
+
+    if not runs.keys() & {"autoencoder", "ldm_class"}:
+        return None
+    sizes = FAST if fast else FULL
+    outdir = logdir / "demo_samples"
+    figures, images = [], []
+    print("\n==> figures (ldm.eval)", flush=True)
+    if "autoencoder" in runs:
+        grid = outdir / "autoencoder_reconstructions.png"
+        figures.append(autoencoder_figures(runs["autoencoder"], sizes.real_images, grid))
+        images.append(("Autoencoder: validation inputs (top) and reconstructions (bottom)", grid))
+    if "ldm_class" in runs:
+        classifier = ensure_classifier(logdir, fast, commands)
+        grid = outdir / "class_samples_eval.png"
+        figures += class_figures(runs["ldm_class"], classifier, sizes, grid)
+        images.append((f"Guided class samples, column k = class k (circle, square, triangle, diamond, hexagon, "
+                       f"star, cross, ring), scale {CLASS_SCALE:g}", grid))
+    for name, folder, pattern, caption in (("ldm_uncond", "uncond", "grid-*.png", "Unconditional samples"),
+                                          ("ldm_text", "text", "grid-*.png",
+                                           "Text samples: 'a red circle and a blue square'")):
+        png = first_png(outdir / folder, pattern) if name in runs else None
+        if png is not None:
+            images.append((caption, png))
+    notes = [f"Models trained by `python scripts/demo.py {shlex.join(argv)}`".rstrip() + " on the built-in synthetic "
+             "shapes (32 px), offline on CPU" + (" (--fast: a smoke run, the figures mean nothing)." if fast else "."),
+             "Classifier-based scores use a small CNN trained on the synthetic data (scripts/train_classifier.py); "
+             "they are not Inception scores."]
+    path = write_report(logdir / "demo_report.html", "Latent diffusion demo", figures, images, commands, notes)
+    print("\n" + format_figures(figures))
+    print(f"\nReport: {path}")
+    return path
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
@@ -178,6 +365,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", default=bool(os.environ.get("LDM_DEMO_FAST")),
                    help="a short smoke run (also LDM_DEMO_FAST=1)")
     p.add_argument("-l", "--logdir", default="logs", help="where run directories go")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip the figures and <logdir>/demo_report.html at the end")
     return p
 
 
@@ -191,22 +380,24 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     logdir = (ROOT / args.logdir).resolve()
     ae_ckpt = None
     runs: dict[str, Path] = {}
+    commands: list[list[str]] = []
     for name, config, needs_ae, _ in stages:
         if needs_ae and ae_ckpt is None:
             ae_ckpt = latest_run(logdir, "demo_autoencoder") / "checkpoints" / "last.ckpt"
-        run = run_stage(name, config, ae_ckpt if needs_ae else None, logdir, args.fast)
-        runs[name] = run
+        run_dir = run_stage(name, config, ae_ckpt if needs_ae else None, logdir, args.fast, commands)
+        runs[name] = run_dir
         if name == "autoencoder":
-            ae_ckpt = run / "checkpoints" / "last.ckpt"
-        grids = sorted((run / "images").rglob("*.png"), key=lambda p: p.stat().st_mtime)
+            ae_ckpt = run_dir / "checkpoints" / "last.ckpt"
+        grids = sorted((run_dir / "images").rglob("*.png"), key=lambda p: p.stat().st_mtime)
         for g in grids[-3:]:
             print(f"    {g.relative_to(ROOT) if g.is_relative_to(ROOT) else g}")
     outdir = logdir / "demo_samples"
     inputs = write_inputs(outdir / "inputs") if runs.keys() & set(TASK_STAGES) else None
     for cmd in sample_commands(runs, outdir, inputs):
-        print(f"\n==> sampling: {shlex.join(cmd)}", flush=True)
-        subprocess.run(cmd, cwd=ROOT, check=True)
+        run(cmd, commands, "sampling")
     print(f"\nDemo done. Training grids are under each run's images/ folder; samples under {outdir}.")
+    if not args.no_report:
+        write_demo_report(runs, logdir, args.fast, commands, list(argv if argv is not None else sys.argv[1:]))
 
 
 if __name__ == "__main__":
