@@ -1,6 +1,7 @@
 """The `lightning.trainer` section: legacy Lightning 1.x keys mapped, the rest validated, hardware resolved."""
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import warnings
 from typing import Any
@@ -77,6 +78,7 @@ def _parse_devices(spec: str) -> int | str | list[int]:
 
 def check_accelerator(cfg: dict[str, Any]) -> None:
     accel = cfg.get("accelerator")
+    check_strategy(cfg)
     if accel in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError("--gpus/--accelerator",
                           "GPUs were requested but no CUDA device is visible on this machine; "
@@ -97,3 +99,19 @@ def num_devices(cfg: dict[str, Any]) -> int:
             return max(torch.cuda.device_count(), 1)
         return 1
     return int(devices)
+
+
+def check_strategy(cfg: dict[str, Any]) -> None:
+    """Strategies that cannot run here fail at start-up with the flag to change (docs/distributed.md)."""
+    strategy = cfg.get("strategy")
+    if not isinstance(strategy, str):
+        return
+    accel = cfg.get("accelerator")
+    on_cpu = accel == "cpu" or (accel == "auto" and not torch.cuda.is_available())
+    if strategy.startswith("fsdp") and on_cpu:
+        # Lightning 2 implements FSDP for CUDA devices only.
+        raise ConfigError("--strategy", f"{strategy!r} needs GPUs (Lightning runs FSDP on CUDA devices only); "
+                          "on CPU use --strategy ddp")
+    if strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("--strategy", f"{strategy!r} needs the deepspeed package (pip install deepspeed, on a "
+                          "machine with CUDA), or use --strategy ddp or fsdp")

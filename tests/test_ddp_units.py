@@ -1,0 +1,92 @@
+"""Distributed-training pieces that need no second process: the rank-sharded epoch sampler, its
+resume position, and strategies that cannot run on this machine."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+import pytest
+import torch
+
+from ldm.config.errors import ConfigError
+from ldm.data.resumable import EpochSampler, ResumableDataLoader, SeededItems
+from ldm.trainer.trainer_config import normalise_trainer_config
+
+
+class Noisy(torch.utils.data.Dataset):  # an augmentation drawing from the global RNG
+    def __len__(self):
+        return 11
+
+    def __getitem__(self, i):
+        return {"i": i, "noise": torch.rand(())}
+
+
+def loader(world: int, rank: int, batch_size: int = 2) -> ResumableDataLoader:
+    return ResumableDataLoader(SeededItems(Noisy()), batch_size=batch_size,
+                               sampler=EpochSampler(11, True, seed=5, num_replicas=world, rank=rank))
+
+
+def served(dl) -> dict[int, float]:
+    return {int(i): float(n) for b in dl for i, n in zip(b["i"], b["noise"])}
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_split_the_epoch_without_overlap_and_together_match_one_process(world):
+    single = served(loader(1, 0))
+    shares = [served(loader(world, r)) for r in range(world)]
+    assert all(len(s) == 11 // world for s in shares)  # equal shares: ranks run the same number of batches
+    union = {}
+    for s in shares:
+        assert not set(s) & set(union)  # no example on two ranks
+        union.update(s)
+    # The ranks load the items (and draw the augmentations) the one process draws at those positions.
+    assert all(single[i] == v for i, v in union.items())
+    assert len(single) == 11 and len(union) == world * (11 // world)
+
+
+def test_each_rank_resumes_mid_epoch_at_its_own_position():
+    world = 2
+    full = [served(loader(world, r)) for r in range(world)]
+    state = None
+    for r in range(world):
+        dl = loader(world, r)
+        dl.epoch_sampler.set_epoch(0)
+        it = iter(dl)
+        first = next(it)
+        state = dl.state_dict()
+        assert state == {"epoch": 0, "batches": 1, "world_size": 2}
+        restored = loader(world, r)
+        restored.load_state_dict(state)  # every rank gets rank 0's checkpoint: the same batch count
+        rest = served(restored)
+        assert set(rest) | {int(i) for i in first["i"]} == set(full[r])
+    with pytest.raises(ValueError, match="saved by 2 process.*this run has 3"):
+        loader(3, 0).load_state_dict(state)
+    with pytest.raises(ValueError, match="same number of processes"):
+        loader(1, 0).load_state_dict({"epoch": 0, "batches": 1, "world_size": 2})
+
+
+def test_epoch_end_checkpoint_resumes_with_another_process_count():
+    dl = loader(1, 0)
+    dl.load_state_dict({"epoch": 0, "batches": 3, "world_size": 2})  # 5 items per rank, batches of 2: done
+    assert (dl.epoch_sampler.epoch, dl.epoch_sampler.start) == (1, 0)
+
+
+def test_invalid_share_is_refused():
+    with pytest.raises(ValueError, match="rank 2 of 2"):
+        EpochSampler(4, True, seed=0, num_replicas=2, rank=2)
+
+
+def opts(**kw):
+    base = dict(gpus=None, accelerator=None, devices=None, num_nodes=None, strategy=None, precision=None,
+                max_steps=None, max_epochs=None)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_strategies_that_cannot_run_here_fail_at_start_up_naming_the_flag():
+    with pytest.raises(ConfigError, match=r"--strategy.*'fsdp' needs GPUs.*--strategy ddp"):
+        normalise_trainer_config({}, opts(accelerator="cpu", devices="2", strategy="fsdp"))
+    if importlib.util.find_spec("deepspeed") is None:
+        with pytest.raises(ConfigError, match="deepspeed package"):
+            normalise_trainer_config({}, opts(strategy="deepspeed_stage_2"))
+    cfg = normalise_trainer_config({}, opts(accelerator="cpu", devices="2", strategy="ddp", num_nodes=1))
+    assert (cfg["strategy"], cfg["devices"], cfg["num_nodes"]) == ("ddp", 2, 1)
