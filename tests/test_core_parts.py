@@ -107,7 +107,8 @@ def test_split_input_params_is_refused_with_a_pointer_to_tiled_decoding():
             call()
 
 
-INPAINTING = {"configs/ldm/inpainting-places-ldm-vq-4.yaml": 215, "configs/ldm/inpainting-places-ldm-vq-4-noattn.yaml": 215,
+INPAINTING = {"configs/ldm/inpainting-places-ldm-vq-4.yaml": 215,
+              "configs/ldm/inpainting-places-ldm-vq-4-noattn.yaml": 215,
               "configs/ldm/inpainting-places-ldm-vq-4-big.yaml": 387}  # UNet size in M, paper Sec. 4.5
 
 

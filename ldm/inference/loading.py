@@ -27,7 +27,7 @@ from ldm.config.loading import merge_configs
 from ldm.inference.runtime import select_device
 from ldm.util import instantiate_from_config
 
-__all__ = ["RunFiles", "ema_weights", "find_run", "load_model", "load_run", "model_config"]
+__all__ = ["RunFiles", "ema_weights", "find_run", "load_model", "load_run", "model_config", "strip_ckpt_paths"]
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def model_config(config: ConfigSource) -> DictConfig:
     return cfg
 
 
-def _strip_ckpt_paths(node: Any) -> None:
+def strip_ckpt_paths(node: Any) -> None:
     """Drop every ``ckpt_path`` entry: the checkpoint being loaded holds all weights, and the
     files a training config pointed at (e.g. the autoencoder's) need not exist any more."""
     if isinstance(node, DictConfig):
@@ -98,10 +98,10 @@ def _strip_ckpt_paths(node: Any) -> None:
             if key == "ckpt_path":
                 del node[key]
             else:
-                _strip_ckpt_paths(node[key])
+                strip_ckpt_paths(node[key])
     elif OmegaConf.is_list(node):
         for item in node:
-            _strip_ckpt_paths(item)
+            strip_ckpt_paths(item)
 
 
 def load_model(
@@ -127,7 +127,7 @@ def load_model(
         ckpt = Path(ckpt)
         if not ckpt.is_file():
             raise FileNotFoundError(f"checkpoint not found: {ckpt}")
-        _strip_ckpt_paths(cfg)
+        strip_ckpt_paths(cfg)
         if "use_ema" in params or _is_diffusion(cfg):
             params["use_ema"] = False  # EMA weights are copied into the model below instead
     else:

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from ldm.inference.loading import strip_ckpt_paths
 from ldm.interop.weights import (Component, ConversionError, bert_component, clip_component, first_stage_component,
                                  from_diffusers, require_diffusers, unet_component)
 
@@ -49,25 +50,13 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     raise ConversionError(f"{folder}: no weights file ({', '.join(WEIGHT_FILES)} or safetensors shards)")
 
 
-def _strip_ckpt_paths(node: Any) -> None:
-    if isinstance(node, DictConfig):
-        for key in list(node.keys()):
-            if key == "ckpt_path":
-                del node[key]
-            else:
-                _strip_ckpt_paths(node[key])
-    elif OmegaConf.is_list(node):
-        for item in node:
-            _strip_ckpt_paths(item)
-
-
 def build_template(config: Any) -> tuple[torch.nn.Module, DictConfig]:
     """Our model as the config describes it, randomly initialised (no checkpoint read, no EMA)."""
     from ldm.inference.loading import model_config
     from ldm.util import instantiate_from_config
 
     cfg = model_config(config)
-    _strip_ckpt_paths(cfg)  # the folder holds the weights; files a training config named need not exist
+    strip_ckpt_paths(cfg)  # the folder holds the weights; files a training config named need not exist
     if cfg.get("params") is None:
         cfg.params = {}
     if "use_ema" in cfg.params or str(cfg.target).endswith((".DDPM", ".LatentDiffusion")):

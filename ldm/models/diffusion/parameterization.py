@@ -182,24 +182,14 @@ def training_target(
     return prediction(parameterization).target(s, x_start, noise, t)
 
 
-def model_output_to_x0(
-    s: Schedule,
-    parameterization: str,
-    x_t: torch.Tensor,
-    t: torch.Tensor,
-    model_output: torch.Tensor,
-) -> torch.Tensor:
+def model_output_to_x0(s: Schedule, parameterization: str, x_t: torch.Tensor, t: torch.Tensor,
+                       model_output: torch.Tensor) -> torch.Tensor:
     """The x_0 estimate implied by a network output under ``parameterization``."""
     return prediction(parameterization).to_x0(s, x_t, t, model_output)
 
 
-def model_output_to_eps(
-    s: Schedule,
-    parameterization: str,
-    x_t: torch.Tensor,
-    t: torch.Tensor,
-    model_output: torch.Tensor,
-) -> torch.Tensor:
+def model_output_to_eps(s: Schedule, parameterization: str, x_t: torch.Tensor, t: torch.Tensor,
+                        model_output: torch.Tensor) -> torch.Tensor:
     """The ε estimate implied by a network output under ``parameterization``."""
     return prediction(parameterization).to_eps(s, x_t, t, model_output)
 

@@ -87,6 +87,17 @@ def _check_loaded(tokenizer: Any, source: str, min_vocab: int, what: str, provid
     return tokenizer
 
 
+def _from_pretrained(cls: Any, source: str, what: str, on_error: str, on_empty: str) -> Any:
+    """``cls.from_pretrained(source)`` (hub name or cache), failing clearly, never loading empty."""
+    try:
+        tok = cls.from_pretrained(source)
+    except Exception as exc:
+        raise TokenizerUnavailableError(
+            f"could not load the {what} tokenizer {source!r} ({type(exc).__name__}: {exc}). {on_error}"
+        ) from exc
+    return _check_loaded(tok, source, 1000, what, on_empty)
+
+
 # ----------------------------------------------------------------------------------------------
 # BERT WordPiece
 
@@ -126,17 +137,10 @@ def load_bert_tokenizer(source: str = BERT_HUB_NAME) -> Any:
         return tok
     if p.suffix == ".txt" or p.is_absolute() or source.startswith("."):
         raise TokenizerUnavailableError(f"BERT vocabulary {source!r} is not an existing file or directory")
-    try:
-        tok = BertTokenizerFast.from_pretrained(source)
-    except Exception as exc:
-        raise TokenizerUnavailableError(
-            f"could not load the BERT tokenizer {source!r} ({type(exc).__name__}: {exc}). "
-            "Pass a local vocab.txt (tokenizer_vocab=... / vocab=...)."
-        ) from exc
-    return _check_loaded(
-        tok, source, 1000, "BERT",
-        "Pass the path of a local WordPiece vocab.txt (e.g. the bert-base-uncased vocab.txt) instead.",
-    )
+    return _from_pretrained(BertTokenizerFast, source, "BERT",
+                            "Pass a local vocab.txt (tokenizer_vocab=... / vocab=...).",
+                            "Pass the path of a local WordPiece vocab.txt (e.g. the bert-base-uncased vocab.txt) "
+                            "instead.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,18 +207,9 @@ def load_clip_tokenizer(source: str = CLIP_HUB_NAME) -> Any:
         return tok
     if p.is_absolute() or source.startswith(".") or p.suffix in (".gz", ".txt", ".json"):
         raise TokenizerUnavailableError(f"CLIP tokenizer source {source!r} is not an existing file or directory")
-    try:
-        tok = CLIPTokenizer.from_pretrained(source)
-    except Exception as exc:
-        raise TokenizerUnavailableError(
-            f"could not load the CLIP tokenizer {source!r} ({type(exc).__name__}: {exc}). "
-            "Pass tokenizer_path=... (see load_clip_tokenizer)."
-        ) from exc
-    return _check_loaded(
-        tok, source, 1000, "CLIP",
-        "Pass tokenizer_path= a directory with vocab.json + merges.txt, or an OpenAI-format "
-        "bpe_simple_vocab_16e6.txt.gz (shipped by the open_clip_torch package).",
-    )
+    return _from_pretrained(CLIPTokenizer, source, "CLIP", "Pass tokenizer_path=... (see load_clip_tokenizer).",
+                            "Pass tokenizer_path= a directory with vocab.json + merges.txt, or an OpenAI-format "
+                            "bpe_simple_vocab_16e6.txt.gz (shipped by the open_clip_torch package).")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -67,10 +67,36 @@ def check_mask(mask: Optional[torch.Tensor], x0: Optional[torch.Tensor], x: torc
                              f"shape {tuple(x.shape)}") from None
 
 
+def prepare(sigmas: torch.Tensor, x: torch.Tensor, extra_args: Optional[dict], noise_sampler: Optional[NoiseSampler],
+            generator: Optional[torch.Generator], mask: Optional[torch.Tensor] = None,
+            x0: Optional[torch.Tensor] = None) -> tuple[list[float], dict, NoiseSampler]:
+    """The checks and defaults of a masked-capable sampler: (levels, extra_args, noise_sampler)."""
+    levels = check_sigmas(sigmas)
+    check_mask(mask, x0, x)
+    noise_sampler = default_noise_sampler(x, generator) if noise_sampler is None else noise_sampler
+    return levels, {} if extra_args is None else extra_args, noise_sampler
+
+
+def keep_known(x: torch.Tensor, mask: Optional[torch.Tensor], x0: Optional[torch.Tensor]) -> torch.Tensor:
+    """The final sample: exactly x0 where mask = 1 (no-op without a mask)."""
+    return x if mask is None else mask * x0 + (1.0 - mask) * x
+
+
 def paste_known(x: torch.Tensor, x0: torch.Tensor, mask: torch.Tensor, sigma: float,
                 noise: torch.Tensor) -> torch.Tensor:
     """Replace the known region (mask = 1) by x0 re-noised to the current level, q(x_t | x0)."""
     return mask * (x0 + sigma * noise) + (1.0 - mask) * x
+
+
+def denoise_known(denoiser: Denoiser, x: torch.Tensor, sigma: float, sigma_next: float, extra_args: dict,
+                  noise_sampler: NoiseSampler, mask: Optional[torch.Tensor] = None,
+                  x0: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, D(x; sigma)) under the samplers' one mask rule: before each step the known region
+    (mask = 1) is replaced by x0 re-noised to the current level (one fresh draw), so the denoiser
+    sees a consistent state; ``keep_known`` makes the final sample exact there."""
+    if mask is not None:
+        x = paste_known(x, x0, mask, sigma, noise_sampler(sigma, sigma_next))
+    return x, call_denoiser(denoiser, x, sigma, extra_args)
 
 
 def progress(n: int, disable: Optional[bool], desc: str):

@@ -14,8 +14,8 @@ from typing import Callable, Optional
 
 import torch
 
-from ._common import (Callback, Denoiser, NoiseSampler, call_denoiser, check_mask, check_sigmas,
-                      default_noise_sampler, paste_known, progress, report)
+from ._common import (Callback, Denoiser, NoiseSampler, call_denoiser, check_sigmas, denoise_known, keep_known,
+                      prepare, progress, report)
 
 __all__ = ["sample_ddim", "invert_ddim", "ddim_noise_levels"]
 
@@ -58,15 +58,10 @@ def sample_ddim(
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
-    levels = check_sigmas(sigmas)
-    check_mask(mask, x0, x)
-    extra_args = {} if extra_args is None else extra_args
-    noise_sampler = default_noise_sampler(x, generator) if noise_sampler is None else noise_sampler
+    levels, extra_args, noise_sampler = prepare(sigmas, x, extra_args, noise_sampler, generator, mask, x0)
     for i in progress(len(levels) - 1, disable, "DDIM"):
         sigma, sigma_next = levels[i], levels[i + 1]
-        if mask is not None:
-            x = paste_known(x, x0, mask, sigma, noise_sampler(sigma, sigma_next))
-        denoised = call_denoiser(denoiser, x, sigma, extra_args)
+        x, denoised = denoise_known(denoiser, x, sigma, sigma_next, extra_args, noise_sampler, mask, x0)
         eps = (x - denoised) / sigma
         if x0_transform is not None:
             denoised = x0_transform(denoised)
@@ -76,9 +71,7 @@ def sample_ddim(
             x_next = x_next + sigma_up * noise_sampler(sigma, sigma_next)
         report(callback, i, sigma, sigma_next, x, denoised, x_next)
         x = x_next
-    if mask is not None:
-        x = mask * x0 + (1.0 - mask) * x
-    return x
+    return keep_known(x, mask, x0)
 
 
 @torch.no_grad()

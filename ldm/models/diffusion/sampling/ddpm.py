@@ -12,8 +12,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ._common import (Callback, Denoiser, NoiseSampler, call_denoiser, check_mask, check_sigmas,
-                      default_noise_sampler, paste_known, progress, report)
+from ._common import Callback, Denoiser, NoiseSampler, denoise_known, keep_known, prepare, progress, report
 
 __all__ = ["sample_ddpm"]
 
@@ -47,15 +46,10 @@ def sample_ddpm(
     noise_sampler / mask / x0: as in ``sample_ddim`` (re-noising draw first, then the step noise,
         which is skipped when sigma_next = 0).
     """
-    levels = check_sigmas(sigmas)
-    check_mask(mask, x0, x)
-    extra_args = {} if extra_args is None else extra_args
-    noise_sampler = default_noise_sampler(x, generator) if noise_sampler is None else noise_sampler
+    levels, extra_args, noise_sampler = prepare(sigmas, x, extra_args, noise_sampler, generator, mask, x0)
     for i in progress(len(levels) - 1, disable, "DDPM"):
         sigma, sigma_next = levels[i], levels[i + 1]
-        if mask is not None:
-            x = paste_known(x, x0, mask, sigma, noise_sampler(sigma, sigma_next))
-        denoised = call_denoiser(denoiser, x, sigma, extra_args)
+        x, denoised = denoise_known(denoiser, x, sigma, sigma_next, extra_args, noise_sampler, mask, x0)
         if clip_denoised:
             denoised = denoised.clamp(-1.0, 1.0)
         if x0_transform is not None:
@@ -70,6 +64,4 @@ def sample_ddpm(
             x_next = x_next + var ** 0.5 * noise_sampler(sigma, sigma_next)
         report(callback, i, sigma, sigma_next, x, denoised, x_next)
         x = x_next
-    if mask is not None:
-        x = mask * x0 + (1.0 - mask) * x
-    return x
+    return keep_known(x, mask, x0)

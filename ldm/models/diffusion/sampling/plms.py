@@ -11,8 +11,8 @@ from typing import Callable, Optional
 
 import torch
 
-from ._common import (Callback, Denoiser, NoiseSampler, call_denoiser, check_mask, check_sigmas,
-                      default_noise_sampler, paste_known, progress, report)
+from ._common import (Callback, Denoiser, NoiseSampler, call_denoiser, denoise_known, keep_known, prepare,
+                      progress, report)
 
 __all__ = ["sample_plms"]
 
@@ -50,17 +50,13 @@ def sample_plms(
         start; the list is updated in place and holds the last three eps after the run (the
         original ``old_eps`` of ``p_sample_plms``).
     """
-    levels = check_sigmas(sigmas)
-    check_mask(mask, x0, x)
-    extra_args = {} if extra_args is None else extra_args
-    noise_sampler = default_noise_sampler(x, generator) if noise_sampler is None else noise_sampler
+    levels, extra_args, noise_sampler = prepare(sigmas, x, extra_args, noise_sampler, generator, mask, x0)
     history = [] if old_eps is None else old_eps
     del history[:-3]
     for i in progress(len(levels) - 1, disable, "PLMS"):
         sigma, sigma_next = levels[i], levels[i + 1]
-        if mask is not None:
-            x = paste_known(x, x0, mask, sigma, noise_sampler(sigma, sigma_next))
-        eps = (x - call_denoiser(denoiser, x, sigma, extra_args)) / sigma
+        x, denoised = denoise_known(denoiser, x, sigma, sigma_next, extra_args, noise_sampler, mask, x0)
+        eps = (x - denoised) / sigma
         if history:
             eps_prime = _adams_bashforth(eps, history)
         elif sigma_next > 0.0:
@@ -77,6 +73,4 @@ def sample_plms(
         history.append(eps)
         del history[:-3]
         x = x_next
-    if mask is not None:
-        x = mask * x0 + (1.0 - mask) * x
-    return x
+    return keep_known(x, mask, x0)
