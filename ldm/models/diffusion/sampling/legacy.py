@@ -256,7 +256,8 @@ class GridSampler(CompVisSampler):
     @torch.no_grad()
     def sample(self, S: int, batch_size: int, shape: tuple, conditioning: Any = None,
                callback: Optional[Callable] = None, normals_sequence: Any = None,
-               img_callback: Optional[Callable] = None, quantize_x0: bool = False, eta: float = 0.0, mask: Optional[torch.Tensor] = None, x0: Optional[torch.Tensor] = None,
+               img_callback: Optional[Callable] = None, quantize_x0: bool = False, eta: float = 0.0,
+               mask: Optional[torch.Tensor] = None, x0: Optional[torch.Tensor] = None,
                temperature: float = 1.0, noise_dropout: float = 0.0, score_corrector: Any = None,
                corrector_kwargs: Optional[dict] = None, verbose: bool = True, x_T: Optional[torch.Tensor] = None,
                log_every_t: int = 100, unconditional_guidance_scale: float = 1.0,
