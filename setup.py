@@ -28,6 +28,12 @@ setup(
         # The standard FID Inception network (ported bit-exactly from TensorFlow) for FID/KID/IS.
         "torch-fidelity>=0.3",
     ],
+    entry_points={
+        "console_scripts": [
+            f"ldm-{name.replace('_', '-')}=ldm.tasks.{name}:main"
+            for name in ("sample_diffusion", "txt2img", "img2img", "inpaint", "superres", "semantic2img", "layout2img")
+        ],
+    },
     extras_require={
         "wandb": ["wandb>=0.16"],
         "test": ["pytest>=8", "diffusers>=0.30", "hypothesis>=6.100", "scikit-image>=0.22"],

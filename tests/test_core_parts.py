@@ -171,3 +171,27 @@ def test_one_null_condition_for_training_and_guidance():
     assert dropped["class_label"].tolist() == [10 if m else v for v, m in zip([1, 2, 3, 4], expected.tolist())]
     with pytest.raises(ValueError, match="ucg_rate"):
         NullCondition(rate=1.5)
+
+
+def test_console_entry_points_name_the_task_mains(monkeypatch, capsys):
+    import importlib
+    import runpy
+    from pathlib import Path
+
+    import setuptools
+    repo = Path(__file__).resolve().parents[1]
+    captured = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **kw: captured.update(kw))
+    monkeypatch.chdir(repo)
+    runpy.run_path(str(repo / "setup.py"))
+    entries = dict(e.split("=") for e in captured["entry_points"]["console_scripts"])
+    assert set(entries) == {"ldm-sample-diffusion", "ldm-txt2img", "ldm-img2img", "ldm-inpaint", "ldm-superres",
+                            "ldm-semantic2img", "ldm-layout2img"}
+    for target in entries.values():
+        module, func = target.split(":")
+        with pytest.raises(SystemExit) as exit_info:
+            getattr(importlib.import_module(module), func)(["--help"])
+        assert exit_info.value.code == 0 and "--seed" in capsys.readouterr().out
+    for path in (repo / "scripts").glob("*.py"):  # the task scripts are thin wrappers now
+        if path.stem in {t.split(":")[0].rsplit(".", 1)[1] for t in entries.values()}:
+            assert "sys.path" not in path.read_text()
