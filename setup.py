@@ -36,6 +36,8 @@ setup(
     },
     extras_require={
         "wandb": ["wandb>=0.16"],
+        # Export to / import from the diffusers format and upload to the Hub (scripts/convert_*_diffusers.py).
+        "diffusers": ["diffusers>=0.30", "huggingface_hub>=0.20"],
         "test": ["pytest>=8", "diffusers>=0.30", "hypothesis>=6.100", "scikit-image>=0.22"],
     },
 )
