@@ -1,16 +1,19 @@
 """Image-caption pairs for text-to-image (Sec. 4.3.1): LAION-style webdataset shards and
-Conceptual-Captions-style TSV files. Examples: ``image``, ``caption``, ``file_path_``, ``relpath``.
+Conceptual-Captions-style TSV files. Examples: ``image``, ``caption``, ``file_path_``, ``relpath``
+(shards: also ``metadata`` and, for labelled shards, ``class_label``).
 
 LAION-style shards (``root`` defaults to ``$LDM_DATA_ROOT/laion`` or ``data/laion``), as written
 by img2dataset (https://github.com/rom1504/img2dataset, ``--output_format webdataset``)::
 
     data/laion/
       train/00000.tar 00001.tar ...        each: <key>.jpg (or .png/.webp) + <key>.txt or <key>.json
-      validation/00000.tar ...             (.json: {"caption": ...})
+      validation/00000.tar ...             (.json: {"caption": ...}), optionally <key>.cls (a label)
 
 The shards are read with the standard library ``tarfile``: construction lists every member once
 (headers only) and keeps byte offsets, so examples are random-access and shuffle like any map
-dataset. Conceptual Captions (``data/cc``)::
+dataset. In training, the resumable loader's rank-aware sampler splits them between the processes
+of a distributed run and the DataLoader between its workers, and a run resumes mid-epoch
+(ldm.data.resumable, docs/distributed.md). Conceptual Captions (``data/cc``)::
 
     data/cc/
       train.tsv          caption<TAB>image path relative to train/ (header row optional:
@@ -25,6 +28,7 @@ import json
 import os
 import random
 import tarfile
+import warnings
 from typing import Any, Optional
 
 import numpy as np
@@ -33,7 +37,7 @@ from torch.utils.data import Dataset
 from ldm.data.folder import ImageFolder
 from ldm.data.image_io import DEFAULT_MIN_SIZE, BadImageError, hflip, load_rgb, resize_crop, to_float
 from ldm.data.paths import ExpectedLayout, data_root
-from ldm.data.skipping import SkipBadImages
+from ldm.data.skipping import BadImageWarning, SkipBadImages
 from ldm.data.variants import dataset_variant
 
 __all__ = ["ConceptualCaptions", "ConceptualCaptionsTrain", "ConceptualCaptionsValidation", "LAIONTrain",
@@ -62,32 +66,58 @@ def _caption_text(raw: bytes, is_json: bool) -> str:
     return " ".join(text.split())
 
 
-def _index_shard(path: str) -> list[tuple[int, int, int, int, int]]:
-    """(image offset, image size, caption offset, caption size, caption is json) per complete sample."""
+# Columns of the index: shard, then (offset, size) of image, caption, JSON and label members
+# (-1, 0 when a sample has none), then whether the caption is the JSON's "caption".
+_SHARD, _IMG, _CAP, _IS_JSON, _JSON, _CLS = 0, 1, 3, 5, 6, 8
+_MISSING = (-1, 0)
+
+
+def _index_shard(path: str) -> tuple[list[tuple[int, ...]], int, Optional[str]]:
+    """(rows, samples left out, problem) of one shard: a row per sample with an image and a caption
+    or a label (columns as above, without the shard); members without an image are left out and
+    counted. A shard cut short (an interrupted download) keeps the samples before the damage and
+    reports it as ``problem``."""
     samples: dict[str, dict[str, tuple[int, int]]] = {}
-    with tarfile.open(path, "r:") as tar:
-        for m in tar:
-            if not m.isfile():
-                continue
-            base = os.path.basename(m.name)
-            dot = base.find(".")
-            if dot <= 0:
-                continue
-            key, ext = os.path.join(os.path.dirname(m.name), base[:dot]), base[dot:].lower()
-            samples.setdefault(key, {})[ext] = (m.offset_data, m.size)
-    rows = []
+    problem = None
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for m in tar:
+                if not m.isfile():
+                    continue
+                base = os.path.basename(m.name)
+                dot = base.find(".")
+                if dot <= 0:
+                    continue
+                key, ext = os.path.join(os.path.dirname(m.name), base[:dot]), base[dot:].lower()
+                samples.setdefault(key, {})[ext] = (m.offset_data, m.size)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        problem = f"{path}: unreadable after {len(samples)} sample(s) ({exc})"
+    if problem and samples:  # the last sample's members may be cut: drop it
+        samples.pop(sorted(samples)[-1])
+    rows, left_out = [], 0
     for key in sorted(samples):
         parts = samples[key]
         image = next((parts[e] for e in IMAGE_MEMBERS if e in parts), None)
-        caption, is_json = (parts[".txt"], 0) if ".txt" in parts else (parts.get(".json"), 1)
-        if image is not None and caption is not None:
-            rows.append((*image, *caption, is_json))
-    return rows
+        text, as_json = (parts[".txt"], 0) if ".txt" in parts else (parts.get(".json"), 1)
+        label = parts.get(".cls")
+        if image is None or (text is None and label is None):
+            left_out += 1
+            continue
+        rows.append((*image, *(text or _MISSING), as_json, *parts.get(".json", _MISSING), *(label or _MISSING)))
+    return rows, left_out, problem
 
 
 class WebDatasetCaptions(SkipBadImages, Dataset):
-    """Every complete sample of the ``*.tar`` shards in ``shard_dir`` (sorted by name); an
-    unreadable sample is skipped like a bad file of an :class:`~ldm.data.folder.ImageFolder`."""
+    """Every sample of the ``*.tar`` shards in ``shard_dir`` (sorted by name) with an image and a
+    caption (``.txt``, or ``"caption"`` of ``.json``) or a label (``.cls``, an integer).
+
+    Examples: ``image``, ``caption`` when the shards have captions, ``class_label`` when they have
+    labels, ``metadata`` (the sample's ``.json`` text, ``"{}"`` without one: URL, size, licence,
+    whatever the writer stored), ``file_path_``, ``relpath``. A sample that cannot be used (bad
+    image, no caption/label where the others have one) is skipped like a bad file of an
+    :class:`~ldm.data.folder.ImageFolder` and counted in ``skipped``; members without an image are
+    counted in ``left_out``, shards cut short in ``damaged_shards`` (their intact samples are kept).
+    """
 
     item_noun = "sample"
 
@@ -105,10 +135,19 @@ class WebDatasetCaptions(SkipBadImages, Dataset):
         self.shards = sorted(os.path.join(shard_dir, f) for f in os.listdir(shard_dir) if f.endswith(".tar"))
         if not self.shards:
             raise expected.missing(os.path.join(shard_dir, "*.tar"))
-        rows = [(s, *r) for s, shard in enumerate(self.shards) for r in _index_shard(shard)]
+        rows, self.left_out, self.damaged_shards = [], 0, []
+        for s, shard in enumerate(self.shards):
+            shard_rows, left_out, problem = _index_shard(shard)
+            rows += [(s, *r) for r in shard_rows]
+            self.left_out += left_out
+            if problem:
+                self.damaged_shards.append(problem)
+                warnings.warn(f"shard {problem}; its intact samples are used", BadImageWarning, stacklevel=2)
         if not rows:
-            raise ValueError(f"{shard_dir}: the shards hold no sample with both an image and a caption")
+            raise ValueError(f"{shard_dir}: the shards hold no sample with both an image and a caption or label")
         self._index = np.array(rows, dtype=np.int64)  # one compact array: cheap to share with workers
+        self.has_captions = bool((self._index[:, _CAP] >= 0).any())
+        self.has_labels = bool((self._index[:, _CLS] >= 0).any())
         self.root = os.path.abspath(shard_dir)
         self.size, self.min_size, self.flip = size, min_size, flip
         self.crop = "random" if random_crop else "center"
@@ -128,18 +167,33 @@ class WebDatasetCaptions(SkipBadImages, Dataset):
             f.seek(offset)
             return f.read(size)
 
+    def _member(self, j: int, column: int) -> Optional[bytes]:
+        offset, size = (int(v) for v in self._index[j, column:column + 2])
+        return None if offset < 0 else self._read(int(self._index[j, _SHARD]), offset, size)
+
     def load_example(self, j: int) -> dict[str, Any]:
-        shard, img_off, img_size, cap_off, cap_size, is_json = (int(v) for v in self._index[j])
         name = self.path(j)
-        arr = load_rgb(self._read(shard, img_off, img_size), self.min_size, self.size, name=name)
+        arr = load_rgb(self._member(j, _IMG), self.min_size, self.size, name=name)
+        example: dict[str, Any] = {}
         try:
-            caption = _caption_text(self._read(shard, cap_off, cap_size), bool(is_json))
+            raw = self._member(j, _JSON)
+            example["metadata"] = " ".join(raw.decode("utf-8", errors="replace").split()) if raw else "{}"
+            if self.has_captions:
+                text = self._member(j, _CAP)
+                if text is None:
+                    raise ValueError("no caption")
+                example["caption"] = _caption_text(text, bool(self._index[j, _IS_JSON]))
+            if self.has_labels:
+                label = self._member(j, _CLS)
+                if label is None:
+                    raise ValueError("no .cls label")
+                example["class_label"] = int(label.decode("ascii").strip())
         except ValueError as exc:
-            raise BadImageError(name, f"unreadable caption ({exc})") from None
+            raise BadImageError(name, f"unusable caption or label ({exc})") from None
         arr = resize_crop(arr, self.size, self.crop)
         if self.flip and random.random() < 0.5:
             arr = hflip(arr)
-        return {"image": to_float(arr), "caption": caption, "file_path_": name, "relpath": self.relpath(j)}
+        return {"image": to_float(arr), **example, "file_path_": name, "relpath": self.relpath(j)}
 
 
 class ShardsUnderRoot(WebDatasetCaptions):
