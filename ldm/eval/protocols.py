@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ldm.config.errors import ConfigError
-from ldm.eval.shards import batch_generator, sample_noise
+from ldm.eval.shards import batch_generator, per_sample_noise, sample_noise
 from ldm.inference.conditioning import class_conditioning, model_kind, prompt_conditioning
 from ldm.inference.images import to_uint8
 from ldm.inference.pipelines import SamplingOptions, generate, inpaint, superres
@@ -70,8 +70,9 @@ def generation_batches(model: Any, opts: SamplingOptions, seed: int,
             prompts = [captions[i % len(captions)] for i in indices]
             cond, uncond = prompt_conditioning(model, prompts)
             uncond = uncond if opts.scale != 1.0 else None
+        # Initial and per-step noise of sample i depend on (seed, i) only: any batch size gives the same images.
         images = generate(model, len(indices), opts, cond=cond, uncond=uncond, x_T=sample_noise(seed, indices, shape),
-                          generator=batch_generator(seed, int(indices[0])))
+                          noise_sampler=per_sample_noise(seed, indices, shape, model.device))
         return to_uint8(images), labels
 
     return make

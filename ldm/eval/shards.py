@@ -9,9 +9,11 @@ same settings skips the shards on disk; different settings are refused rather th
 the number of samples: a larger N adds shards to a finished run (its last, partial shard is drawn
 again), since sample i does not depend on N.
 
-Sample i starts from noise drawn from a generator seeded with (seed, i) only, and the sampler's
-own noise (DDIM eta > 0, DDPM) from a generator seeded with (seed, first index of its batch);
-batches never cross shard boundaries, so a resumed run writes exactly the images an
+Sample i starts from noise drawn from a generator seeded with (seed, i) only. The sampler's own
+noise (DDIM eta > 0, DDPM) comes, for samples drawn from noise, from generators seeded with
+(seed, i) as well (``per_sample_noise``: no dependence on the batch size), and for the paired
+protocols (super-resolution, inpainting) from a generator seeded with (seed, first index of its
+batch); batches never cross shard boundaries, so a resumed run writes exactly the images an
 uninterrupted one would.
 """
 from __future__ import annotations
