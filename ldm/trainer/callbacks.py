@@ -113,6 +113,9 @@ class ImageLogger(pl.Callback):
             return
         if not self.check_frequency(check_idx):
             return
+        trainer = getattr(pl_module, "_trainer", None)
+        if trainer is not None and trainer.global_rank != 0:  # rank 0 alone writes grids: others need not draw
+            return
         was_training = pl_module.training
         pl_module.eval()
         with torch.no_grad():
