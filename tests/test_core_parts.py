@@ -90,7 +90,7 @@ def test_scale_by_std_estimate_goes_through_the_first_stage():
     from ldm.models.diffusion import training
     model = tiny_ldm(scale_by_std=True)
     x = 3.0 * torch.randn(4, 4, 8, 8)
-    training.rescale_latents_by_std(model, x)
+    training.rescale_latents_by_std(model.first_stage, model.scale_factor, x)
     assert model.scale_factor == pytest.approx(1.0 / x.flatten().std().item(), rel=1e-6)
     assert "scale_factor" in model.state_dict()  # still saved under its original name
     torch.testing.assert_close(model.first_stage.encode(x).std(), torch.tensor(1.0), rtol=1e-5, atol=1e-5)

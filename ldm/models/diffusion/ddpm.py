@@ -352,7 +352,8 @@ class LatentDiffusion(ancestral.LatentSamplingMethods, DDPM):
         if not (self.scale_by_std and self.current_epoch == 0 and self.global_step == 0
                 and batch_idx == 0 and not self.restarted_from_ckpt):
             return
-        training.rescale_latents_by_std(self, DDPM.get_input(self, batch, self.first_stage_key))
+        x = DDPM.get_input(self, batch, self.first_stage_key).to(self.device)
+        training.rescale_latents_by_std(self.first_stage, self.scale_factor, x)
 
     @property
     def first_stage(self) -> FirstStage:

@@ -11,6 +11,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from ldm import checkpoint as ckpt
+from ldm.models.diffusion.first_stage import FirstStage
 from ldm.modules.ema import LitEma
 from ldm.util import instantiate_from_config
 
@@ -60,11 +61,11 @@ def init_from_ckpt(model: Any, path: str, ignore_keys: Sequence[str] = (), only_
 
 
 @torch.no_grad()
-def rescale_latents_by_std(model: Any, x: torch.Tensor) -> None:
-    """Set ``model.scale_factor`` so the latents of images ``x`` have unit standard deviation
+def rescale_latents_by_std(first_stage: FirstStage, scale_factor: torch.Tensor, x: torch.Tensor) -> None:
+    """Set the ``scale_factor`` buffer so the latents of images ``x`` have unit standard deviation
     (paper Sec. 4.3.2 and App. C.1). Under DDP every rank takes rank 0's estimate."""
-    new = model.first_stage.unit_std_scale(x.to(model.device)).to(model.scale_factor)
+    new = first_stage.unit_std_scale(x).to(scale_factor)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.broadcast(new, src=0)
-    model.scale_factor.copy_(new)
-    log.info("scale_by_std: scale_factor set to %.6f", float(model.scale_factor))
+    scale_factor.copy_(new)
+    log.info("scale_by_std: scale_factor set to %.6f", float(scale_factor))
