@@ -22,11 +22,9 @@ from torch import nn
 
 from ldm.models.diffusion import ancestral, image_logging, training
 from ldm.models.diffusion import parameterization as P
-from ldm.models.diffusion.conditioning import (  # noqa: F401  (original import paths)
-    ConditioningKey, DiffusionWrapper, NullCondition, check_rate, default_null_class, disabled_train,
-    drop_conditioning,
-    encode_condition, freeze, inpainting_condition, instantiate_cond_stage, resolve_conditioning_key,
-    to_model_kwargs)
+from ldm.models.diffusion.conditioning import (  # noqa: F401  (DiffusionWrapper, disabled_train: original paths)
+    ConditioningKey, DiffusionWrapper, NullCondition, check_rate, default_null_class, disabled_train, encode_condition,
+    freeze, inpainting_condition, instantiate_cond_stage, resolve_conditioning_key, to_model_kwargs)
 from ldm.models.diffusion.first_stage import SPLIT_INPUT_REFUSAL, FirstStage
 from ldm.models.diffusion.losses import DiffusionLoss, LossType, check_loss_type, get_loss, lvlb_weights
 from ldm.models.diffusion.parameterization import Parameterization
