@@ -166,3 +166,18 @@ def test_sample_is_tolerant_of_extra_keywords(model):
     with pytest.warns(UserWarning, match="dynamic_threshold"):
         out, _ = DDIMSampler(model).sample(5, SHAPE[0], SHAPE[1:], x_T=x_T, verbose=False, dynamic_threshold=None)
     assert torch.equal(out, ref)
+
+
+def test_ddim_sampling_timesteps_argument_follows_the_original_rule(model):
+    """``timesteps=k`` on the DDIM grid runs its first ``int(min(k / n, 1) * n) - 1`` steps, as the
+    original ``ddim_sampling`` did (one fewer than asked); on the original steps, exactly k."""
+    sampler = DDIMSampler(model)
+    sampler.make_schedule(20, verbose=False)
+    for k, runs in ((10, 9), (20, 19), (40, 19)):
+        calls = []
+        sampler.ddim_sampling(None, SHAPE, x_T=torch.randn(SHAPE), timesteps=k, callback=calls.append, verbose=False)
+        assert len(calls) == runs
+    calls = []
+    sampler.ddim_sampling(None, SHAPE, x_T=torch.randn(SHAPE), ddim_use_original_steps=True, timesteps=7,
+                          callback=calls.append, verbose=False)
+    assert len(calls) == 7
