@@ -14,6 +14,10 @@ Sample a model in resumable shards, then score (rerun the same command to resume
     python scripts/evaluate.py --config models/ldm/inpainting_big/config.yaml \\
         --ckpt models/ldm/inpainting_big/model.ckpt --task inpainting --mask-kind hard --metrics fid,lpips
 
+Sampling splits its shards between processes under torchrun (rank 0 scores; docs/distributed.md):
+
+    torchrun --nproc_per_node 8 scripts/evaluate.py -r logs/<run> -n 50000 --real data/eval/celebahq256 --metrics fid
+
 Figures go to the terminal and, with --json, to a file under the keys fid, kid_mean, kid_std,
 isc_mean, isc_std, precision, recall, psnr, ssim, lpips (and *_std, accuracy), for the metrics
 asked for. Inception-based scores use the standard FID Inception weights (--inception-weights).
@@ -42,6 +46,7 @@ from ldm.eval.protocols import (generation_batches, inpainting_batches, read_cap
 from ldm.eval.scoring import default_stats_cache  # noqa: E402
 from ldm.inference import SAMPLER_NAMES, find_run, model_kind, select_device  # noqa: E402
 from ldm.inference.cli import add_model_args, add_sampling_args, model_from_args, options_from_args  # noqa: E402
+from ldm.inference.distributed import Share, join_processes  # noqa: E402
 from ldm.util import instantiate_from_config  # noqa: E402
 
 TASKS = ("samples", "autoencoder", "superres", "inpainting")
@@ -172,9 +177,10 @@ def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def sample_shards(args: argparse.Namespace) -> tuple[Path, bool]:
+def sample_shards(args: argparse.Namespace, share: Share = Share(0, 1, 0)) -> tuple[Path, bool]:
     """Draw (or resume) the samples of --task; returns the output folder and whether it holds
-    dataset references beside the outputs."""
+    dataset references beside the outputs. Under torchrun the processes split the shards."""
+    args.device = share.device(args.device)
     loaded = model_from_args(args)
     model = loaded.model
     opts = options_from_args(args)
@@ -210,8 +216,10 @@ def sample_shards(args: argparse.Namespace) -> tuple[Path, bool]:
         n = min(args.n_samples or len(dataset), len(dataset))
     outdir = Path(args.outdir) if args.outdir else default_outdir(args, loaded.run.logdir if loaded.run else None)
     drawn = ShardStore(outdir).fill(n, args.shard_size, args.batch_size, settings, make, progress=args.progress,
-                                    desc=args.task)
-    print(f"{outdir}: {n} samples ({drawn} drawn now, {n - drawn} found from an earlier run)")
+                                    desc=args.task, rank=share.rank, world_size=share.world_size)
+    drawn = sum(share.gather(drawn) or [drawn])  # rank 0 reports all processes' work
+    if share.rank == 0:
+        print(f"{outdir}: {n} samples ({drawn} drawn now, {n - drawn} found from an earlier run)")
     return outdir, paired
 
 
@@ -249,7 +257,13 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         if args.save_stats:
             return save_statistics(args, real, settings)
         if has_model:
-            outdir, paired = sample_shards(args)
+            share = join_processes()
+            try:
+                outdir, paired = sample_shards(args, share)
+            finally:
+                share.close()  # waits for every process's shards
+            if share.rank != 0:  # rank 0 scores
+                return {}
             fake = ShardImages(outdir)
             if real is None and paired:
                 real = ShardImages(outdir, "reference")

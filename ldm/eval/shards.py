@@ -100,9 +100,9 @@ class ShardStore:
             return None
         return json.loads(self.manifest_path.read_text())
 
-    def _start(self, settings: Mapping[str, Any]) -> None:
-        """Record ``settings``; refuse settings other than those of the samples on disk. Only the
-        number of samples ``n`` may change: sample i does not depend on n."""
+    def _start(self, settings: Mapping[str, Any], write: bool = True) -> None:
+        """Record ``settings`` (when ``write``); refuse settings other than those of the samples on
+        disk. Only the number of samples ``n`` may change: sample i does not depend on n."""
         settings = json.loads(json.dumps(dict(settings)))  # as it will read back
         old = self.manifest()
         keys = sorted((set(old or {}) | set(settings)) - {"n"})
@@ -111,22 +111,27 @@ class ShardStore:
                                 if old.get(k) != settings.get(k))
             raise ValueError(f"{self.dir} holds samples drawn with other settings ({changed}); "
                              "use another --outdir, or delete that folder to start over")
-        if old != settings:
-            self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if old != settings and write:
             with atomic_path(self.manifest_path) as tmp:
                 Path(tmp).write_text(json.dumps(settings, indent=2, sort_keys=True))
 
     def fill(self, n: int, shard_size: int, batch_size: int, settings: Mapping[str, Any], make: MakeBatch,
-             progress: bool = True, desc: str = "samples") -> int:
+             progress: bool = True, desc: str = "samples", rank: int = 0, world_size: int = 1) -> int:
         """Draw the missing shards of ``n`` samples with ``make`` (see ``MakeBatch``); returns how many
-        samples were drawn now (0 when all shards were on disk)."""
+        samples were drawn now (0 when all shards were on disk).
+
+        With ``world_size`` processes (torchrun), process ``rank`` draws the missing shards k with
+        k % world_size == rank and rank 0 writes the manifest; the caller waits for all of them
+        before reading the shards."""
         if n < 1 or shard_size < 1 or batch_size < 1:
             raise ValueError(f"need n, shard size and batch size >= 1, got {n}, {shard_size}, {batch_size}")
-        self._start({**settings, "n": n, "shard_size": shard_size, "batch_size": batch_size})
+        self._start({**settings, "n": n, "shard_size": shard_size, "batch_size": batch_size}, write=rank == 0)
         n_shards = -(-n // shard_size)
         # a shard of an earlier run with another n may hold fewer or more samples: drawn again
         todo = [k for k in range(n_shards) if not self._holds(k, self._expected(k, n, shard_size))]
         done_before = sum(min(shard_size, n - k * shard_size) for k in range(n_shards) if k not in todo)
+        todo = [k for k in todo if k % world_size == rank]
         drawn = 0
         with tqdm(total=n, initial=done_before, desc=desc, unit="img", disable=not progress) as bar:
             for k in todo:
