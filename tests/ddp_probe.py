@@ -28,6 +28,10 @@ class DDPProbe(pl.Callback):
                            noise_seed=torch.initial_seed(), sampler=(type(sampler).__name__,
                                                                      sampler.num_replicas, sampler.rank))
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        # After RNGState (an earlier callback) has put a resumed run's saved generator state back.
+        self.record.setdefault("rng_at_first_batch", torch.get_rng_state())
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self.record["losses"].append(float(loss))

@@ -22,6 +22,7 @@ from ldm.data.synthetic import SyntheticShapesTrain
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, BATCH, LENGTH, SEED = 3, 2, 16, 23
+RESUMED = 5  # steps after resuming: the last batch of epoch 0, the first of epoch 1
 
 TINY_LDM = [
     "--base", str(REPO / "configs" / "demo" / "ldm_uncond.yaml"),
@@ -67,6 +68,21 @@ def ddp_run(tmp_path_factory):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     ranks = [torch.load(probe / f"rank{r}.pt", weights_only=False) for r in range(2)]
     return root, ranks, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def resumed(ddp_run):
+    """The same run resumed from its last.ckpt (mid-epoch: 3 of 4 batches) up to RESUMED steps."""
+    root = ddp_run[0]
+    (rundir,) = (root / "logs").iterdir()
+    saved = torch.load(rundir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    cmd = [sys.executable, "main.py", "--resume", str(rundir), "-t", "--no-test", "--accelerator", "cpu",
+           "--devices", "2", "--strategy", "ddp", "--logger", "csv", "--max_steps", str(RESUMED),
+           "--trust-config-targets", f"lightning.callbacks.ddp_probe.params.out={root / 'probe2'}",
+           "lightning.trainer.val_check_interval=100", "lightning.callbacks.image_logger.params.batch_frequency=100"]
+    proc = subprocess.run(cmd, cwd=REPO, env=ddp_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return saved, [torch.load(root / "probe2" / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
 @pytest.mark.slow
@@ -130,3 +146,36 @@ def test_ddp_splits_the_data_and_writes_one_run_directory(ddp_run):
     # The seeds and the learning-rate rule are printed, with the global batch of 2 processes.
     assert f"Seeds: weights and data order {SEED} on all 2 ranks" in output
     assert f"global batch {2 * BATCH} = 1 (accumulate_grad_batches) * 2 (devices x nodes)" in output
+
+
+def dataset_indices(images: list[torch.Tensor]) -> list[int]:
+    dataset = SyntheticShapesTrain(length=LENGTH, size=16)
+    index_of = {np.asarray(dataset[i]["image"]).tobytes(): i for i in range(LENGTH)}
+    return [index_of[img.numpy().tobytes()] for batch in images for img in batch]
+
+
+@pytest.mark.slow
+def test_ddp_resume_continues_each_rank_at_its_own_position_and_noise(ddp_run, resumed):
+    from ldm.data.resumable import EpochSampler
+
+    _, first, _ = ddp_run
+    saved, resumed = resumed
+    # The checkpoint (written by rank 0) holds both ranks' generator states; each rank took its own back.
+    (rng,) = [v["rng_per_rank"] for k, v in saved["callbacks"].items() if "RNGState" in k]
+    assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])
+    for r in range(2):
+        assert torch.equal(resumed[r]["rng_at_first_batch"], rng[r]["torch"])
+    for r in range(2):
+        assert resumed[r]["global_step"] == RESUMED and resumed[r]["rank"] == r
+        # Each rank's data: its own share of the shuffled epochs, continued where the run stopped.
+        expected = []
+        for epoch in (0, 1):
+            sampler = EpochSampler(LENGTH, True, seed=SEED, num_replicas=2, rank=r)
+            sampler.set_epoch(epoch)
+            expected += [index for index, _ in sampler]
+        seen = dataset_indices(first[r]["images"]) + dataset_indices(resumed[r]["images"])
+        assert seen == expected[:RESUMED * BATCH]
+    # Still identical weights and buffers on both ranks, still different noise (losses) per rank.
+    for k in resumed[0]["final"]:
+        assert torch.equal(resumed[0]["final"][k], resumed[1]["final"][k]), k
+    assert all(a != b for a, b in zip(resumed[0]["losses"], resumed[1]["losses"]))

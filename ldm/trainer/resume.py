@@ -9,12 +9,17 @@ resumed run draws exactly the numbers the uninterrupted run drew. Validation run
 and restored RNG scope, so it never shifts the training stream (whether a resumed run repeats a
 validation or not, training sees the same numbers).
 
+Under DDP each rank draws its own noise (``ldm.trainer.distributed.RankSeeds``): the checkpoint,
+written by rank 0, holds every rank's states (gathered when it is saved: Lightning dumps a
+checkpoint on all ranks) and each rank takes its own back.
+
 States are stored as tensors, strings and numbers only: checkpoints stay loadable with
 ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
 import random
+import warnings
 from typing import Any, Optional
 
 import numpy as np
@@ -61,10 +66,16 @@ class RNGState(pl.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         # A checkpoint written during validation records the training stream, not validation's.
-        return {"rng": self._outside_validation or capture_rng()}
+        state = self._outside_validation or capture_rng()
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            states: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(states, state)  # every rank dumps the checkpoint: a collective is safe
+            return {"rng_per_rank": states}
+        return {"rng": state}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = state_dict.get("rng")
+        self._pending = state_dict.get("rng_per_rank") or state_dict.get("rng")
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -72,8 +83,14 @@ class RNGState(pl.Callback):
         # iterators, may run sanity validation, etc.; the saved state is the one right before the
         # next batch of the interrupted run.
         if self._pending is not None:
-            restore_rng(self._pending)
-            self._pending = None
+            pending, self._pending = self._pending, None
+            if isinstance(pending, list):  # one state per rank of the saving run
+                if len(pending) != trainer.world_size:
+                    warnings.warn(f"the checkpoint holds the random states of {len(pending)} process(es), this run "
+                                  f"has {trainer.world_size}: the generators keep their fresh per-rank seeds")
+                    return
+                pending = pending[trainer.global_rank]
+            restore_rng(pending)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "fit":
