@@ -186,7 +186,8 @@ def _run(opt, overrides: list[str]) -> int:
         try:
             trainer.fit(model, data, ckpt_path=str(run_dir.resume_ckpt) if run_dir.resume_ckpt else None)
         except Exception:
-            if not opt.debug and trainer.global_rank == 0 and trainer.global_step > 0:
+            # Saving is a collective under DDP/FSDP: after one rank failed it could wait forever.
+            if not opt.debug and trainer.world_size == 1 and trainer.global_step > 0:
                 _save_crash_checkpoint(trainer, run_dir)
             raise
         stopped = _stop_reason(trainer)
