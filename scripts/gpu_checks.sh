@@ -6,7 +6,7 @@
 #
 # 1. the headline demo LDM on synthetic data, 1 GPU, DDP strategy code path off;
 # 2. with >= 2 GPUs: the same under DDP on 2 GPUs;
-# 3. FSDP (1 or 2 GPUs): train, then load the checkpoint into ONE process and sample from it,
+# 3. FSDP block by block (1 or 2 GPUs; lightning.fsdp): train, then load the checkpoint into ONE process and sample from it,
 #    which is what "FSDP checkpoints load back into a single process" means.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -39,7 +39,8 @@ if [ "$NGPU" -ge 2 ]; then
     check train_ddp_2gpu env LDM_RUN_NOW="$(date +%Y-%m-%dT%H-%M-%S)" $PY main.py "${TINY[@]}" --devices 2 --strategy ddp -l "$OUT/logs2" -n ddp2
     check ddp_one_run_dir test "$(ls "$OUT/logs2" | wc -l)" -eq 1
 fi
-check train_fsdp env LDM_RUN_NOW="$(date +%Y-%m-%dT%H-%M-%S)" $PY main.py "${TINY[@]}" --devices "$MULTI" --strategy fsdp -l "$OUT/logsf" -n fsdp
+check train_fsdp env LDM_RUN_NOW="$(date +%Y-%m-%dT%H-%M-%S)" $PY main.py "${TINY[@]}" --devices "$MULTI" --strategy fsdp \
+    lightning.fsdp.activation_checkpointing=true -l "$OUT/logsf" -n fsdp
 RUN=$(ls -d "$OUT"/logsf/*_fsdp 2>/dev/null | head -1)
 check fsdp_checkpoint_single_process $PY scripts/sample_diffusion.py -r "${RUN:-missing}" -n 4 --batch_size 4 -c 5 \
     --seed 1 --no-progress -l "$OUT/fsdp_samples"

@@ -90,3 +90,30 @@ def test_strategies_that_cannot_run_here_fail_at_start_up_naming_the_flag():
             normalise_trainer_config({}, opts(strategy="deepspeed_stage_2"))
     cfg = normalise_trainer_config({}, opts(accelerator="cpu", devices="2", strategy="ddp", num_nodes=1))
     assert (cfg["strategy"], cfg["devices"], cfg["num_nodes"]) == ("ddp", 2, 1)
+
+
+def test_fsdp_section_builds_a_block_wise_strategy_and_names_bad_entries():
+    from pytorch_lightning.strategies import FSDPStrategy
+
+    from ldm.modules.attention import SpatialTransformer
+    from ldm.modules.diffusionmodules.blocks import ResBlock
+    from ldm.trainer.trainer_config import fsdp_strategy
+
+    strategy = fsdp_strategy({"sharding_strategy": "SHARD_GRAD_OP", "activation_checkpointing": True}, "fsdp")
+    assert isinstance(strategy, FSDPStrategy)
+    wrapped = strategy.kwargs["auto_wrap_policy"]._module_classes  # torch's ModuleWrapPolicy
+    assert ResBlock in wrapped and SpatialTransformer in wrapped
+    assert str(strategy.sharding_strategy).endswith("SHARD_GRAD_OP") and strategy._state_dict_type == "full"
+    assert strategy._activation_checkpointing_kwargs  # the same blocks are recomputed in the backward pass
+    with pytest.raises(ConfigError, match=r"lightning.fsdp.*--strategy fsdp"):
+        fsdp_strategy({}, "ddp")
+    with pytest.raises(ConfigError, match=r"lightning.fsdp.wrap\[0\].*module class of this package"):
+        fsdp_strategy({"wrap": ["os.system"]}, "fsdp")
+    with pytest.raises(ConfigError, match=r"lightning.fsdp.wrap\[0\].*cannot find"):
+        fsdp_strategy({"wrap": ["ldm.modules.attention.NoSuchBlock"]}, "fsdp")
+    with pytest.raises(ConfigError, match=r"lightning.fsdp.wrap\[0\].*not a torch.nn.Module"):
+        fsdp_strategy({"wrap": ["ldm.modules.attention.checkpoint"]}, "fsdp")
+    with pytest.raises(ConfigError, match="lightning.fsdp.sharding_strategy"):
+        fsdp_strategy({"sharding_strategy": "FULL"}, "fsdp")
+    with pytest.raises(ConfigError, match="lightning.fsdp.wrapp"):
+        fsdp_strategy({"wrapp": []}, "fsdp")

@@ -1,6 +1,7 @@
 """The `lightning.trainer` section: legacy Lightning 1.x keys mapped, the rest validated, hardware resolved."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import inspect
 import warnings
@@ -115,3 +116,59 @@ def check_strategy(cfg: dict[str, Any]) -> None:
     if strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
         raise ConfigError("--strategy", f"{strategy!r} needs the deepspeed package (pip install deepspeed, on a "
                           "machine with CUDA), or use --strategy ddp or fsdp")
+
+
+# Blocks FSDP wraps (shards, gathers and frees) one at a time by default: the UNet's residual and
+# attention blocks, so that only one block's full weights live on a GPU at once.
+FSDP_WRAP = ("ldm.modules.diffusionmodules.blocks.ResBlock", "ldm.modules.attention.SpatialTransformer",
+             "ldm.modules.diffusionmodules.blocks.AttentionBlock")
+FSDP_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
+
+
+def fsdp_strategy(section: dict[str, Any], strategy: Any) -> Any:
+    """A Lightning ``FSDPStrategy`` from the ``lightning.fsdp`` section::
+
+        lightning:
+          trainer: {strategy: fsdp}
+          fsdp:
+            wrap: [ldm.modules.diffusionmodules.blocks.ResBlock, ...]   # default: FSDP_WRAP
+            sharding_strategy: FULL_SHARD     # FULL_SHARD | SHARD_GRAD_OP | HYBRID_SHARD | NO_SHARD
+            activation_checkpointing: false   # recompute the wrapped blocks in the backward pass
+            state_dict_type: full             # full: one checkpoint any single process loads
+
+    Wrapped classes must be ``torch.nn.Module`` classes of this package (``ldm.``): importing them
+    runs no code a config could choose.
+    """
+    from pytorch_lightning.strategies import FSDPStrategy
+
+    if strategy != "fsdp":
+        raise ConfigError("lightning.fsdp", f"configures FSDP, but the strategy is {strategy!r}; "
+                          "pass --strategy fsdp (or lightning.trainer.strategy: fsdp)")
+    section = dict(section)
+    unknown = sorted(set(section) - {"wrap", "sharding_strategy", "activation_checkpointing", "state_dict_type"})
+    if unknown:
+        raise ConfigError(f"lightning.fsdp.{unknown[0]}", "unknown key (wrap, sharding_strategy, "
+                          "activation_checkpointing, state_dict_type)")
+    wrap = {_module_class(name, f"lightning.fsdp.wrap[{i}]") for i, name in enumerate(section.get("wrap", FSDP_WRAP))}
+    sharding = str(section.get("sharding_strategy", "FULL_SHARD"))
+    if sharding not in FSDP_SHARDING:
+        raise ConfigError("lightning.fsdp.sharding_strategy", f"expected one of {FSDP_SHARDING}, got {sharding!r}")
+    state_dict_type = str(section.get("state_dict_type", "full"))
+    if state_dict_type not in ("full", "sharded"):
+        raise ConfigError("lightning.fsdp.state_dict_type", f"expected 'full' or 'sharded', got {state_dict_type!r}")
+    return FSDPStrategy(auto_wrap_policy=wrap, sharding_strategy=sharding, state_dict_type=state_dict_type,
+                        activation_checkpointing_policy=wrap if section.get("activation_checkpointing") else None)
+
+
+def _module_class(name: Any, path: str) -> type:
+    if not isinstance(name, str) or not name.startswith("ldm.") or "." not in name[4:]:
+        raise ConfigError(path, f"expected a module class of this package like 'ldm.modules.attention."
+                          f"SpatialTransformer', got {name!r}")
+    module_name, attr = name.rsplit(".", 1)
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError):
+        raise ConfigError(path, f"cannot find {name!r}") from None
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise ConfigError(path, f"{name!r} is not a torch.nn.Module class")
+    return cls
