@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import pytorch_lightning as pl
