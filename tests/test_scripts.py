@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_inference import write_run
+from tests.test_inference import write_run
 
 import ldm.inference as I
 

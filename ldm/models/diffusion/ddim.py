@@ -37,6 +37,7 @@ class DDIMSampler(GridSampler):
         """One DDIM step (Song et al. 2021, Eq. 12) from grid position ``index`` (training step
         ``t``) to the next lower one, with the eta of ``make_schedule``; returns
         ``(x_prev, pred_x0)``."""
+        self.require_schedule()  # the eta of make_schedule, also on the original steps
         return self.one_step(x, c, t, index, use_original_steps, quantize_denoised, score_corrector,
                              corrector_kwargs, unconditional_guidance_scale, unconditional_conditioning,
                              eta=self.ddim_eta, noise_sampler=scaled_noise(x, temperature, noise_dropout, repeat_noise))
