@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldm.config.targets import get_obj_from_str
 from ldm.modules.encoders.clip import CLIPTextModel, load_clip_text_weights, resolve_text_config
 from ldm.modules.encoders.tokenizers import (
     BERT_HUB_NAME,
@@ -189,8 +190,6 @@ class WordLevelTokenizer(AbstractEncoder):
         super().__init__()
         if isinstance(words, str):
             # e.g. "ldm.data.synthetic.caption_vocabulary"; resolved like a config target (trusted prefixes only)
-            from ldm.config.targets import get_obj_from_str
-
             words = get_obj_from_str(words, path="word_vocab")
             words = words() if callable(words) else words
         self.tokenizer = WordTokenizer(list(words), max_length=max_length)
