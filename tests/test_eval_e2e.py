@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from test_inference import first_stage, write_run
-from test_scripts import script
+from tests.test_inference import first_stage, write_run
+from tests.test_scripts import script
 
 import ldm.eval as E
 import ldm.eval.protocols as P

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_eval_inception import random_inception_weights
-from test_inference import write_run
-from test_scripts import script
+from tests.test_eval_inception import random_inception_weights
+from tests.test_inference import write_run
+from tests.test_scripts import script
 
 import ldm.eval as E
 from ldm.eval.registry import ROWS, PaperRow, find_row
