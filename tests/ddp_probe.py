@@ -35,7 +35,8 @@ class DDPProbe(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self.record["losses"].append(float(loss))
-        self.record["logged"].append(float(trainer.callback_metrics["train/loss_step"]))
+        logged = trainer.callback_metrics.get("train/loss_step")  # diffusion models' step loss
+        self.record["logged"].append(None if logged is None else float(logged))
         self.record["images"].append(batch["image"].detach().clone())
 
     def on_train_end(self, trainer, pl_module):

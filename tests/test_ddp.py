@@ -179,3 +179,29 @@ def test_ddp_resume_continues_each_rank_at_its_own_position_and_noise(ddp_run, r
     for k in resumed[0]["final"]:
         assert torch.equal(resumed[0]["final"][k], resumed[1]["final"][k]), k
     assert all(a != b for a, b in zip(resumed[0]["losses"], resumed[1]["losses"]))
+
+
+@pytest.mark.slow
+def test_ddp_trains_the_gan_autoencoder_with_both_networks_identical(tmp_path):
+    """Manual optimisation, two optimizers: each backward leaves the other network without gradients
+    (main.py tells DDP to expect that); generator and discriminator end identical on both ranks."""
+    cmd = [sys.executable, "main.py", "--base", str(REPO / "configs" / "demo" / "autoencoder_kl.yaml"), "-t",
+           "--no-test", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--logger", "csv",
+           "--max_steps", "4", "-l", str(tmp_path / "logs"), "--trust-config-targets",
+           "model.params.ddconfig.resolution=16", "model.params.ddconfig.ch_mult=[1,2]",
+           "model.params.lossconfig.params.disc_start=1", "data.params.batch_size=2",
+           "data.params.train.params.size=16", "data.params.train.params.length=8",
+           "data.params.validation.params.size=16", "data.params.validation.params.length=2",
+           "lightning.trainer.limit_val_batches=0", "lightning.callbacks.image_logger.params.batch_frequency=100",
+           "lightning.trainer.enable_progress_bar=false", "lightning.trainer.enable_model_summary=false",
+           "lightning.callbacks.ddp_probe.target=tests.ddp_probe.DDPProbe",
+           f"lightning.callbacks.ddp_probe.params.out={tmp_path / 'probe'}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=ddp_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    r0, r1 = (torch.load(tmp_path / "probe" / f"rank{r}.pt", weights_only=False) for r in range(2))
+    assert r0["global_step"] == r1["global_step"] == 4  # two optimizer steps per batch
+    disc = [k for k in r0["final"] if k.startswith("loss.discriminator.")]
+    assert disc and any(not torch.equal(r0["final"][k], r0["initial"][k]) for k in disc)  # the GAN term ran
+    for k in r0["final"]:
+        assert torch.equal(r0["final"][k], r1["final"][k]), k
+    assert len(list((tmp_path / "logs").iterdir())) == 1

@@ -20,9 +20,10 @@ import os
 from typing import Optional
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.utilities import rank_zero_info
 
-__all__ = ["RUN_NOW_ENV", "RankSeeds", "shared_now"]
+__all__ = ["RUN_NOW_ENV", "BatchNormStats", "RankSeeds", "shared_now"]
 
 # The run directory's timestamp, shared by all processes of one launch.
 RUN_NOW_ENV = "LDM_RUN_NOW"
@@ -53,3 +54,29 @@ class RankSeeds(pl.Callback):
             rank_zero_info(f"Seeds: weights and data order {self.seed} on all {trainer.world_size} ranks; "
                            f"noise {self.seed} + global rank (rank 0: {self.seed}, rank {trainer.world_size - 1}: "
                            f"{self.seed + trainer.world_size - 1})")
+
+
+class BatchNormStats(pl.Callback):
+    """Averages BatchNorm running statistics over the ranks after every training batch.
+
+    DDP keeps parameters identical by averaging gradients, but a BatchNorm layer (the GAN
+    discriminator of the first-stage losses has some) updates its running mean and variance from
+    its own rank's batch: the ranks drift apart until DDP copies rank 0's buffers over the others
+    at the next forward pass. Averaging them makes every rank hold the same statistics, those of
+    the global batch for the mean (and close to them for the variance). ``sync_batchnorm: true``
+    in ``lightning.trainer`` (GPUs only) goes further: it normalises with global-batch statistics.
+    """
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        if trainer.world_size < 2 or not torch.distributed.is_initialized():
+            return
+        stats = [buf for m in pl_module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                 for buf in (m.running_mean, m.running_var) if buf is not None]
+        if not stats:
+            return
+        flat = torch.cat([b.flatten() for b in stats])
+        torch.distributed.all_reduce(flat)
+        flat /= trainer.world_size
+        for buf, new in zip(stats, flat.split([b.numel() for b in stats])):
+            buf.copy_(new.view_as(buf))

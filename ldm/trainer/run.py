@@ -20,7 +20,7 @@ from ldm.config.loading import load_experiment
 from ldm.trainer.callbacks import FinalCheckpoint
 from ldm.trainer.checkpoint_io import AtomicCheckpointIO
 from ldm.trainer.cli import parse_args
-from ldm.trainer.distributed import RUN_NOW_ENV, RankSeeds, shared_now
+from ldm.trainer.distributed import RUN_NOW_ENV, BatchNormStats, RankSeeds, shared_now
 from ldm.trainer.loggers import build_logger
 from ldm.trainer.nonfinite import NonFiniteGuard
 from ldm.trainer.preemption import PreemptionCheckpoint
@@ -93,6 +93,8 @@ def build_callbacks(run: RunDir, model, config, lightning_config, resume: bool,
     callbacks.append(checkpoint_callback(run, model, lightning_config))
     callbacks.append(FinalCheckpoint(str(run.ckptdir)))
     callbacks.append(RankSeeds(seed))  # not optional: ranks drawing the same noise would waste the batch
+    # First: checkpoints written at a batch end must hold the averaged statistics the run continues with.
+    callbacks.insert(0, BatchNormStats())  # BatchNorm statistics alike on all ranks (a no-op in one process)
     return callbacks
 
 
@@ -160,7 +162,11 @@ def _run(opt, overrides: list[str]) -> int:
     pl.seed_everything(opt.seed, workers=True)
 
     model = instantiate_from_config(config.model, path="model")
-    data = instantiate_from_config(config.data, path="data") if "data" in config else None
+    data_config = config.get("data")
+    if opt.latent_cache and data_config is not None:  # latents encoded once (scripts/cache_latents.py)
+        from ldm.data.latent_cache import cached_data_config
+        data_config = cached_data_config(config, model, opt.latent_cache)
+    data = instantiate_from_config(data_config, path="data") if data_config is not None else None
     if data is not None and getattr(data, "seed", False) is None:
         data.seed = opt.seed  # the data order: one permutation shared by all ranks (ldm.trainer.distributed)
     accumulate = int(trainer_kwargs.get("accumulate_grad_batches", 1))
@@ -168,6 +174,10 @@ def _run(opt, overrides: list[str]) -> int:
         # Lightning 2 refuses trainer-level accumulation with manual optimisation: the model does it.
         model.accumulate_grad_batches = trainer_kwargs.pop("accumulate_grad_batches")
     model.learning_rate = learning_rate(config, trainer_kwargs, model, opt.scale_lr)
+    if not model.automatic_optimization and _data_parallel(trainer_kwargs):
+        # GAN autoencoders alternate generator and discriminator steps: each backward leaves the other
+        # network's parameters without gradients, which DDP must be told to expect.
+        trainer_kwargs["strategy"] = "ddp_find_unused_parameters_true"
     if opt.dry_run:
         print(describe(model, data, config))
         print(f"Trainer: {trainer_kwargs}\nRun directory would be: {run_dir.logdir}")
@@ -197,6 +207,13 @@ def _run(opt, overrides: list[str]) -> int:
     if not opt.no_test and not trainer.interrupted and _has_split(data, "test"):
         trainer.test(model, data)
     return 0
+
+
+def _data_parallel(trainer_kwargs: dict) -> bool:
+    """Whether Lightning will run plain DDP (asked for, or chosen for several devices)."""
+    strategy = trainer_kwargs.get("strategy", "auto")
+    processes = num_devices(trainer_kwargs) * int(trainer_kwargs.get("num_nodes", 1) or 1)
+    return strategy == "ddp" or (strategy in (None, "auto") and processes > 1)
 
 
 # Exit status of a run that stopped because of too many non-finite steps (preemption exits 0).
