@@ -100,10 +100,11 @@ def test_p_sample_ddim_loop_reproduces_ddim_sampling_on_the_31_step_grid(model):
     assert len(inter["x_inter"]) == 1 + 4  # x_T, then indices 30 (the first), 20, 10, 0
     out, _ = ddim_loop(sampler, x_T)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    # sample(30) keeps its exact 30 steps: the first 30 of this grid
+    # sample(30) walks the same 31-step grid and gives the same samples, as the original did
     model.calls = 0
-    DDIMSampler(model).sample(30, SHAPE[0], SHAPE[1:], x_T=x_T, verbose=False)
-    assert model.calls == 30
+    samples, _ = DDIMSampler(model).sample(30, SHAPE[0], SHAPE[1:], x_T=x_T, verbose=False)
+    assert model.calls == 31
+    torch.testing.assert_close(samples, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_ddim_sampling_on_the_original_steps(model):

@@ -288,12 +288,15 @@ def test_ddim_timesteps_rejects_what_cannot_be_run():
     np.testing.assert_array_equal(quad, (np.linspace(0, np.sqrt(800), 20) ** 2).astype(int) + 1)
 
 
-def test_class_samplers_run_exactly_S_steps(model):
-    for sampler, calls in ((DDIMSampler(model), 30), (PLMSSampler(model), 31), (DPMSolverSampler(model), 30)):
+def test_class_samplers_walk_the_original_grid(model):
+    # The original DDIM/PLMS classes walk make_ddim_timesteps' grid: 31 steps for S = 30 (PLMS needs
+    # one more evaluation for its first step); DPM-Solver's class takes exactly S steps.
+    for sampler, n_steps, calls in ((DDIMSampler(model), 31, 31), (PLMSSampler(model), 31, 32),
+                                    (DPMSolverSampler(model), 30, 30)):
         model.calls = 0
         steps = []
         sampler.sample(30, 2, SHAPE[1:], verbose=False, callback=steps.append)
-        assert steps == list(range(30)) and model.calls == calls
+        assert steps == list(range(n_steps)) and model.calls == calls
 
 
 def test_level_tables(model):

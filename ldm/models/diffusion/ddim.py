@@ -18,8 +18,8 @@ class DDIMSampler(GridSampler):
     """``DDIMSampler(model).sample(S, batch_size, shape, conditioning, ...)`` as in CompVis.
 
     ``make_schedule(S)`` builds the original grid (S = 30: 31 steps 1, 34, ..., 991) and
-    ``ddim_sampling``/``p_sample_ddim`` walk it as the original did; ``sample(S)`` runs exactly S
-    steps, the first S of that grid (see ``sampling.legacy``). Latents are the model's VP latents
+    ``ddim_sampling``/``p_sample_ddim`` walk it as the original did; so does ``sample(S)`` (31
+    steps for S = 30, see ``sampling.legacy``). Latents are the model's VP latents
     throughout; the returned sample sits at the original's final level abar_0.
     """
 

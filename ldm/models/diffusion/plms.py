@@ -14,8 +14,8 @@ __all__ = ["PLMSSampler"]
 class PLMSSampler(GridSampler):
     """``PLMSSampler(model).sample(S, batch_size, shape, conditioning, ...)`` as in CompVis.
 
-    The grid is DDIM's (``make_schedule``: the original grid; ``sample(S)``: exactly S steps, with
-    S + 1 model evaluations). PLMS is deterministic: eta must be 0, and temperature /
+    The grid is DDIM's (``make_schedule``: the original grid; ``sample(S)`` walks all of it, with one
+    model evaluation more than steps). PLMS is deterministic: eta must be 0, and temperature /
     noise_dropout have no effect (as in the original).
     """
 

@@ -7,8 +7,10 @@ build the denoiser (adapter + guidance + optional score corrector), choose the n
 convert between the CompVis VP latents ``z_t = sqrt(abar_t) x`` and the samplers' ``x0 + sigma*n``.
 
 Grids: ``make_schedule(S)`` is the original grid ``schedule.make_ddim_timesteps`` (31 steps for
-S = 30), so loops written against the original class see the same steps; ``sample(S)`` runs its
-first S steps (the whole grid when S divides T), as ``sampling.ddim_timesteps`` does.
+S = 30), and ``sample(S)`` walks all of it, as the original did, so numbers computed with the
+original classes are reproduced. The sampler functions keep their exact-S grid
+(``sampling.ddim_timesteps``: the first S steps of this grid, diffusers' "leading" spacing); the
+two agree whenever S divides T.
 """
 from __future__ import annotations
 
@@ -262,8 +264,8 @@ class GridSampler(CompVisSampler):
                corrector_kwargs: Optional[dict] = None, verbose: bool = True, x_T: Optional[torch.Tensor] = None,
                log_every_t: int = 100, unconditional_guidance_scale: float = 1.0,
                unconditional_conditioning: Any = None, **kwargs: Any):
-        """Returns ``(samples, {"x_inter": [...], "pred_x0": [...]})`` after exactly ``S`` steps (the
-        first S of ``make_schedule(S)``'s grid). ``verbose=False`` hides the progress bar.
+        """Returns ``(samples, {"x_inter": [...], "pred_x0": [...]})`` over ``make_schedule(S)``'s whole
+        grid, as the original (31 steps for S = 30). ``verbose=False`` hides the progress bar.
         ``mask`` = 1 keeps ``x0`` (returned exactly there). temperature and noise_dropout scale/drop
         the eta noise (no effect at eta = 0, as in the original)."""
         self.ignore_extra(kwargs, normals_sequence)
@@ -274,7 +276,7 @@ class GridSampler(CompVisSampler):
             quantize_denoised=quantize_x0, mask=mask, x0=x0, img_callback=img_callback, log_every_t=log_every_t,
             temperature=temperature, noise_dropout=noise_dropout, score_corrector=score_corrector,
             corrector_kwargs=corrector_kwargs, unconditional_guidance_scale=unconditional_guidance_scale,
-            unconditional_conditioning=unconditional_conditioning, verbose=verbose, _steps=self.ddim_timesteps[:S])
+            unconditional_conditioning=unconditional_conditioning, verbose=verbose, _steps=self.ddim_timesteps)
 
     @torch.no_grad()
     def grid_sampling(self, cond: Any, shape: tuple, x_T: Optional[torch.Tensor] = None,
