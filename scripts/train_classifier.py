@@ -8,9 +8,10 @@ data fingerprint) and prints the accuracy on SyntheticShapesValidation (1000 ima
 classifier predicts the dominant shape (8 classes, chance 12.5 %); see ldm/eval/classifier.py.
 
 Measured with the defaults (32 px, seed 0, 800 steps of batch 64 on 8192 training images):
-97.7 % validation accuracy (977 of 1000), the same in two runs. Cost: 3.2 GFLOP per step; 79 ms
-of CPU time per step on one core, so about 45-50 s on 2 idle cores including the data (an
-estimate from single-thread timing; on a loaded machine it takes several times longer).
+97.7 % validation accuracy (977 of 1000), the same in three runs. Cost: 3.2 GFLOP per step and
+79 ms of single-core CPU time per step in isolation, so about 45-50 s on 2 idle cores including
+the data (an estimate, not a measurement); on a 2-core machine shared with other jobs (load 2-6)
+it took 325-335 s.
 """
 from __future__ import annotations
 
