@@ -59,3 +59,18 @@ def test_resume_merges_saved_configs_in_invocation_order(tmp_path):
     assert sorted(resumed.base_configs, key=config_order) == resumed.base_configs
     merged = OmegaConf.merge(*[OmegaConf.load(p) for p in resumed.base_configs])
     assert merged.model.base_learning_rate == 0.5
+
+
+def test_sampling_reads_a_run_configs_in_invocation_order(tmp_path):
+    from ldm.inference.loading import find_run
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    names = ["2026-01-01T00-00-00-project.yaml", "2026-01-01T00-00-00.2-project.yaml",
+             "2026-01-01T00-00-00.10-project.yaml", "2026-01-01T00-00-01-project.yaml"]
+    for name in names:
+        (run / "configs").mkdir(exist_ok=True)
+        (run / "configs" / name).write_text("model: {}\n")
+    # by name, ".10" would sort before ".2": the tenth invocation's overrides would be merged too early
+    assert [p.name for p in find_run(run).configs] == names

@@ -25,6 +25,7 @@ from ldm.checkpoint import ema_weights, load_into, load_state_dict
 from ldm.config.errors import ConfigError
 from ldm.config.loading import merge_configs
 from ldm.inference.runtime import select_device
+from ldm.trainer.rundir import config_order
 from ldm.util import instantiate_from_config
 
 __all__ = ["RunFiles", "ema_weights", "find_run", "load_model", "load_run", "model_config", "strip_ckpt_paths"]
@@ -65,7 +66,7 @@ def find_run(run_dir_or_ckpt: Union[str, os.PathLike]) -> RunFiles:
                 raise FileNotFoundError(f"{ckpt}: checkpoint not found (checkpoints in the run: {listing}); "
                                         "pass the checkpoint file itself")
             ckpt = found[0]
-    configs = sorted((logdir / "configs").glob("*.yaml"))
+    configs = sorted((logdir / "configs").glob("*.yaml"), key=config_order)  # invocation order
     return RunFiles(logdir=logdir, ckpt=ckpt, configs=configs)
 
 
