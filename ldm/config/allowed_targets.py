@@ -91,6 +91,7 @@ _DATA = (
     "ldm.data.laion.WebDatasetCaptions",
     "ldm.data.laion.LAIONTrain",
     "ldm.data.laion.LAIONValidation",
+    "ldm.data.latent_cache.CachedLatents",
     "ldm.data.laion.ConceptualCaptions",
     "ldm.data.laion.ConceptualCaptionsTrain",
     "ldm.data.laion.ConceptualCaptionsValidation",

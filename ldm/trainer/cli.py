@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow configs to name objects that are not on the allow-list "
                         "(ldm/config/allowed_targets.py); only for configs you wrote: a target can run "
                         "arbitrary code")
+    o.add_argument("--latent-cache", dest="latent_cache", type=str, default=None, metavar="DIR",
+                   help="train from the first-stage latents in DIR (written by scripts/cache_latents.py for "
+                        "the same configs) instead of encoding every batch")
     o.add_argument("--allow-missing-ckpt", dest="allow_missing_ckpt", action="store_true",
                    help="warn instead of failing when a config's ckpt_path does not exist (random init)")
     return p

@@ -20,6 +20,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from ldm.data import latent_cache
 from ldm.models.diffusion import ancestral, image_logging, training
 from ldm.models.diffusion import parameterization as P
 from ldm.models.diffusion.conditioning import (  # noqa: F401  (DiffusionWrapper, disabled_train: original paths)
@@ -350,6 +351,11 @@ class LatentDiffusion(ancestral.LatentSamplingMethods, DDPM):
         if not (self.scale_by_std and self.current_epoch == 0 and self.global_step == 0
                 and batch_idx == 0 and not self.restarted_from_ckpt):
             return
+        cached = latent_cache.cached_latent(batch, device=self.device)
+        if cached is not None:  # the same estimate from the cached posterior
+            first_stage = FirstStage(latent_cache.CachedEncoder(cached), self.scale_factor)
+            training.rescale_latents_by_std(first_stage, self.scale_factor, None)
+            return
         x = DDPM.get_input(self, batch, self.first_stage_key).to(self.device)
         training.rescale_latents_by_std(self.first_stage, self.scale_factor, x)
 
@@ -427,18 +433,27 @@ class LatentDiffusion(ancestral.LatentSamplingMethods, DDPM):
         """(z, c[, x, D(z)][, y]): latents of ``batch[k]`` and the (encoded unless τ_θ is trained)
         condition, with the mask appended for inpainting (``concat_mask_key``). While training, the
         condition (not the mask) is dropped with probability ``ucg_rate``."""
-        x = super().get_input(batch, k)
-        if bs is not None:
-            x = x[:bs]
-        x = x.to(self.device)
-        z = self.get_first_stage_encoding(self.encode_first_stage(x)).detach()
+        cached = latent_cache.cached_latent(batch, bs, self.device)  # from scripts/cache_latents.py
+        if cached is None:
+            x = super().get_input(batch, k)
+            if bs is not None:
+                x = x[:bs]
+            x = x.to(self.device)
+            z = self.get_first_stage_encoding(self.encode_first_stage(x)).detach()
+        else:  # E(x) was computed once; z is still drawn from q(z|x) here, every step
+            z = self.get_first_stage_encoding(cached).detach()
+            x = self.decode_first_stage(z) if return_first_stage_outputs else None
         c = xc = None
         if self.model.conditioning_key is not None:
             xc = self._raw_condition(batch, cond_key or self.cond_stage_key, x)
             if default(drop_cond, self.training) and self.ucg_rate > 0:
                 xc = self.drop_condition(xc, self.ucg_rate)
             c = xc
-            if not self.cond_stage_trainable or force_c_encode:
+            cached_c = latent_cache.cached_condition(batch, None, self.device) if cond_key in (
+                None, self.cond_stage_key) else None
+            if cached_c is not None and not self.cond_stage_trainable:  # τ(y) from the latent cache
+                c = cached_c
+            elif not self.cond_stage_trainable or force_c_encode:
                 c = self.get_learned_conditioning(xc if isinstance(xc, (dict, list)) else xc.to(self.device))
             if bs is not None and isinstance(c, (torch.Tensor, list)):
                 c = c[:bs]
