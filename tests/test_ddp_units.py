@@ -117,3 +117,13 @@ def test_fsdp_section_builds_a_block_wise_strategy_and_names_bad_entries():
         fsdp_strategy({"sharding_strategy": "FULL"}, "fsdp")
     with pytest.raises(ConfigError, match="lightning.fsdp.wrapp"):
         fsdp_strategy({"wrapp": []}, "fsdp")
+
+
+def test_models_with_alternating_optimizers_get_unused_parameter_detection_under_ddp():
+    from ldm.trainer.run import expect_unused_parameters
+
+    assert expect_unused_parameters({"strategy": "ddp", "devices": 2}) == "ddp_find_unused_parameters_true"
+    assert expect_unused_parameters({"strategy": "ddp_spawn"}) == "ddp_spawn_find_unused_parameters_true"
+    assert expect_unused_parameters({"accelerator": "cpu", "devices": 2}) == "ddp_find_unused_parameters_true"
+    assert expect_unused_parameters({"accelerator": "cpu", "devices": 1}) is None  # one process: untouched
+    assert expect_unused_parameters({"strategy": "fsdp", "devices": 2}) == "fsdp"

@@ -174,10 +174,11 @@ def _run(opt, overrides: list[str]) -> int:
         # Lightning 2 refuses trainer-level accumulation with manual optimisation: the model does it.
         model.accumulate_grad_batches = trainer_kwargs.pop("accumulate_grad_batches")
     model.learning_rate = learning_rate(config, trainer_kwargs, model, opt.scale_lr)
-    if not model.automatic_optimization and _data_parallel(trainer_kwargs):
+    strategy = expect_unused_parameters(trainer_kwargs)
+    if not model.automatic_optimization and strategy != trainer_kwargs.get("strategy"):
         # GAN autoencoders alternate generator and discriminator steps: each backward leaves the other
         # network's parameters without gradients, which DDP must be told to expect.
-        trainer_kwargs["strategy"] = "ddp_find_unused_parameters_true"
+        trainer_kwargs["strategy"] = strategy
     if opt.dry_run:
         print(describe(model, data, config))
         print(f"Trainer: {trainer_kwargs}\nRun directory would be: {run_dir.logdir}")
@@ -209,11 +210,17 @@ def _run(opt, overrides: list[str]) -> int:
     return 0
 
 
-def _data_parallel(trainer_kwargs: dict) -> bool:
-    """Whether Lightning will run plain DDP (asked for, or chosen for several devices)."""
+DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
+def expect_unused_parameters(trainer_kwargs: dict) -> Any:
+    """The strategy, switched to its ``find_unused_parameters`` variant where it is plain DDP (asked
+    for, or what Lightning picks for several devices); any other strategy is returned as is."""
     strategy = trainer_kwargs.get("strategy", "auto")
     processes = num_devices(trainer_kwargs) * int(trainer_kwargs.get("num_nodes", 1) or 1)
-    return strategy == "ddp" or (strategy in (None, "auto") and processes > 1)
+    if strategy in (None, "auto") and processes > 1:
+        strategy = "ddp"
+    return f"{strategy}_find_unused_parameters_true" if strategy in DDP_STRATEGIES else trainer_kwargs.get("strategy")
 
 
 # Exit status of a run that stopped because of too many non-finite steps (preemption exits 0).
