@@ -127,3 +127,23 @@ def test_models_with_alternating_optimizers_get_unused_parameter_detection_under
     assert expect_unused_parameters({"accelerator": "cpu", "devices": 2}) == "ddp_find_unused_parameters_true"
     assert expect_unused_parameters({"accelerator": "cpu", "devices": 1}) is None  # one process: untouched
     assert expect_unused_parameters({"strategy": "fsdp", "devices": 2}) == "fsdp"
+
+
+def test_a_non_finite_step_on_one_rank_is_skipped_on_all():
+    from types import SimpleNamespace
+
+    from ldm.trainer.nonfinite import NonFiniteGuard
+
+    class Strategy:  # stands in for the process group: another rank saw a non-finite loss
+        def reduce_boolean_decision(self, decision, all=True):
+            assert all is False  # "any rank", not "every rank"
+            return True
+
+    param = torch.nn.Parameter(torch.ones(2))
+    param.grad = torch.ones(2)  # finite here
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    trainer = SimpleNamespace(world_size=2, strategy=Strategy(), optimizers=[optimizer], precision_plugin=None)
+    guard = NonFiniteGuard(ckptdir="unused")
+    guard.skipping = False
+    guard.on_before_optimizer_step(trainer, None, optimizer)
+    assert guard.skipping and param.grad is None  # this rank drops its update too

@@ -80,6 +80,8 @@ class NonFiniteGuard(pl.Callback):
         if not self.skipping and not _uses_grad_scaler(trainer):
             grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             self.skipping = not _finite(grads)
+        if trainer.world_size > 1:  # all ranks skip together (a rank's own loss may be the only bad one)
+            self.skipping = bool(trainer.strategy.reduce_boolean_decision(self.skipping, all=False))
         if self.skipping:
             # Without gradients torch optimizers leave parameters and moments untouched.
             for opt in trainer.optimizers:
