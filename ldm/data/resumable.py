@@ -96,6 +96,15 @@ class EpochSampler(DistributedSampler):
     def __len__(self) -> int:
         return self.length // self.num_replicas
 
+    # DistributedSampler's attributes, for code that reads them.
+    @property
+    def num_samples(self) -> int:
+        return len(self)
+
+    @property
+    def total_size(self) -> int:
+        return len(self) * self.num_replicas
+
 
 class SeededItems(Dataset):
     """``dataset[index]`` loaded with the global RNGs seeded from the item seed (see module doc)."""
