@@ -280,7 +280,7 @@ def test_ancestral_sampling_and_image_logs():
     model = make("concat", log_every_t=25)
     data = batch(2)
     logs = model.log_images(data, N=2, n_row=2, ddim_steps=None, inpaint=True, quantize_denoised=True,
-                            plot_progressive_rows=True)
+                            plot_progressive_rows=True, plot_diffusion_rows=True)
     assert logs["inputs"].shape == logs["reconstruction"].shape == logs["samples"].shape == (2, 3, 16, 16)
     assert logs["conditioning"].shape == (2, 3, 16, 16)  # the first stage decodes its own encoding
     assert "samples_x0_quantized" not in logs  # KL first stage: nothing to quantise

@@ -118,10 +118,16 @@ class ImageLogger(pl.Callback):
             return
         was_training = pl_module.training
         pl_module.eval()
+        start = time.perf_counter()
         with torch.no_grad():
             images = pl_module.log_images(batch, split=split, **self.log_images_kwargs)
         if was_training:
             pl_module.train()
+        # Sampling for the grids can cost as much as many training steps: show what it costs.
+        self.last_seconds = time.perf_counter() - start
+        rank_zero_info(f"image logging ({split}, step {pl_module.global_step}): {self.last_seconds:.2f} s")
+        if pl_module.logger is not None:
+            pl_module.logger.log_metrics({f"{split}/image_logging_s": self.last_seconds}, step=pl_module.global_step)
         images = {k: v[: self.max_images].detach().float().cpu() for k, v in images.items()
                   if isinstance(v, torch.Tensor) and v.ndim == 4}
         if self.clamp:

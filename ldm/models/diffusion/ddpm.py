@@ -20,6 +20,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from ldm import perf
 from ldm.data import latent_cache
 from ldm.models.diffusion import ancestral, image_logging, training
 from ldm.models.diffusion import parameterization as P
@@ -74,6 +75,8 @@ class DDPM(P.ForwardProcessMethods, pl.LightningModule):
         use_positional_encodings: bool = False,  # unsupported, kept so original configs validate
         learn_logvar: bool = False,              # learn per-timestep log-variances of the loss
         logvar_init: float = 0.0,                # their initial value
+        compile_denoiser: Union[bool, Mapping[str, Any]] = False,  # torch.compile the UNet (ldm.perf)
+        channels_last: bool = False,             # NHWC memory format for the UNet (ldm.perf)
     ):
         super().__init__()
         P.check_parameterization(parameterization)
@@ -112,6 +115,7 @@ class DDPM(P.ForwardProcessMethods, pl.LightningModule):
         self.restarted_from_ckpt = False
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys, only_model=load_only_unet)
+        perf.configure_denoiser(self.model.diffusion_model, compile=compile_denoiser, channels_last=channels_last)
 
     # ---- schedule and forward process ----
 
@@ -501,9 +505,9 @@ class LatentDiffusion(ancestral.LatentSamplingMethods, DDPM):
         return image_logging.sample_log(self, cond, batch_size, ddim, ddim_steps, **kwargs)
 
     @torch.no_grad()
-    def log_images(self, batch, N=8, n_row=4, sample=True, ddim_steps=200, ddim_eta=1.0, return_keys=None,
-                   quantize_denoised=True, inpaint=True, plot_denoise_rows=False, plot_progressive_rows=True,
-                   plot_diffusion_rows=True, unconditional_guidance_scale=1.0, **kwargs):
+    def log_images(self, batch, N=8, n_row=4, sample=True, ddim_steps=50, ddim_eta=1.0, return_keys=None,
+                   quantize_denoised=True, inpaint=False, plot_denoise_rows=False, plot_progressive_rows=False,
+                   plot_diffusion_rows=False, unconditional_guidance_scale=1.0, **kwargs):
         return image_logging.log_images_ldm(
             self, batch, N=N, n_row=n_row, sample=sample, ddim_steps=ddim_steps, ddim_eta=ddim_eta,
             return_keys=return_keys, quantize_denoised=quantize_denoised, inpaint=inpaint,

@@ -11,6 +11,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from ldm import checkpoint as ckpt
+from ldm.perf import adamw_options
 from ldm.models.diffusion.first_stage import FirstStage
 from ldm.modules.ema import LitEma
 from ldm.util import instantiate_from_config
@@ -27,7 +28,8 @@ def configure_optimizers(model: Any, params: Iterable[nn.Parameter]):
     if lr is None:
         raise AttributeError(f"{type(model).__name__}.learning_rate is not set; the trainer sets it from "
                              "model.base_learning_rate (set it yourself when training without it)")
-    opt = torch.optim.AdamW(list(params), lr=lr)
+    params = list(params)
+    opt = torch.optim.AdamW(params, lr=lr, **adamw_options(params))  # fused on CUDA (ldm.perf)
     if model.scheduler_config is None:
         return opt
     multiplier = instantiate_from_config(model.scheduler_config, path="model.params.scheduler_config")
