@@ -172,3 +172,29 @@ def test_default_image_logging_samples_with_ddim_only():
     logs = model.log_images(batch, N=2)
     assert len(calls) == 50
     assert {"inputs", "reconstruction", "samples", "conditioning"} == set(logs)
+
+
+def test_sampling_loop_maps_levels_to_timesteps_on_the_host():
+    """No host-device synchronisation per step: the samplers hand the denoiser host-side noise
+    levels and CompVisDenoiser converts them with its host table; the device table (here a meta
+    tensor, which cannot be read) is never touched inside the loop."""
+    from ldm.models.diffusion.sampling import ddim_sigmas, sample_ddim, sample_dpmpp_2m, dpm_solver_sigmas
+
+    _, model = setup_model()
+    model.eval()
+    seen = []
+    counting = CountingModel(model)
+    denoiser = CompVisDenoiser(counting)
+    denoiser._neg_log_alpha = torch.empty_like(denoiser._neg_log_alpha, device="meta")
+
+    def recording(x, sigma, cond=None):
+        seen.append(sigma.device.type)
+        return denoiser(x, sigma, cond=cond)
+
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(4))
+    cond = model.get_learned_conditioning({"class_label": torch.tensor([0, 1])})
+    for fn, sigmas in ((sample_ddim, ddim_sigmas(model.alphas_cumprod, 5)),
+                       (sample_dpmpp_2m, dpm_solver_sigmas(model.alphas_cumprod, 5))):
+        out = fn(recording, x * sigmas[0], sigmas, extra_args={"cond": cond}, disable=True)
+        assert torch.isfinite(out).all()
+    assert seen == ["cpu"] * 10 and counting.calls == [2] * 10

@@ -49,8 +49,11 @@ def default_noise_sampler(x: torch.Tensor, generator: Optional[torch.Generator] 
 
 
 def call_denoiser(denoiser: Denoiser, x: torch.Tensor, sigma: float, extra_args: dict) -> torch.Tensor:
-    """D(x; sigma) with sigma broadcast to one level per batch element."""
-    return denoiser(x, x.new_full((x.shape[0],), sigma), **extra_args)
+    """D(x; sigma) with sigma broadcast to one level per batch element.
+
+    The levels stay on the host: adapters such as CompVisDenoiser map them to timesteps there, so
+    the sampling loop never waits on the accelerator to read a value back (no sync per step)."""
+    return denoiser(x, torch.full((x.shape[0],), sigma, dtype=x.dtype), **extra_args)
 
 
 def check_mask(mask: Optional[torch.Tensor], x0: Optional[torch.Tensor], x: torch.Tensor) -> None:

@@ -100,6 +100,7 @@ class CompVisDenoiser:
         dtype = precise_dtype(ac.device)
         # decreasing in t; kept as its negation so that searchsorted sees an increasing table
         self._neg_log_alpha = -0.5 * ac.detach().to(dtype).log()
+        self._neg_log_alpha_host = self._neg_log_alpha.cpu()  # for host-side levels: no device sync
         self.sigmas = sigmas_from_alphas_cumprod(ac)
 
     @property
@@ -113,7 +114,7 @@ class CompVisDenoiser:
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """Training timestep of each noise level: LongTensor when all are training steps
         (or ``quantize``), otherwise float. Levels outside [sigma(0), sigma(T-1)] raise."""
-        table = self._neg_log_alpha
+        table = self._neg_log_alpha_host if sigma.device.type == "cpu" else self._neg_log_alpha
         s = sigma.detach().to(table.device, table.dtype)
         q = 0.5 * torch.log1p(s * s)  # -log sqrt(abar) of these levels
         lo_ok = q >= table[0] * (1 - 1e-5) - 1e-12

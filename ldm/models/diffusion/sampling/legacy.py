@@ -42,7 +42,7 @@ class ScoreCorrected:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None) -> torch.Tensor:
         denoised = self.denoiser(x, sigma, cond=cond)
-        s = sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        s = sigma.to(x.device, x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
         eps = (x - denoised) / s
         t = self.adapter.sigma_to_t(sigma).to(x.device)
         eps = self.corrector.modify_score(self.adapter.model, eps, ve_to_vp(x, sigma), t, cond, **self.kwargs)
