@@ -308,7 +308,7 @@ def _run_main(cmd: list[str]) -> float:
     return elapsed
 
 
-def latent_cache_commands(args, workdir: Path) -> tuple[list[str], list[str], list[str]]:
+def latent_cache_commands(args, workdir: Path, device: torch.device) -> tuple[list[str], list[str], list[str]]:
     size = args.run_image_size
     data = [f"data.params.train.params.size={size}", f"data.params.validation.params.size={size}",
             f"data.params.train.params.length={args.run_steps * 16}",
@@ -317,8 +317,9 @@ def latent_cache_commands(args, workdir: Path) -> tuple[list[str], list[str], li
     quiet = ["lightning.callbacks.image_logger=null", "lightning.trainer.limit_val_batches=0",
              "lightning.trainer.enable_progress_bar=false", "lightning.trainer.enable_model_summary=false"]
     cache = [sys.executable, "scripts/cache_latents.py", "--base", str(DEMO_CLASS), *data,
-             "--out", str(workdir / "cache")]
-    train = [sys.executable, "main.py", "--base", str(DEMO_CLASS), "-t", "--accelerator", "cpu", "--no-test",
+             "--device", str(device), "--out", str(workdir / "cache")]
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
+    train = [sys.executable, "main.py", "--base", str(DEMO_CLASS), "-t", "--accelerator", accelerator, "--no-test",
              "--logger", "csv", "-l", str(workdir / "logs"), "--max_steps", str(args.run_steps), *data, *quiet]
     return cache, train, train + ["--latent-cache", str(workdir / "cache")]
 
@@ -328,7 +329,7 @@ def row_latent_cache(args, device, dtype) -> list[dict]:
     cache (built once before, its time reported apart), alternated run by run."""
     workdir = Path(tempfile.mkdtemp(prefix="ldm-bench-"))
     try:
-        cache, fly, cached = latent_cache_commands(args, workdir)
+        cache, fly, cached = latent_cache_commands(args, workdir, device)
         cache_s = _run_main(cache)
         times: dict[str, list[float]] = {"cached": [], "fly": []}
         for i in range(args.run_repeats):
