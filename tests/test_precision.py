@@ -198,3 +198,20 @@ def test_sampling_loop_maps_levels_to_timesteps_on_the_host():
         out = fn(recording, x * sigmas[0], sigmas, extra_args={"cond": cond}, disable=True)
         assert torch.isfinite(out).all()
     assert seen == ["cpu"] * 10 and counting.calls == [2] * 10
+
+
+def test_fast_flag_of_the_task_scripts_is_dpm_solver_in_20_steps():
+    import argparse
+
+    from ldm.inference.cli import add_sampling_args, options_from_args
+
+    p = argparse.ArgumentParser()
+    add_sampling_args(p, samplers=("ddim", "plms", "dpm", "unipc"), steps=50, scale=5.0, eta=0.0)
+    default = options_from_args(p.parse_args([]))
+    fast = options_from_args(p.parse_args(["--fast", "--steps", "200"]))
+    assert (default.sampler, default.steps) == ("ddim", 50)
+    assert (fast.sampler, fast.steps, fast.eta) == ("dpm", 20, 0.0)
+    masked_only = argparse.ArgumentParser()
+    add_sampling_args(masked_only, samplers=("ddim", "plms", "ddpm"))
+    with pytest.raises(SystemExit):  # no DPM-Solver for these tasks: no --fast either
+        masked_only.parse_args(["--fast"])

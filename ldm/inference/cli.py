@@ -44,6 +44,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="sample with the trained weights instead of their EMA")
 
 
+FAST_STEPS = 20  # --fast: DPM-Solver++(2M) steps
+
+
 def add_sampling_args(p: argparse.ArgumentParser, samplers: Sequence[str] = tuple(SAMPLER_NAMES), steps: int = 50,
                       scale: Optional[float] = 1.0, eta: Optional[float] = 0.0, guidance: bool = True,
                       short_flags: bool = False) -> None:
@@ -52,6 +55,11 @@ def add_sampling_args(p: argparse.ArgumentParser, samplers: Sequence[str] = tupl
     g.add_argument("--sampler", choices=list(samplers), default=samplers[0], help="sampler (default %(default)s)")
     g.add_argument(*(["-c"] if short_flags else []), "--steps", "--ddim_steps", dest="steps", type=int,
                    default=steps, help="sampling steps (default %(default)s)")
+    if "dpm" in samplers:
+        g.add_argument("--fast", action="store_true",
+                       help=f"DPM-Solver++(2M) in {FAST_STEPS} steps (Lu et al. 2022b report near-converged "
+                            "samples in 15-20 steps): 40%% of the network calls of 50 DDIM steps; overrides "
+                            "--sampler and --steps")
     g.add_argument(*(["-e"] if short_flags else []), "--eta", type=float, default=eta,
                    help="DDIM eta: 0 deterministic, 1 ancestral (ddim only; default "
                         f"{'1.0 for ddim, else 0' if eta is None else eta})")
@@ -100,6 +108,8 @@ def model_from_args(args: argparse.Namespace) -> LoadedModel:
 
 def options_from_args(args: argparse.Namespace, scale: Optional[float] = None) -> SamplingOptions:
     scale = getattr(args, "scale", None) if scale is None else scale
+    if getattr(args, "fast", False):
+        args.sampler, args.steps = "dpm", FAST_STEPS
     return SamplingOptions(sampler=args.sampler, steps=args.steps, eta=args.eta if args.eta is not None else 0.0,
                            scale=1.0 if scale is None else scale, precision=args.precision,
                            decode_tile=args.decode_tile, progress=args.progress)
@@ -185,6 +195,8 @@ def start_task(args: argparse.Namespace, script: str, kinds: Optional[Sequence[s
     kind = model_kind(loaded.model)
     if kinds is not None and kind not in kinds:
         raise SystemExit(f"{script} needs {requirement}; this one is {kind!r}")
+    if getattr(args, "fast", False):
+        args.sampler, args.steps = "dpm", FAST_STEPS
     if args.eta is None:
         args.eta = 1.0 if args.sampler == "ddim" else 0.0
     scale = getattr(args, "scale", None)
