@@ -233,7 +233,11 @@ class SpatialTransformer(nn.Module):
             x = block(x, context=ctx)
         if self.use_linear:
             x = self.proj_out(x)
-        x = x.transpose(1, 2).reshape(b, -1, h, w)
+        # Back to a map in the input's memory format: the bare view is laid out channels-last, which
+        # every later NCHW convolution would follow by converting its weights, a copy per call.
+        channels_last = x_in.is_contiguous(memory_format=torch.channels_last) and not x_in.is_contiguous()
+        x = x.transpose(1, 2).reshape(b, -1, h, w).contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         if not self.use_linear:
             x = self.proj_out(x)
         return x + x_in
