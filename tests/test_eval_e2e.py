@@ -21,7 +21,7 @@ import ldm.eval.protocols as P
 from ldm.config import extra_targets
 
 FAST = ["--steps", "2", "--no-progress", "--device", "cpu", "--no-stats-cache"]
-TINY = "test_eval_e2e.TinyFeatures"
+TINY = "tests.test_eval_e2e.TinyFeatures"
 
 
 class TinyFeatures(torch.nn.Module):
