@@ -30,11 +30,11 @@ MIXED_PRECISIONS = ("bf16-mixed", "16-mixed")
 
 
 def enable_tf32() -> None:
-    """Let float32 matmuls and convolutions use TF32 tensor cores (Ampere and later GPUs)."""
+    """Let float32 matmuls and convolutions use TF32 tensor cores (Ampere and later GPUs). CPUs
+    are left as they are (float32 stays float32)."""
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    torch.set_float32_matmul_precision("high")  # also lets CPUs with bf16 matmul units use them
 
 
 def adamw_options(params: Iterable[nn.Parameter]) -> dict[str, Any]:

@@ -215,3 +215,12 @@ def test_fast_flag_of_the_task_scripts_is_dpm_solver_in_20_steps():
     add_sampling_args(masked_only, samplers=("ddim", "plms", "ddpm"))
     with pytest.raises(SystemExit):  # no DPM-Solver for these tasks: no --fast either
         masked_only.parse_args(["--fast"])
+
+
+def test_tf32_switch_touches_only_cuda():
+    before = (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32)
+    perf.enable_tf32()
+    if not torch.cuda.is_available():
+        assert (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32) == before
+    else:
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32

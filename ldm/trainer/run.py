@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
 
 from ldm.checkpoint import allow_missing_checkpoints
+from ldm.perf import enable_tf32
 from ldm.config import ConfigError, check_config_tree, set_trust_all_targets
 from ldm.config.loading import load_experiment
 from ldm.trainer.callbacks import FinalCheckpoint
@@ -160,6 +161,7 @@ def _run(opt, overrides: list[str]) -> int:
     if lightning_config.get("fsdp") is not None:  # FSDP with block-wise wrapping (docs/distributed.md)
         trainer_kwargs["strategy"] = fsdp_strategy(_section(lightning_config, "fsdp"), trainer_kwargs.get("strategy"))
     pl.seed_everything(opt.seed, workers=True)
+    enable_tf32()  # TF32 tensor cores for float32 work on Ampere+ GPUs (ldm/perf.py); a no-op on CPU
 
     model = instantiate_from_config(config.model, path="model")
     data_config = config.get("data")
