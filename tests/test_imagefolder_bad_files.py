@@ -108,3 +108,18 @@ def test_a_folder_of_only_bad_files_still_stops_with_a_clear_error(tmp_path):
     ds = ImageFolder(str(root), size=8)
     with pytest.warns(BadImageWarning), pytest.raises(ValueError, match=r"none of its 3 image file\(s\) could be read"):
         ds[1]
+
+
+@pytest.mark.parametrize("model_class", ["ldm.models.diffusion.ddpm.DDPM",
+                                         "ldm.models.autoencoder.AutoencoderKL", "ldm.models.autoencoder.VQModel"])
+def test_a_validation_batch_of_only_bad_files_is_skipped(model_class):
+    # Lightning skips a None training batch itself, but hands a None validation batch to the model.
+    from ldm.config.targets import get_obj_from_str
+
+    cls = get_obj_from_str(model_class)
+
+    class Probe:  # the checks that run before the batch is read
+        def _require_trainable_loss(self):
+            pass
+
+    assert cls.validation_step(Probe(), None, 0) is None

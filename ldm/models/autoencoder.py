@@ -186,8 +186,10 @@ class _FirstStage(pl.LightningModule, abc.ABC):
         self.log_dict({**log_ae, **log_disc}, sync_dist=True)
         return {f"{split}/rec_loss": rec_loss, **log_ae, **log_disc}
 
-    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+    def validation_step(self, batch: dict, batch_idx: int) -> Optional[dict]:
         self._require_trainable_loss()
+        if batch is None:  # every image of the batch was unreadable (skipped and counted by the dataset)
+            return None
         return self._validation_step(batch)
 
     def configure_optimizers(self):
@@ -353,8 +355,10 @@ class VQModel(_FirstStage):
         if self.use_ema:
             self.model_ema(self)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+    def validation_step(self, batch: dict, batch_idx: int) -> Optional[dict]:
         self._require_trainable_loss()
+        if batch is None:  # every image of the batch was unreadable (skipped and counted by the dataset)
+            return None
         log = self._validation_step(batch)
         if self.use_ema:
             with self.ema_scope():

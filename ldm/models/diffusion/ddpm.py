@@ -216,6 +216,8 @@ class DDPM(P.ForwardProcessMethods, pl.LightningModule):
 
     @torch.no_grad()
     def validation_step(self, batch, batch_idx):
+        if batch is None:  # every image of the batch was unreadable (skipped and counted by the dataset)
+            return None
         _, loss_dict = self.shared_step(batch)
         with self.ema_scope():
             _, loss_dict_ema = self.shared_step(batch)
