@@ -4,7 +4,8 @@
   ``lightning.trainer.precision``): autocast runs matmuls and convolutions in bf16/fp16 while the
   weights, the optimizer state and the loss reduction stay float32. bf16 keeps float32's range (no
   loss scaling) and works on CPUs too; fp16 (``16-mixed``) has a narrow range, so gradients need
-  the scaler Lightning adds on GPUs: use it on GPUs without bf16. tests/test_precision.py states the tolerances against float32.
+  the scaler Lightning adds on GPUs: use it on GPUs without bf16. tests/test_precision.py states
+  the tolerances against float32.
 * TF32 (:func:`enable_tf32`): float32 matmuls and convolutions on Ampere+ tensor cores with a 10-bit
   mantissa, several times faster and enough for training; a no-op without CUDA.
 * channels_last (:func:`configure_denoiser`): NHWC activations let cuDNN pick its tensor-core
