@@ -10,7 +10,6 @@ from ldm.modules.attention import CrossAttention, LinearAttention, SpatialTransf
 from ldm.modules.diffusionmodules.openaimodel import (
     AttentionBlock,
     Downsample,
-    EncoderUNetModel,
     QKVAttention,
     QKVAttentionLegacy,
     UNetModel,
@@ -152,16 +151,6 @@ def test_resampling_layers():
     assert Downsample(8, True, dims=3)(v).shape == (1, 8, 3, 3, 3)
     with pytest.raises(ValueError, match="use_conv"):
         Downsample(8, False, out_channels=4)
-
-
-@pytest.mark.parametrize("pool", ["adaptive", "attention", "spatial", "spatial_v2"])
-def test_encoder_unet_pools(pool):
-    enc = randomize(EncoderUNetModel(
-        image_size=16, in_channels=4, model_channels=32, out_channels=5, num_res_blocks=1,
-        attention_resolutions=[2], channel_mult=[1, 2], num_head_channels=16, pool=pool,
-    ))
-    x, t = inputs()
-    assert enc(x, t).shape == (2, 5)
 
 
 # ---------------------------------------------------------------- gradient checkpointing

@@ -30,7 +30,6 @@ _MODELS = (
 
 _NETWORKS = (
     "ldm.modules.diffusionmodules.openaimodel.UNetModel",
-    "ldm.modules.diffusionmodules.openaimodel.EncoderUNetModel",
     "ldm.modules.diffusionmodules.model.Encoder",
     "ldm.modules.diffusionmodules.model.Decoder",
     "ldm.modules.vqvae.quantize.VectorQuantizer",

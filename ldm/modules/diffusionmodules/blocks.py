@@ -17,7 +17,6 @@ from ldm.modules.diffusionmodules.util import avg_pool_nd, checkpoint, conv_nd, 
 
 __all__ = [
     "AttentionBlock",
-    "AttentionPool2d",
     "Downsample",
     "QKVAttention",
     "QKVAttentionLegacy",
@@ -243,33 +242,6 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bs: int, length: 
     """
     out = F.scaled_dot_product_attention(q, k, v)
     return out.transpose(-1, -2).reshape(bs, -1, length)
-
-
-class AttentionPool2d(nn.Module):
-    """Attention pooling (CLIP-style): the mean token, plus learned positions, attends to all
-    pixels; the output is that token's value. Used by ``EncoderUNetModel(pool="attention")``."""
-
-    def __init__(
-        self,
-        spacial_dim: int,          # side of the (square) input feature map
-        embed_dim: int,
-        num_heads_channels: int,
-        output_dim: int | None = None,
-    ) -> None:
-        super().__init__()
-        self.positional_embedding = nn.Parameter(torch.randn(embed_dim, spacial_dim ** 2 + 1) / embed_dim ** 0.5)
-        self.qkv_proj = conv_nd(1, embed_dim, 3 * embed_dim, 1)
-        self.c_proj = conv_nd(1, embed_dim, output_dim or embed_dim, 1)
-        self.num_heads = embed_dim // num_heads_channels
-        self.attention = QKVAttention(self.num_heads)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c = x.shape[:2]
-        x = x.reshape(b, c, -1)
-        x = torch.cat([x.mean(dim=-1, keepdim=True), x], dim=-1)
-        x = x + self.positional_embedding[None].to(x.dtype)
-        x = self.c_proj(self.attention(self.qkv_proj(x)))
-        return x[:, :, 0]
 
 
 class AttentionBlock(nn.Module):

@@ -15,7 +15,6 @@ from torch import nn
 from ldm.modules.attention import SpatialTransformer
 from ldm.modules.diffusionmodules.blocks import (
     AttentionBlock,
-    AttentionPool2d,
     Downsample,
     QKVAttention,
     QKVAttentionLegacy,
@@ -28,9 +27,7 @@ from ldm.modules.diffusionmodules.util import conv_nd, linear, normalization, ti
 
 __all__ = [
     "AttentionBlock",
-    "AttentionPool2d",
     "Downsample",
-    "EncoderUNetModel",
     "QKVAttention",
     "QKVAttentionLegacy",
     "ResBlock",
@@ -338,106 +335,3 @@ def _label_embedding(num_classes: int | str, dim: int, adm_in_channels: int | No
             raise ValueError('UNetModel: num_classes="sequential" needs adm_in_channels')
         return nn.Sequential(nn.Sequential(linear(adm_in_channels, dim), nn.SiLU(), linear(dim, dim)))
     raise ValueError(f'UNetModel: num_classes must be an int, "continuous" or "sequential", got {num_classes!r}')
-
-
-class EncoderUNetModel(nn.Module):
-    """The encoder half of the UNet with a pooled head (e.g. a noisy-image classifier)."""
-
-    def __init__(
-        self,
-        image_size: int,
-        in_channels: int,
-        model_channels: int,
-        out_channels: int,
-        num_res_blocks: int | Sequence[int],
-        attention_resolutions: Sequence[int],
-        dropout: float = 0.0,
-        channel_mult: Sequence[int] = (1, 2, 4, 8),
-        conv_resample: bool = True,
-        dims: int = 2,
-        use_checkpoint: bool = False,
-        use_fp16: bool = False,
-        num_heads: int = 1,
-        num_head_channels: int = -1,
-        num_heads_upsample: int = -1,  # unused (no decoder); accepted for config compatibility
-        use_scale_shift_norm: bool = False,
-        resblock_updown: bool = False,
-        use_new_attention_order: bool = False,
-        pool: str = "adaptive",        # "adaptive" | "attention" | "spatial" | "spatial_v2"
-    ) -> None:
-        super().__init__()
-        if pool not in ("adaptive", "attention", "spatial", "spatial_v2"):
-            raise ValueError(f'EncoderUNetModel: unknown pool={pool!r} (adaptive, attention, spatial, spatial_v2)')
-        self.in_channels = in_channels
-        self.model_channels = model_channels
-        self.out_channels = out_channels
-        self.use_checkpoint = use_checkpoint
-        self.dtype = torch.float16 if use_fp16 else torch.float32
-        self.pool = pool
-        time_embed_dim = model_channels * 4
-        self.time_embed = nn.Sequential(
-            linear(model_channels, time_embed_dim),
-            nn.SiLU(),
-            linear(time_embed_dim, time_embed_dim),
-        )
-
-        def attention(ch: int, level: int | None, index: int) -> nn.Module:
-            return AttentionBlock(
-                ch, num_heads=num_heads, num_head_channels=num_head_channels, use_checkpoint=use_checkpoint,
-                use_new_attention_order=use_new_attention_order,
-            )
-
-        self.input_blocks, skip_chans, ch, ds = _down_path(
-            in_channels, model_channels, channel_mult, _per_level(num_res_blocks, len(channel_mult), "num_res_blocks"),
-            attention_resolutions, dropout, time_embed_dim, dims, use_checkpoint, use_scale_shift_norm,
-            resblock_updown, conv_resample, attention,
-        )
-        self._feature_size = sum(skip_chans)
-
-        def res_block() -> ResBlock:
-            return ResBlock(ch, time_embed_dim, dropout, dims=dims, use_checkpoint=use_checkpoint,
-                            use_scale_shift_norm=use_scale_shift_norm)
-
-        self.middle_block = TimestepEmbedSequential(res_block(), attention(ch, None, 0), res_block())
-        self._feature_size += ch
-        if pool == "adaptive":
-            self.out = nn.Sequential(
-                normalization(ch), nn.SiLU(), nn.AdaptiveAvgPool2d((1, 1)),
-                zero_module(conv_nd(dims, ch, out_channels, 1)), nn.Flatten(),
-            )
-        elif pool == "attention":
-            if num_head_channels == -1:
-                raise ValueError('EncoderUNetModel: pool="attention" needs num_head_channels')
-            self.out = nn.Sequential(
-                normalization(ch), nn.SiLU(), AttentionPool2d(image_size // ds, ch, num_head_channels, out_channels),
-            )
-        elif pool == "spatial":
-            self.out = nn.Sequential(nn.Linear(self._feature_size, 2048), nn.ReLU(), nn.Linear(2048, out_channels))
-        else:
-            self.out = nn.Sequential(
-                nn.Linear(self._feature_size, 2048), normalization(2048), nn.SiLU(), nn.Linear(2048, out_channels),
-            )
-
-    def convert_to_fp16(self) -> None:
-        for blocks in (self.input_blocks, self.middle_block):
-            blocks.apply(convert_module_to_f16)
-
-    def convert_to_fp32(self) -> None:
-        for blocks in (self.input_blocks, self.middle_block):
-            blocks.apply(convert_module_to_f32)
-
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """(B, out_channels) outputs for inputs ``x`` at ``timesteps``."""
-        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
-        spatial = self.pool.startswith("spatial")
-        pooled = []
-        h = x.type(self.dtype)
-        for module in self.input_blocks:
-            h = module(h, emb)
-            if spatial:
-                pooled.append(h.type(x.dtype).mean(dim=(2, 3)))
-        h = self.middle_block(h, emb)
-        if spatial:
-            pooled.append(h.type(x.dtype).mean(dim=(2, 3)))
-            return self.out(torch.cat(pooled, dim=-1))
-        return self.out(h.type(x.dtype))
