@@ -9,6 +9,11 @@ encoder's output is stored too when no classifier-free-guidance dropout acts on 
 cache records a fingerprint of the first stage's weights and config, the conditioning encoder and
 the data config; `main.py --latent-cache` refuses a cache whose fingerprint differs, naming what
 changed. Datasets that augment at random (crops, flips) are refused.
+
+--format tar writes each split as WebDataset-style tar shards (<out>/<split>/shard-00000.tar:
+<key>.<column>.npy per tensor, <key>.json for strings; see ldm/data/latent_cache.py), which
+`--latent-cache` reads as well and standard webdataset readers can iterate; the default, pt, is
+one torch.save file per shard, read memory-mapped.
 """
 from __future__ import annotations
 
@@ -34,6 +39,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[argparse.Namespace
     p.add_argument("--batch-size", type=int, default=32, help="images encoded at once")
     p.add_argument("--num-workers", type=int, default=0, help="data loader workers")
     p.add_argument("--shard-size", type=int, default=8192, help="examples per shard file")
+    p.add_argument("--format", choices=["pt", "tar"], default="pt",
+                   help="shard files: pt (torch.save, memory-mapped) or tar (WebDataset-style, .npy + .json)")
     p.add_argument("--keep", nargs="*", default=[], metavar="KEY",
                    help="further batch keys to store (the condition, the mask, scalars and strings always are)")
     p.add_argument("-s", "--seed", type=int, default=23,
@@ -69,7 +76,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = model.to(device).eval()
         root = build_cache(model, config, args.out, splits=args.splits, batch_size=args.batch_size,
-                           num_workers=args.num_workers, shard_size=args.shard_size, extra_keys=args.keep)
+                           num_workers=args.num_workers, shard_size=args.shard_size, extra_keys=args.keep,
+                           format=args.format)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

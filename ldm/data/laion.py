@@ -41,7 +41,8 @@ from ldm.data.skipping import BadImageWarning, SkipBadImages
 from ldm.data.variants import dataset_variant
 
 __all__ = ["ConceptualCaptions", "ConceptualCaptionsTrain", "ConceptualCaptionsValidation", "LAIONTrain",
-           "LAIONValidation", "ShardsUnderRoot", "WebDatasetCaptions", "decode_image", "read_caption_tsv"]
+           "LAIONValidation", "ShardsUnderRoot", "WebDatasetCaptions", "decode_image", "index_tar",
+           "read_caption_tsv"]
 
 IMAGE_MEMBERS = (".jpg", ".jpeg", ".png", ".webp")
 _SHARD_LAYOUT = """{root}/
@@ -72,11 +73,12 @@ _SHARD, _IMG, _CAP, _IS_JSON, _JSON, _CLS = 0, 1, 3, 5, 6, 8
 _MISSING = (-1, 0)
 
 
-def _index_shard(path: str) -> tuple[list[tuple[int, ...]], int, Optional[str]]:
-    """(rows, samples left out, problem) of one shard: a row per sample with an image and a caption
-    or a label (columns as above, without the shard); members without an image are left out and
-    counted. A shard cut short (an interrupted download) keeps the samples before the damage and
-    reports it as ``problem``."""
+def index_tar(path: str) -> tuple[dict[str, dict[str, tuple[int, int]]], Optional[str]]:
+    """(samples, problem) of one WebDataset-style tar: ``samples[key][ext] = (offset, size)`` of
+    each file member's data, grouped as WebDataset does (key: the member path up to the first dot
+    of its base name; ext: the rest, with its dot). Only headers are read. A tar cut short (an
+    interrupted download or copy) keeps the samples before the damage, reports it as ``problem``
+    and drops its last sample, whose members may be cut."""
     samples: dict[str, dict[str, tuple[int, int]]] = {}
     problem = None
     try:
@@ -88,12 +90,21 @@ def _index_shard(path: str) -> tuple[list[tuple[int, ...]], int, Optional[str]]:
                 dot = base.find(".")
                 if dot <= 0:
                     continue
-                key, ext = os.path.join(os.path.dirname(m.name), base[:dot]), base[dot:].lower()
+                key, ext = os.path.join(os.path.dirname(m.name), base[:dot]), base[dot:]
                 samples.setdefault(key, {})[ext] = (m.offset_data, m.size)
     except (tarfile.TarError, EOFError, OSError) as exc:
         problem = f"{path}: unreadable after {len(samples)} sample(s) ({exc})"
-    if problem and samples:  # the last sample's members may be cut: drop it
-        samples.pop(sorted(samples)[-1])
+    if problem and samples:
+        samples.pop(next(reversed(samples)))  # the sample being read when the damage was hit
+    return samples, problem
+
+
+def _index_shard(path: str) -> tuple[list[tuple[int, ...]], int, Optional[str]]:
+    """(rows, samples left out, problem) of one shard (:func:`index_tar`): a row per sample with an
+    image and a caption or a label (columns as above, without the shard); members without an image
+    are left out and counted."""
+    found, problem = index_tar(path)
+    samples = {key: {ext.lower(): v for ext, v in parts.items()} for key, parts in found.items()}
     rows, left_out = [], 0
     for key in sorted(samples):
         parts = samples[key]
