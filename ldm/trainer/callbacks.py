@@ -12,6 +12,8 @@ import torchvision
 from PIL import Image
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
+from ldm.config.errors import ConfigError
+from ldm.perf_flops import mfu, peak_tflops, training_flops_per_sample
 from ldm.trainer.rundir import write_configs
 
 
@@ -146,24 +148,79 @@ class ImageLogger(pl.Callback):
 
 
 class DeviceStatsCallback(pl.Callback):
-    """Epoch wall time, samples/s and peak accelerator memory (the original's CUDACallback, any device).
+    """Epoch wall time, samples/s, model TFLOP/s, MFU and peak accelerator memory (the original's
+    CUDACallback, any device).
 
-    A run resumed mid-epoch gets no `on_train_epoch_start`: its first (partial) epoch is measured
-    from the start of training.
+    The denoiser's training FLOPs per sample are counted once, on the first training step: the
+    UNet's real inputs (latents, timesteps, context) are caught on their way in and the UNet is run
+    on their first sample under FlopCounterMode (x 3 for forward + backward). Only the UNet is
+    counted: the frozen first stage and the condition encoder are left out, so MFU measures the
+    denoiser, as in the papers that report it. MFU needs the device's peak for the run's precision
+    (``ldm.perf_flops.PEAK_TFLOPS``, or ``peak_tflops``); CPUs and unlisted devices get TFLOP/s only.
+
+    Nothing here waits for the device on ordinary steps: it is synchronised at the epoch end and
+    every ``log_every_n_steps`` steps, where the progress bar gets the MFU (or TFLOP/s) since the
+    last such point. A run resumed mid-epoch gets no `on_train_epoch_start`: its first (partial)
+    epoch is measured from the start of training.
     """
 
-    def __init__(self) -> None:
+    def __init__(self,
+                 peak_tflops: Optional[float] = None):  # the device's peak TFLOP/s, overriding the table
         super().__init__()
-        self._start = time.perf_counter()
-        self._samples = 0
+        if peak_tflops is not None and not (isinstance(peak_tflops, (int, float)) and peak_tflops > 0):
+            raise ConfigError("lightning.callbacks.device_stats.params.peak_tflops",
+                              f"must be a positive number of TFLOP/s, got {peak_tflops!r}")
+        self.peak_override = None if peak_tflops is None else float(peak_tflops)
+        self.peak_tflops: Optional[float] = self.peak_override
+        self.flops_per_sample: Optional[int] = None
+        self._captured: Optional[tuple] = None
+        self._hook = None
+        self._start = self._window_start = time.perf_counter()
+        self._samples = self._window_samples = 0
+
+    # ---- FLOPs, counted once ----
+
+    @staticmethod
+    def denoiser(pl_module: pl.LightningModule) -> Optional[torch.nn.Module]:
+        wrapper = getattr(pl_module, "model", None)
+        return getattr(wrapper, "diffusion_model", None)
+
+    def _catch_inputs(self, module, args, kwargs) -> None:
+        if module.training and torch.is_grad_enabled() and self._captured is None and args:
+            self._captured = (args, kwargs)  # references only: counted after the step
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.peak_override is None:
+            self.peak_tflops = peak_tflops(pl_module.device, trainer.precision)
+        unet = self.denoiser(pl_module)
+        if unet is not None and self.flops_per_sample is None:
+            self._hook = unet.register_forward_pre_hook(self._catch_inputs, with_kwargs=True)
+
+    def _count_flops(self, pl_module: pl.LightningModule) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        args, kwargs = self._captured
+        self._captured = None
+        self.flops_per_sample = training_flops_per_sample(self.denoiser(pl_module), args, kwargs)
+        rank_zero_info(f"denoiser training FLOPs per sample: {self.flops_per_sample / 1e9:.4g} GFLOP"
+                       + (f"; peak {self.peak_tflops:g} TFLOP/s for MFU" if self.peak_tflops else
+                          "; no peak FLOP/s known for this device and precision: no MFU"))
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    # ---- timing ----
 
     def _reset(self, pl_module: pl.LightningModule) -> None:
         device = pl_module.device
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-            torch.cuda.synchronize(device)
-        self._start = time.perf_counter()
-        self._samples = 0
+        _synchronize(device)
+        self._start = self._window_start = time.perf_counter()
+        self._samples = self._window_samples = 0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset(pl_module)
@@ -171,25 +228,59 @@ class DeviceStatsCallback(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset(pl_module)
 
+    def throughput(self, samples: int, seconds: float) -> dict[str, float]:
+        """samples/s, model TFLOP/s and MFU (when the peak is known) of ``samples`` in ``seconds``."""
+        rate = samples / max(seconds, 1e-9)
+        out = {"samples_per_s": rate}
+        if self.flops_per_sample is not None:
+            out["model_tflops_per_s"] = self.flops_per_sample * rate / 1e12
+            if self.peak_tflops:
+                out["mfu"] = mfu(self.flops_per_sample, rate, self.peak_tflops)
+        return out
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if isinstance(batch, dict):
             first = next((v for v in batch.values() if hasattr(v, "__len__")), None)
-            self._samples += len(first) if first is not None else 0
+            n = len(first) if first is not None else 0
+            self._samples += n
+            self._window_samples += n
+        if self._captured is not None:
+            self._count_flops(pl_module)
+        every = trainer.log_every_n_steps
+        if self.flops_per_sample is None or not every or trainer.global_step % every:
+            return
+        _synchronize(pl_module.device)  # a logging point: the only per-step wait
+        now = time.perf_counter()
+        stats = self.throughput(self._window_samples, now - self._window_start)
+        self._window_start, self._window_samples = now, 0
+        name = "mfu" if "mfu" in stats else "model_tflops_per_s"
+        pl_module.log(name, stats[name], prog_bar=True, logger=False, on_step=True, on_epoch=False)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         device = pl_module.device
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        _synchronize(device)
         elapsed = time.perf_counter() - self._start
-        # Reduced over ranks: the slowest rank's time, the sum of all ranks' throughput, the largest memory.
-        stats = {"stats/epoch_time_s": (elapsed, "max"),
-                 "stats/samples_per_s": (self._samples / max(elapsed, 1e-9), "sum")}
+        # Reduced over ranks: the slowest rank's time, the sum of all ranks' throughput, the mean
+        # utilisation, the largest memory.
+        reduce = {"samples_per_s": "sum", "model_tflops_per_s": "sum", "mfu": "mean"}
+        stats = {"stats/epoch_time_s": (elapsed, "max")}
+        stats.update({f"stats/{k}": (v, reduce[k]) for k, v in self.throughput(self._samples, elapsed).items()})
         if device.type == "cuda":
             stats["stats/peak_memory_MiB"] = (torch.cuda.max_memory_allocated(device) / 2 ** 20, "max")
-        for name, (value, reduce) in stats.items():
-            pl_module.log(name, float(value), sync_dist=True, reduce_fx=reduce)
-        rank_zero_info("  ".join(f"{k.split('/')[1]}={v[0]:.2f}" for k, v in stats.items())
+        for name, (value, how) in stats.items():
+            pl_module.log(name, float(value), sync_dist=True, reduce_fx=how)
+        rank_zero_info("  ".join(f"{k.split('/')[1]}={v[0]:{_FORMATS.get(k, '.2f')}}"
+                                 for k, v in stats.items())
                        + (" (rank 0; the logged values are over all ranks)" if trainer.world_size > 1 else ""))
+
+
+_FORMATS = {"stats/mfu": ".3f", "stats/model_tflops_per_s": ".4g"}
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the accelerator's queued work (a no-op on CPU), so that wall time measures it."""
+    if device.type != "cpu" and torch.accelerator.is_available():
+        torch.accelerator.synchronize(device)
 
 
 class FinalCheckpoint(pl.Callback):
