@@ -274,7 +274,7 @@ class DeviceStatsCallback(pl.Callback):
                        + (" (rank 0; the logged values are over all ranks)" if trainer.world_size > 1 else ""))
 
 
-_FORMATS = {"stats/mfu": ".3f", "stats/model_tflops_per_s": ".4g"}
+_FORMATS = {"stats/mfu": ".1%", "stats/model_tflops_per_s": ".4g"}
 
 
 def _synchronize(device: torch.device) -> None:
