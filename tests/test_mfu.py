@@ -117,7 +117,7 @@ def test_peak_table_lookup(monkeypatch, name, precision, tf32, expected):
     assert perf_flops.peak_tflops(torch.device("cpu"), precision) is None
 
 
-@pytest.mark.parametrize("bad", [0, -5.0, "fast"])
+@pytest.mark.parametrize("bad", [0, -5.0, "fast", True])
 def test_bad_peak_override_names_its_config_path(bad):
     with pytest.raises(ConfigError) as err:
         DeviceStatsCallback(peak_tflops=bad)

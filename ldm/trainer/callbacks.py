@@ -167,7 +167,8 @@ class DeviceStatsCallback(pl.Callback):
     def __init__(self,
                  peak_tflops: Optional[float] = None):  # the device's peak TFLOP/s, overriding the table
         super().__init__()
-        if peak_tflops is not None and not (isinstance(peak_tflops, (int, float)) and peak_tflops > 0):
+        if peak_tflops is not None and (isinstance(peak_tflops, bool) or not isinstance(peak_tflops, (int, float))
+                                        or not peak_tflops > 0):
             raise ConfigError("lightning.callbacks.device_stats.params.peak_tflops",
                               f"must be a positive number of TFLOP/s, got {peak_tflops!r}")
         self.peak_override = None if peak_tflops is None else float(peak_tflops)
