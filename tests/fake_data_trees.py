@@ -84,7 +84,7 @@ def openimages(root: Path) -> None:
     (ann / "class-descriptions-boxable.csv").write_text("LabelName,DisplayName\n/m/00,Cat\n/m/01,Dog\n")
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
     tar.addfile(info, io.BytesIO(data))
@@ -102,11 +102,11 @@ def laion(root: Path) -> None:
         (root / split).mkdir(parents=True, exist_ok=True)
         with tarfile.open(root / split / "00000.tar", "w") as tar:
             for i in range(n):
-                _add(tar, f"{i:09d}.jpg", _jpeg_bytes(40 + i))
+                add_member(tar, f"{i:09d}.jpg", _jpeg_bytes(40 + i))
                 if i % 2:
-                    _add(tar, f"{i:09d}.json", json.dumps({"caption": CAPTIONS[i]}).encode())
+                    add_member(tar, f"{i:09d}.json", json.dumps({"caption": CAPTIONS[i]}).encode())
                 else:
-                    _add(tar, f"{i:09d}.txt", CAPTIONS[i].encode())
+                    add_member(tar, f"{i:09d}.txt", CAPTIONS[i].encode())
 
 
 def landscapes(root: Path) -> None:

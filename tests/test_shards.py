@@ -17,15 +17,10 @@ from ldm.data.base import collate_examples
 from ldm.data.laion import WebDatasetCaptions
 from ldm.data.resumable import EpochSampler, ResumableDataLoader, SeededItems
 from ldm.data.skipping import BadImageWarning
+from tests.fake_data_trees import add_member as add
 
 N_GOOD = 17  # labelled samples with a readable image
 BAD = {5: "corrupt image", 11: "no label"}
-
-
-def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
 
 
 def png(value: int) -> bytes:

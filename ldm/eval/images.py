@@ -8,6 +8,7 @@ identifies its content for the statistics cache.
 """
 from __future__ import annotations
 
+import abc
 import hashlib
 import os
 from pathlib import Path
@@ -23,7 +24,7 @@ __all__ = ["ArrayImages", "DatasetImages", "FolderImages", "ImageSet", "ShardIma
 PathLike = Union[str, os.PathLike]
 
 
-class ImageSet:
+class ImageSet(abc.ABC):
     """A sequence of uint8 RGB images of one size."""
 
     path: Path
@@ -33,14 +34,16 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.names)
 
+    @abc.abstractmethod
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        raise NotImplementedError
+        """uint8 (B, H, W, 3) batches in the set's fixed order."""
 
     def image_size(self) -> tuple[int, int]:
         return tuple(next(self.batches(1)).shape[1:3])
 
+    @abc.abstractmethod
     def fingerprint(self) -> str:
-        raise NotImplementedError
+        """A hash identifying the set's content (keys the statistics cache)."""
 
 
 class FolderImages(ImageSet):
