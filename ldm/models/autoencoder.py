@@ -24,7 +24,7 @@ from ldm import checkpoint as ckpt_io
 from ldm.config.errors import ConfigError
 from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
-from ldm.modules.ema import LitEma
+from ldm.modules.ema import LitEma, ema_weights_in
 from ldm.modules.vqvae.quantize import VectorQuantizer2 as VectorQuantizer
 from ldm.trainer.nonfinite import update_was_skipped
 from ldm.util import instantiate_from_config
@@ -316,12 +316,8 @@ class VQModel(_FirstStage):
         if not self.use_ema:
             yield
             return
-        self.model_ema.store(self.parameters())
-        self.model_ema.copy_to(self)
-        try:
+        with ema_weights_in(self.model_ema, self):
             yield
-        finally:
-            self.model_ema.restore(self.parameters())
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple]:
         """(z_q, codebook loss, (perplexity, min_encodings, indices))."""

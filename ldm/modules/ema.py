@@ -5,7 +5,8 @@ parameter named by its dotted name with the dots removed (`model_ema.diffusion_m
 """
 from __future__ import annotations
 
-from typing import Iterable
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -83,3 +84,15 @@ class LitEma(nn.Module):
         """Put back the parameters saved by :meth:`store` (e.g. after validating with EMA weights)."""
         for saved, p in zip(self.collected_params, parameters):
             p.copy_(saved)
+
+
+@contextmanager
+def ema_weights_in(ema: LitEma, model: nn.Module) -> Iterator[None]:
+    """Run the block with ``ema``'s weights in ``model``; the trained weights come back after,
+    also when the block raises."""
+    ema.store(model.parameters())
+    ema.copy_to(model)
+    try:
+        yield
+    finally:
+        ema.restore(model.parameters())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -27,13 +26,13 @@ from ldm.models.diffusion import parameterization as P
 from ldm.models.diffusion.conditioning import (  # noqa: F401  (DiffusionWrapper, disabled_train: original paths)
     ConditioningKey, DiffusionWrapper, NullCondition, check_rate, default_null_class, disabled_train, encode_condition,
     freeze, inpainting_condition, instantiate_cond_stage, resolve_conditioning_key, to_model_kwargs)
+from ldm.models.diffusion.ema_training import EMATraining
 from ldm.models.diffusion.first_stage import SPLIT_INPUT_REFUSAL, FirstStage
 from ldm.models.diffusion.losses import DiffusionLoss, LossType, check_loss_type, get_loss, lvlb_weights
 from ldm.models.diffusion.parameterization import Parameterization
 from ldm.models.diffusion.schedule import (
     BETA_SCHEDULES, BetaSchedule, buffer_device, make_beta_schedule, register_schedule_buffers, schedule_arrays)
 from ldm.modules.ema import LitEma
-from ldm.trainer.nonfinite import update_was_skipped
 from ldm.util import default, instantiate_from_config
 
 __all__ = ["DDPM", "DiffusionWrapper", "LatentDiffusion", "disabled_train"]
@@ -43,7 +42,7 @@ log = logging.getLogger(__name__)
 RAW_CONDITION_KEYS = ("caption", "txt", "coordinates_bbox")  # passed to τ_θ as they come
 
 
-class DDPM(P.ForwardProcessMethods, pl.LightningModule):
+class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
     """Denoising diffusion in pixel space; the base of LatentDiffusion."""
 
     def __init__(
@@ -96,7 +95,6 @@ class DDPM(P.ForwardProcessMethods, pl.LightningModule):
         self.use_ema = use_ema
         if use_ema:
             self.model_ema = LitEma(self.model)
-        self._ema_updated = False  # this batch's optimizer step already moved the EMA
         self.use_scheduler = scheduler_config is not None
         self.scheduler_config = scheduler_config
         self.v_posterior = v_posterior
@@ -225,40 +223,8 @@ class DDPM(P.ForwardProcessMethods, pl.LightningModule):
         self.log_dict({k + "_ema": v for k, v in loss_dict_ema.items()},
                       prog_bar=False, logger=True, on_step=False, on_epoch=True, sync_dist=True)
 
-    def optimizer_step(self, *args, **kwargs):
-        super().optimizer_step(*args, **kwargs)
-        # The EMA follows the update at once: checkpoints written at this batch's end (callbacks run
-        # before this module's on_train_batch_end) must include it, or a resumed run loses one update.
-        self._update_ema()
-        self._ema_updated = True
-
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        if not self._ema_updated:  # an accumulating batch: the EMA moves every batch
-            self._update_ema()
-        self._ema_updated = False
-
-    def _update_ema(self) -> None:
-        if self.use_ema and not update_was_skipped(self._trainer):  # a skipped (non-finite) step changes nothing
-            self.model_ema(self.model)
-
     def on_load_checkpoint(self, checkpoint):
         self.restarted_from_ckpt = True
-
-    @contextmanager
-    def ema_scope(self, context: Optional[str] = None):
-        """Run the block with the EMA weights in ``self.model``; restore the trained ones after."""
-        if self.use_ema:
-            self.model_ema.store(self.model.parameters())
-            self.model_ema.copy_to(self.model)
-            if context is not None:
-                log.info("%s: switched to EMA weights", context)
-        try:
-            yield None
-        finally:
-            if self.use_ema:
-                self.model_ema.restore(self.model.parameters())
-                if context is not None:
-                    log.info("%s: restored training weights", context)
 
     def init_from_ckpt(self, path: str, ignore_keys: Sequence[str] = (), only_model: bool = False) -> None:
         training.init_from_ckpt(self, path, ignore_keys, only_model)
