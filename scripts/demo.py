@@ -258,58 +258,25 @@ def autoencoder_figures(run_dir: Path, n: int, grid: Path) -> "Figure":
 def class_figures(run_dir: Path, classifier: Path, sizes: Sizes, grid: Path) -> list["Figure"]:
     """How often guided class samples are recognised as their class by the classifier, relative
     to real validation images, and an FID-like score of the classifier's features."""
-    import numpy as np
-
-    from ldm.data.synthetic import SyntheticShapesValidation
-    from ldm.eval.classifier import classifier_features
-    from ldm.eval.features import extract_features
     from ldm.eval.html_report import Figure
-    from ldm.eval.metrics import Statistics, accuracy, fid
-    from ldm.eval.protocols import generation_batches
-    from ldm.inference import SamplingOptions, load_run, save_grid, to_uint8
-
-    extractor = classifier_features(classifier, size=DEMO_SIZE)
-    data = SyntheticShapesValidation(size=DEMO_SIZE, length=sizes.real_images)
-    real = [(to_uint8(_stack_images(data, range(i, min(i + 100, len(data))))),
-             np.array([data[j]["class_label"] for j in range(i, min(i + 100, len(data)))]))
-            for i in range(0, len(data), 100)]
-    real_feats = extract_features(extractor, (r for r, _ in real), total=len(data), desc="real images")
-    real_acc = accuracy(real_feats.logits, np.concatenate([lab for _, lab in real]))
+    from ldm.eval.synthetic_scores import class_sample_scores
+    from ldm.inference import load_run, save_grid
 
     model = load_run(run_dir, device="cpu")
-    opts = SamplingOptions(sampler="ddim", steps=sizes.class_steps, scale=CLASS_SCALE, progress=False)
-    make = generation_batches(model, opts, SEED)
-    samples, labels = [], []
-    for start in range(0, sizes.class_samples, 64):
-        images, lab = make(np.arange(start, min(start + 64, sizes.class_samples)))
-        samples.append(images)
-        labels.append(lab)
-        print(f"    class samples: {start + len(images)}/{sizes.class_samples}", flush=True)
-    samples_u8, labels_np = np.concatenate(samples), np.concatenate(labels)
-    fake_feats = extract_features(extractor, (samples_u8[i:i + 100] for i in range(0, len(samples_u8), 100)),
-                                  total=len(samples_u8), desc="class samples")
-    fake_acc = accuracy(fake_feats.logits, labels_np)
-    fid_like = fid(Statistics.from_features(real_feats.features, extractor=extractor.name),
-                   Statistics.from_features(fake_feats.features, extractor=extractor.name))
-    save_grid(_uint8_to_tensor(samples_u8[:64]), grid, nrow=8)  # column k: class k
+    scores = class_sample_scores(model, classifier, sizes.class_samples, sampler="ddim", steps=sizes.class_steps,
+                                 scale=CLASS_SCALE, seed=SEED, n_real=sizes.real_images, size=DEMO_SIZE)
+    save_grid(_uint8_to_tensor(scores.samples[:64]), grid, nrow=8)  # column k: class k
     how = f"{sizes.class_samples} samples (class i mod 8), DDIM {sizes.class_steps} steps, guidance scale {CLASS_SCALE:g}"
     return [
-        Figure(f"Classifier accuracy on {len(data)} real validation images", 100 * real_acc, unit="%", digits=1,
-               note=extractor.name),
-        Figure("Guided class samples recognised as their class", 100 * fake_acc, unit="%", digits=1, note=how),
-        Figure("Class samples recognised, relative to real images", 100 * fake_acc / max(real_acc, 1e-12), unit="%",
+        Figure(f"Classifier accuracy on {scores.n_real} real validation images", 100 * scores.real_accuracy,
+               unit="%", digits=1, note=scores.extractor),
+        Figure("Guided class samples recognised as their class", 100 * scores.accuracy, unit="%", digits=1, note=how),
+        Figure("Class samples recognised, relative to real images", 100 * scores.relative_accuracy, unit="%",
                digits=1, target=100 * Targets().relative_accuracy, note="sample accuracy / real-image accuracy"),
-        Figure("FID-like score of the classifier's features (not Inception FID)", fid_like, digits=2,
-               note=f"Frechet distance of {fake_feats.features.shape[1]}-d classifier features, samples vs "
-                    f"{len(data)} validation images; lower is better, only comparable between runs of this demo"),
+        Figure("FID-like score of the classifier's features (not Inception FID)", scores.fid_like, digits=2,
+               note=f"Frechet distance of {scores.feature_dims}-d classifier features, samples vs "
+                    f"{scores.n_real} validation images; lower is better, only comparable between runs of this demo"),
     ]
-
-
-def _stack_images(data: object, indices: range) -> "torch.Tensor":
-    import numpy as np
-    import torch
-
-    return torch.from_numpy(np.stack([data[i]["image"] for i in indices])).permute(0, 3, 1, 2)
 
 
 def first_png(folder: Path, pattern: str) -> Optional[Path]:

@@ -1,0 +1,152 @@
+"""Scores of models trained on the built-in synthetic shapes, judged by the synthetic classifier
+(scripts/train_classifier.py, :mod:`ldm.eval.classifier`).
+
+* :func:`class_sample_scores`: guided class samples (class of sample i = i mod 8) -> how often the
+  classifier recognises their class, and an FID-like score of the classifier's features against
+  real validation images (not Inception FID);
+* :func:`reconstruction_scores`: PSNR and SSIM of a first stage's D(E(x)) on validation images.
+
+The real-image side (features, statistics, the classifier's accuracy on them) depends only on the
+classifier, the image size and the number of images; it is computed once per process and reused,
+so scoring many checkpoints pays for it once.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+__all__ = ["ClassSampleScores", "ReconstructionScores", "RealReference", "class_sample_scores", "real_reference",
+           "reconstruction_scores"]
+
+SIZE = 32          # image side of the synthetic data used by the demo and the small reproduction
+SAMPLE_BATCH = 64  # samples drawn per sampler call
+FEATURE_BATCH = 100
+
+
+@dataclass
+class RealReference:
+    """What the samples are compared with: real validation images under the classifier."""
+
+    statistics: Any          # ldm.eval.metrics.Statistics of the classifier's features
+    accuracy: float          # the classifier's accuracy on these images, in [0, 1]
+    count: int
+    extractor: Any           # the classifier as a feature extractor
+
+
+@dataclass
+class ClassSampleScores:
+    accuracy: float          # fraction of samples the classifier assigns to their class
+    fid_like: float          # Frechet distance of classifier features, samples vs real images
+    real_accuracy: float     # the classifier's accuracy on the real images (the ceiling)
+    samples: np.ndarray      # uint8 (N, H, W, 3)
+    labels: np.ndarray       # (N,) class of each sample
+    extractor: str           # the classifier's name (never Inception)
+    feature_dims: int
+    n_real: int
+
+    @property
+    def relative_accuracy(self) -> float:
+        return self.accuracy / max(self.real_accuracy, 1e-12)
+
+
+@dataclass
+class ReconstructionScores:
+    psnr: float
+    psnr_std: float
+    ssim: float
+    ssim_std: float
+    n: int
+    first_inputs: np.ndarray  # uint8 (<=8, H, W, 3), for a grid
+    first_outputs: np.ndarray
+
+
+def _stack_images(data: Any, indices: range) -> Any:
+    import torch
+
+    return torch.from_numpy(np.stack([data[i]["image"] for i in indices])).permute(0, 3, 1, 2)
+
+
+@lru_cache(maxsize=8)
+def _real_reference(classifier_folder: str, n_real: int, size: int) -> RealReference:
+    from ldm.data.synthetic import SyntheticShapesValidation
+    from ldm.eval.classifier import classifier_features
+    from ldm.eval.features import extract_features
+    from ldm.eval.metrics import Statistics, accuracy
+    from ldm.inference import to_uint8
+
+    extractor = classifier_features(classifier_folder, size=size)
+    data = SyntheticShapesValidation(size=size, length=n_real)
+    real = [(to_uint8(_stack_images(data, range(i, min(i + FEATURE_BATCH, len(data))))),
+             np.array([data[j]["class_label"] for j in range(i, min(i + FEATURE_BATCH, len(data)))]))
+            for i in range(0, len(data), FEATURE_BATCH)]
+    feats = extract_features(extractor, (r for r, _ in real), total=len(data), desc="real images")
+    real_acc = accuracy(feats.logits, np.concatenate([lab for _, lab in real]))
+    return RealReference(Statistics.from_features(feats.features, extractor=extractor.name), float(real_acc),
+                         len(data), extractor)
+
+
+def real_reference(classifier_folder: Union[str, os.PathLike], n_real: int = 1000, size: int = SIZE) -> RealReference:
+    """The real validation images' classifier statistics and accuracy (cached per process)."""
+    if n_real < 2:
+        raise ValueError(f"n_real={n_real}: the FID-like score needs at least 2 real images")
+    return _real_reference(str(Path(classifier_folder).resolve()), int(n_real), int(size))
+
+
+def class_sample_scores(model: Any, classifier_folder: Union[str, os.PathLike], n_samples: int,
+                        sampler: str = "ddim", steps: int = 50, scale: float = 3.0, seed: int = 0,
+                        n_real: int = 1000, size: int = SIZE, progress: bool = True) -> ClassSampleScores:
+    """Sample ``n_samples`` class-conditional images (class i mod n_classes, noise seeded by (seed, i),
+    ``ldm.eval.protocols.generation_batches``) and judge them with the classifier in ``classifier_folder``."""
+    from ldm.eval.features import extract_features
+    from ldm.eval.metrics import Statistics, accuracy, fid
+    from ldm.eval.protocols import generation_batches
+    from ldm.inference import SamplingOptions
+
+    if n_samples < 2:
+        raise ValueError(f"n_samples={n_samples}: the FID-like score needs at least 2 samples")
+    ref = real_reference(classifier_folder, n_real, size)
+    opts = SamplingOptions(sampler=sampler, steps=steps, scale=scale, progress=False)
+    make = generation_batches(model, opts, seed)
+    samples, labels = [], []
+    for start in range(0, n_samples, SAMPLE_BATCH):
+        images, lab = make(np.arange(start, min(start + SAMPLE_BATCH, n_samples)))
+        samples.append(images)
+        labels.append(lab)
+        if progress:
+            print(f"    class samples: {start + len(images)}/{n_samples}", flush=True)
+    samples_u8, labels_np = np.concatenate(samples), np.concatenate(labels)
+    extractor = ref.extractor
+    fake = extract_features(extractor, (samples_u8[i:i + FEATURE_BATCH] for i in range(0, len(samples_u8),
+                                                                                     FEATURE_BATCH)),
+                            total=len(samples_u8), desc="class samples", progress=progress)
+    fid_like = fid(ref.statistics, Statistics.from_features(fake.features, extractor=extractor.name))
+    return ClassSampleScores(accuracy=float(accuracy(fake.logits, labels_np)), fid_like=float(fid_like),
+                             real_accuracy=ref.accuracy, samples=samples_u8, labels=labels_np,
+                             extractor=extractor.name, feature_dims=int(fake.features.shape[1]), n_real=ref.count)
+
+
+def reconstruction_scores(autoencoder: Any, n: int, size: int = SIZE, batch: int = 100) -> ReconstructionScores:
+    """PSNR and SSIM (8-bit, per image; mean and std) of D(E(x)) on ``n`` synthetic validation images
+    (posterior mode for KL autoencoders, the quantised code for VQ ones)."""
+    import torch
+
+    from ldm.data.synthetic import SyntheticShapesValidation
+    from ldm.eval.metrics import psnr_values, ssim_values
+    from ldm.eval.protocols import reconstruction_batches
+
+    data = SyntheticShapesValidation(size=size, length=n)
+    make = reconstruction_batches(autoencoder, data, torch.device("cpu"))
+    psnr, ssim, first = [], [], None
+    for start in range(0, n, batch):
+        rec, ref, _ = make(np.arange(start, min(start + batch, n)))
+        psnr.append(psnr_values(ref, rec))
+        ssim.append(ssim_values(ref, rec))
+        first = first if first is not None else (ref[:8], rec[:8])
+    p, s = np.concatenate(psnr), np.concatenate(ssim)
+    return ReconstructionScores(float(p.mean()), float(p.std()), float(s.mean()), float(s.std()), n,
+                                first[0], first[1])
