@@ -1,0 +1,523 @@
+"""The paper's findings at small scale on the built-in synthetic shapes (32 px), on CPU.
+
+    python scripts/reproduce_small.py                                  # everything, default budget
+    python scripts/reproduce_small.py --experiments guidance --budget smoke
+    python scripts/reproduce_small.py --budget full --reuse            # continue after a crash
+
+Experiments (paper sections in brackets):
+
+* fsweep [Sec. 4.1, Figs. 5-6]: KL autoencoders for f in {2, 4, 8, 16} (latent channels from
+  ldm.eval.reproduction.LATENT_CHANNELS) and pixel space for f = 1, a class-conditional LDM on
+  each with UNet widths matched for equal parameter counts; every step checkpoint is scored
+  (class accuracy of guided samples under the synthetic classifier, FID-like score of its
+  features) against training steps and training wall time.
+* sampling [Sec. 4.1 / DDIM]: the f = 4 model with DDIM at several step counts, and the smallest
+  DPM-Solver++ and UniPC step counts that match DDIM-200.
+* guidance [Tab. 3]: classifier-free guidance scales against accuracy and FID-like score.
+* klvq [Sec. 3.1, Tab. 8]: KL against VQ first stages at f = 4: reconstruction PSNR/SSIM and the
+  generation quality of a class LDM on each.
+
+Training runs are `main.py` commands (printed and recorded); a finished run leaves
+<logdir>/<name>.done and --reuse skips it. Evaluations are cached in <logdir>/eval_cache.json
+(--reuse keeps them). Results go to <out>/results.json, plots to <out>/*.png, and
+docs/reproduction.md is rewritten, keeping its hand-written analysis block.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from ldm.eval import reproduction as rp  # noqa: E402
+
+EXPERIMENTS = ("fsweep", "sampling", "guidance", "klvq")
+AE_BASE = "configs/demo/autoencoder_kl.yaml"
+LDM_BASE = "configs/demo/ldm_class.yaml"
+REFERENCE_F = 4            # the model the other widths are matched to, and the sampling/guidance/klvq model
+REFERENCE_WIDTH = 64       # configs/demo/ldm_class.yaml's model_channels
+EVAL_SCALE = 3.0           # guidance scale of the f-sweep and KL/VQ scores (the demo's)
+SEED = 0
+ACC_TOL = 0.05             # sampler matching: accuracy at most 5 points below DDIM-200's
+FID_TOL = 0.10             # ... and FID-like at most 10 % above it
+DOC = ROOT / "docs" / "reproduction.md"
+ALL_DDIM_STEPS = (5, 10, 20, 50, 100, 200)
+ALL_FAST_STEPS = (5, 10, 15, 20, 25)
+ALL_SCALES = (1.0, 1.5, 2.0, 3.0, 5.0, 8.0)
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    ae_batches: int          # autoencoder batches (max_steps is twice this: two optimizers)
+    ldm_steps: int           # diffusion model training steps
+    ckpt_every: int          # step checkpoints of the diffusion models, each scored
+    n_samples: int           # samples per score
+    n_real: int              # real validation images (classifier statistics, reconstruction scores)
+    eval_steps: int          # DDIM steps of the f-sweep, guidance and KL/VQ scores
+    ddim_steps: tuple[int, ...]
+    fast_steps: tuple[int, ...]  # DPM-Solver++ and UniPC
+    scales: tuple[float, ...]
+    classifier_args: tuple[str, ...]  # scripts/train_classifier.py settings
+
+
+BUDGETS = {
+    # For tests: a few steps; the numbers mean nothing.
+    "smoke": Budget("smoke", ae_batches=4, ldm_steps=4, ckpt_every=2, n_samples=16, n_real=32, eval_steps=5,
+                    ddim_steps=(5, 10), fast_steps=(5,), scales=(1.0, 3.0),
+                    classifier_args=("--steps", "30", "--train-images", "512", "--val-images", "100")),
+    # About 1-1.5 hours on 2 idle CPU cores (estimated from the demo's timings: a demo autoencoder
+    # ~4 min per 1300 batches, the f=4 class LDM ~2.5 min per 800 steps; f=1 costs several times more).
+    "default": Budget("default", ae_batches=1300, ldm_steps=1200, ckpt_every=300, n_samples=128, n_real=500,
+                      eval_steps=20, ddim_steps=ALL_DDIM_STEPS, fast_steps=ALL_FAST_STEPS, scales=ALL_SCALES,
+                      classifier_args=()),
+    # A few hours.
+    "full": Budget("full", ae_batches=4000, ldm_steps=6000, ckpt_every=1000, n_samples=512, n_real=1000,
+                   eval_steps=50, ddim_steps=ALL_DDIM_STEPS, fast_steps=ALL_FAST_STEPS, scales=ALL_SCALES,
+                   classifier_args=()),
+}
+
+
+class Runner:
+    """Trains (or reuses) runs, scores checkpoints with a cache, and records every command."""
+
+    def __init__(self, logdir: Path, budget: Budget, reuse: bool):
+        self.logdir = logdir
+        self.budget = budget
+        self.reuse = reuse
+        self.commands: list[str] = []
+        self.cache_path = logdir / "eval_cache.json"
+        self.cache: dict[str, Any] = {}
+        if reuse and self.cache_path.is_file():
+            self.cache = json.loads(self.cache_path.read_text())
+        self._classifier: Optional[Path] = None
+        self._widths: dict[int, tuple[int, int]] = {}
+        self._reference_params: Optional[int] = None
+
+    # ---- commands and runs ----
+    def run(self, cmd: list[str], what: str) -> None:
+        """Print, record and run one command from the repository root (as scripts/demo.py does)."""
+        print(f"\n==> {what}: {shlex.join(cmd)}", flush=True)
+        self.commands.append(shlex.join(_relative(cmd)))
+        subprocess.run(cmd, cwd=ROOT, check=True)
+
+    def train(self, name: str, config: DictConfig, overrides: Sequence[str]) -> Path:
+        """Train ``config`` with main.py as run ``name``; with --reuse, a finished run is kept."""
+        cfg_path = self.logdir / "configs" / f"{name}.yaml"
+        marker = self.logdir / f"{name}.done"
+        cmd = [sys.executable, "main.py", "--base", str(cfg_path), "-t", "--accelerator", "cpu", "--logger", "csv",
+               "-n", name, "-l", str(self.logdir), *overrides]
+        if self.reuse and marker.is_file():
+            info = json.loads(marker.read_text())
+            if Path(info["run_dir"]).is_dir():
+                print(f"\n==> {name}: reusing {info['run_dir']}", flush=True)
+                self.commands.append(shlex.join(_relative(cmd)))
+                return Path(info["run_dir"])
+        cfg_path.parent.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(config, cfg_path)
+        start = time.time()
+        self.run(cmd, name)
+        runs = sorted(self.logdir.glob(f"*_{name}"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise SystemExit(f"reproduce_small: {name} finished but left no run directory {self.logdir}/*_{name}")
+        marker.write_text(json.dumps({"run_dir": str(runs[-1]), "start": start, "end": time.time()}))
+        return runs[-1]
+
+    def started(self, name: str) -> float:
+        return float(json.loads((self.logdir / f"{name}.done").read_text())["start"])
+
+    # ---- first stages and diffusion models ----
+    def autoencoder(self, f: int, kind: str = "kl") -> tuple[Path, DictConfig]:
+        base = OmegaConf.load(ROOT / AE_BASE)
+        cfg = rp.autoencoder_config(base, f) if kind == "kl" else rp.vq_autoencoder_config(base, f=f)
+        name = f"ae_f{f}" if kind == "kl" else f"ae_vq_f{f}"
+        b = self.budget.ae_batches
+        run_dir = self.train(name, cfg, [f"lightning.trainer.max_steps={2 * b}",  # two optimizers: 2 per batch
+                                         f"lightning.trainer.val_check_interval={min(b, 650)}",
+                                         f"lightning.callbacks.image_logger.params.batch_frequency={min(b, 650)}"])
+        return run_dir, cfg
+
+    def width(self, f: int, first_stage: Optional[DictConfig]) -> tuple[int, int]:
+        """UNet width for factor f with about the f=4 model's parameter count, and that count."""
+        base = OmegaConf.load(ROOT / LDM_BASE)
+        if self._reference_params is None:
+            ref_ae = rp.autoencoder_config(OmegaConf.load(ROOT / AE_BASE), REFERENCE_F)
+            self._reference_params = rp.unet_params(
+                rp.ldm_config(base, REFERENCE_F, REFERENCE_WIDTH, ref_ae).model.params.unet_config)
+        if f not in self._widths:
+            self._widths[f] = rp.closest_width(
+                lambda w: rp.unet_params(rp.ldm_config(base, f, w, first_stage).model.params.unet_config),
+                self._reference_params)
+        return self._widths[f]
+
+    def ldm(self, f: int, kind: str = "kl") -> dict[str, Any]:
+        """Train the class LDM on the factor-f first stage; returns its run and UNet size."""
+        ae_dir, ae_cfg = (None, None) if f == 1 else self.autoencoder(f, kind)
+        width, n_params = self.width(f, ae_cfg)
+        ckpt = str(ae_dir / "checkpoints" / "last.ckpt") if ae_dir else None
+        cfg = rp.ldm_config(OmegaConf.load(ROOT / LDM_BASE), f, width, ae_cfg, ckpt)
+        name = f"ldm_f{f}" if kind == "kl" else f"ldm_vq_f{f}"
+        b = self.budget
+        run_dir = self.train(name, cfg, [f"lightning.trainer.max_steps={b.ldm_steps}",
+                                         f"lightning.trainer.val_check_interval={b.ldm_steps}",
+                                         f"lightning.callbacks.step_checkpoint.params.every_n_train_steps={b.ckpt_every}",
+                                         "lightning.callbacks.image_logger=null"])
+        return {"name": name, "run_dir": run_dir, "ae_dir": ae_dir, "width": width, "unet_params": n_params,
+                "batch_size": int(cfg.data.params.batch_size), "start": self.started(name)}
+
+    # ---- scoring ----
+    def classifier(self) -> Path:
+        if self._classifier is None:
+            from ldm.eval.classifier import ClassifierMismatch, load_classifier
+
+            folder = self.logdir / f"classifier_{self.budget.name}"
+            cmd = [sys.executable, "scripts/train_classifier.py", "--out", str(folder), "--no-progress",
+                   *self.budget.classifier_args]
+            try:
+                load_classifier(folder, size=rp.IMAGE_SIZE)
+                print(f"\n==> classifier: reusing {folder}", flush=True)
+                self.commands.append(shlex.join(_relative(cmd)))
+            except (FileNotFoundError, ClassifierMismatch, ValueError):
+                self.run(cmd, "classifier")
+            self._classifier = folder
+        return self._classifier
+
+    def score(self, run_dir: Path, ckpt: Path, sampler: str, steps: int, scale: float) -> dict[str, float]:
+        """Class accuracy and FID-like score of ``ckpt``'s samples (cached by checkpoint and settings)."""
+        b = self.budget
+        st = ckpt.stat()
+        key = f"{ckpt}|{st.st_mtime_ns}|{sampler}|{steps}|{scale:g}|{b.n_samples}|{b.n_real}|{SEED}"
+        if key not in self.cache:
+            from ldm.eval.synthetic_scores import class_sample_scores
+            from ldm.inference.loading import find_run, load_model
+
+            print(f"\n==> score {ckpt.relative_to(self.logdir)}: {sampler} {steps} steps, scale {scale:g}, "
+                  f"{b.n_samples} samples", flush=True)
+            model = load_model(find_run(run_dir).configs, ckpt, device="cpu")
+            s = class_sample_scores(model, self.classifier(), b.n_samples, sampler=sampler, steps=steps, scale=scale,
+                                    seed=SEED, n_real=b.n_real, progress=False)
+            self.cache[key] = {"accuracy": s.accuracy, "fid_like": s.fid_like, "real_accuracy": s.real_accuracy}
+            self.cache_path.write_text(json.dumps(self.cache, indent=1))
+        return dict(self.cache[key])
+
+    def reconstruction(self, ae_dir: Path) -> dict[str, float]:
+        from ldm.eval.synthetic_scores import reconstruction_scores
+        from ldm.inference import load_run
+
+        r = reconstruction_scores(load_run(ae_dir, device="cpu"), self.budget.n_real)
+        return {"psnr": r.psnr, "psnr_std": r.psnr_std, "ssim": r.ssim, "ssim_std": r.ssim_std, "n": r.n}
+
+
+def _relative(cmd: Sequence[str]) -> list[str]:
+    """Paths under the repository as relative ones and the interpreter as `python`, so the recorded
+    commands are what a user types in the repository root."""
+    out = []
+    for i, a in enumerate(cmd):
+        if i == 0 and a == sys.executable:
+            out.append("python")
+            continue
+        out.append(a.replace(str(ROOT) + os.sep, ""))
+    return out
+
+
+def step_checkpoints(run_dir: Path, max_steps: int) -> list[tuple[int, Path]]:
+    """The run's step checkpoints as (step, path), plus last.ckpt at ``max_steps`` when the
+    interval does not divide it."""
+    found = sorted((rp.checkpoint_step(p), p) for p in (run_dir / "checkpoints" / "trainstep_checkpoints").glob("*.ckpt"))
+    if not found or found[-1][0] < max_steps:
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            found.append((max_steps, last))
+    return found
+
+
+def training_curve(r: Runner, m: dict[str, Any]) -> dict[str, Any]:
+    """Score every step checkpoint; wall time of a checkpoint = its file time minus the time the
+    training command was started (includes start-up); throughput = training samples per second
+    between the first and the last checkpoint (excludes start-up)."""
+    ckpts = step_checkpoints(m["run_dir"], r.budget.ldm_steps)
+    points = []
+    for step, path in ckpts:
+        s = r.score(m["run_dir"], path, "ddim", r.budget.eval_steps, EVAL_SCALE)
+        points.append({"step": step, "wall_s": path.stat().st_mtime - m["start"], **s})
+    if len(points) >= 2 and points[-1]["wall_s"] > points[0]["wall_s"]:
+        rate = (points[-1]["step"] - points[0]["step"]) * m["batch_size"] / (points[-1]["wall_s"] - points[0]["wall_s"])
+        how = "between the first and last step checkpoints"
+    else:
+        rate = points[-1]["step"] * m["batch_size"] / max(points[-1]["wall_s"], 1e-9) if points else float("nan")
+        how = "from the start of the command (includes start-up)"
+    return {"points": points, "samples_per_s": rate, "throughput_measured": how}
+
+
+# ---- experiments ------------------------------------------------------------------------------
+
+def exp_fsweep(r: Runner) -> dict[str, Any]:
+    out: dict[str, Any] = {"f": {}}
+    for f in rp.F_VALUES:
+        m = r.ldm(f)
+        entry = {"width": m["width"], "unet_params": m["unet_params"], "latent_channels": rp.LATENT_CHANNELS[f],
+                 "latent_size": rp.IMAGE_SIZE // f, "run_dir": str(m["run_dir"]), **training_curve(r, m)}
+        if m["ae_dir"] is not None:
+            entry["reconstruction"] = r.reconstruction(m["ae_dir"])
+        out["f"][str(f)] = entry
+    out["verdict"] = rp.fsweep_verdict({int(f): e["points"] for f, e in out["f"].items()})
+    return out
+
+
+def exp_sampling(r: Runner) -> dict[str, Any]:
+    m = r.ldm(REFERENCE_F)
+    last = step_checkpoints(m["run_dir"], r.budget.ldm_steps)[-1][1]
+    out: dict[str, Any] = {"checkpoint": str(last), "scale": EVAL_SCALE, "acc_tol": ACC_TOL, "fid_tol": FID_TOL,
+                           "runs": {}}
+    for sampler, steps in (("ddim", r.budget.ddim_steps), ("dpm", r.budget.fast_steps), ("unipc", r.budget.fast_steps)):
+        out["runs"][sampler] = {str(s): r.score(m["run_dir"], last, sampler, s, EVAL_SCALE) for s in steps}
+    ref_steps = str(max(r.budget.ddim_steps))
+    out["reference"] = f"ddim-{ref_steps}"
+    fast = {k: {int(s): v for s, v in out["runs"][k].items()} for k in ("dpm", "unipc")}
+    out["matching"] = rp.samplers_matching(out["runs"]["ddim"][ref_steps], fast, ACC_TOL, FID_TOL)
+    return out
+
+
+def exp_guidance(r: Runner) -> dict[str, Any]:
+    m = r.ldm(REFERENCE_F)
+    last = step_checkpoints(m["run_dir"], r.budget.ldm_steps)[-1][1]
+    by_scale = {f"{s:g}": r.score(m["run_dir"], last, "ddim", r.budget.eval_steps, s) for s in r.budget.scales}
+    return {"checkpoint": str(last), "steps": r.budget.eval_steps, "scales": by_scale,
+            "verdict": rp.guidance_verdict({float(k): v for k, v in by_scale.items()})}
+
+
+def exp_klvq(r: Runner) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kind in ("kl", "vq"):
+        m = r.ldm(REFERENCE_F, kind)
+        last = step_checkpoints(m["run_dir"], r.budget.ldm_steps)[-1][1]
+        out[kind] = {"reconstruction": r.reconstruction(m["ae_dir"]), "unet_params": m["unet_params"],
+                     "generation": r.score(m["run_dir"], last, "ddim", r.budget.eval_steps, EVAL_SCALE)}
+    return out
+
+
+RUNNERS = {"fsweep": exp_fsweep, "sampling": exp_sampling, "guidance": exp_guidance, "klvq": exp_klvq}
+
+
+# ---- plots and document ----------------------------------------------------------------------
+
+def write_plots(results: dict[str, Any], out: Path) -> list[str]:
+    from ldm.eval.plots import line_plot
+
+    written = []
+    fs = results.get("fsweep")
+    if fs:
+        for key, label in (("fid_like", "FID-like (lower is better)"), ("accuracy", "class accuracy")):
+            for x, xlabel in (("step", "training steps"), ("wall_s", "training wall time (s)")):
+                series = {f"f={f}": ([p[x] for p in e["points"]], [p[key] for p in e["points"]])
+                          for f, e in sorted(fs["f"].items(), key=lambda kv: int(kv[0]))}
+                name = f"fsweep_{key}_vs_{'steps' if x == 'step' else 'wall'}.png"
+                line_plot(out / name, series, title=f"LDM-f: {label} vs {xlabel}", xlabel=xlabel, ylabel=label)
+                written.append(name)
+    sm = results.get("sampling")
+    if sm:
+        for key, label in (("fid_like", "FID-like"), ("accuracy", "class accuracy")):
+            series = {k: ([int(s) for s in v], [v[s][key] for s in v]) for k, v in sm["runs"].items()}
+            ref = sm["runs"]["ddim"][sm["reference"].split("-")[1]][key]
+            name = f"sampling_{key}.png"
+            line_plot(out / name, series, title=f"f=4 model: {label} vs sampler steps", xlabel="sampler steps",
+                      ylabel=label, log_x=True, hline=(ref, sm["reference"]))
+            written.append(name)
+    gd = results.get("guidance")
+    if gd:
+        scales = sorted(gd["scales"], key=float)
+        for key, label in (("fid_like", "FID-like"), ("accuracy", "class accuracy")):
+            name = f"guidance_{key}.png"
+            line_plot(out / name, {label: ([float(s) for s in scales], [gd["scales"][s][key] for s in scales])},
+                      title=f"Classifier-free guidance: {label} vs scale", xlabel="guidance scale", ylabel=label)
+            written.append(name)
+    return written
+
+
+def _pct(v: Optional[float]) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f} %"
+
+
+def render(results: dict[str, Any], plot_dir: str, analysis: str) -> str:
+    """The document: settings, one section per experiment, what did not reproduce, the analysis block."""
+    meta = results["meta"]
+    b = meta["budget"]
+    L = [
+        "# Small-scale reproduction on synthetic shapes",
+        "",
+        "The paper's findings (Rombach et al., CVPR 2022) measured with tiny models on the built-in synthetic "
+        "shapes (`ldm/data/synthetic.py`, 32×32, 8 classes), on CPU. Generated by `scripts/reproduce_small.py`; "
+        "this file is rewritten on every run except the analysis block at the end.",
+        "",
+        "Regenerate everything (training, scores, plots, this file):",
+        "",
+        "```bash",
+        f"python scripts/reproduce_small.py --budget {b['name']}" + (" --reuse" if False else ""),
+        "```",
+        "",
+        f"- Budget `{b['name']}`: autoencoders {b['ae_batches']} batches, diffusion models {b['ldm_steps']} steps "
+        f"(checkpoint every {b['ckpt_every']}), {b['n_samples']} samples per score, {b['n_real']} real validation "
+        f"images, DDIM {b['eval_steps']} steps at guidance scale {EVAL_SCALE:g} unless stated.",
+        f"- Date: {meta['date']}; hardware: {meta['platform']}, {meta['cpus']} CPU cores; experiments run: "
+        f"{', '.join(meta['experiments'])}.",
+        "- Scores: class accuracy = fraction of guided class samples (class i mod 8) the synthetic classifier "
+        "(`scripts/train_classifier.py`) assigns to their class; FID-like = Fréchet distance of that classifier's "
+        "features, samples vs real validation images. It is **not** Inception FID and is only comparable within "
+        "this document.",
+        "",
+    ]
+    if b["name"] == "smoke":
+        L += ["> **Smoke budget: a few training steps. None of the numbers below mean anything.**", ""]
+    fs = results.get("fsweep")
+    if fs:
+        L += ["## 1. LDM-f sweep (Sec. 4.1, Figs. 5-6)", "",
+              f"Latent channels per f: `{rp.LATENT_CHANNELS}` (`ldm.eval.reproduction.LATENT_CHANNELS`). UNet widths "
+              f"chosen from {list(rp.WIDTH_CANDIDATES)} for the parameter count closest to the f=4 model's. "
+              "Throughput: training samples per second, measured from the step checkpoints' file times "
+              "(batch size × steps between the first and last checkpoint / seconds between them). Wall time of a "
+              "checkpoint: its file time minus the start of the training command (includes start-up).", ""]
+        rows = []
+        for f, e in sorted(fs["f"].items(), key=lambda kv: int(kv[0])):
+            last = e["points"][-1] if e["points"] else {}
+            rec = e.get("reconstruction")
+            rows.append([f, f"{e['latent_size']}×{e['latent_size']}×{e['latent_channels']}", e["width"],
+                         f"{e['unet_params'] / 1e6:.2f} M", f"{e['samples_per_s']:.1f}",
+                         f"{rec['psnr']:.2f}" if rec else "— (pixels)", _pct(last.get("accuracy")),
+                         f"{last['fid_like']:.2f}" if last else "—"])
+        L += [rp.markdown_table(["f", "latent", "UNet width", "UNet params", "train samples/s", "AE PSNR (dB)",
+                                 "final accuracy", "final FID-like"], rows), ""]
+        rows = [[f, p["step"], f"{p['wall_s']:.0f}", _pct(p["accuracy"]), f"{p['fid_like']:.2f}"]
+                for f, e in sorted(fs["f"].items(), key=lambda kv: int(kv[0])) for p in e["points"]]
+        L += ["<details><summary>Every checkpoint</summary>", "",
+              rp.markdown_table(["f", "step", "wall (s)", "accuracy", "FID-like"], rows), "", "</details>", ""]
+        for name in ("fid_like_vs_steps", "fid_like_vs_wall", "accuracy_vs_steps", "accuracy_vs_wall"):
+            L += [f"![{name}]({plot_dir}/fsweep_{name}.png)", ""]
+    sm = results.get("sampling")
+    if sm:
+        L += ["## 2. Sampling cost vs quality (Sec. 4.1, DDIM)", "",
+              f"The f=4 model's last checkpoint, guidance scale {sm['scale']:g}. A sampler *matches* "
+              f"{sm['reference'].upper()} when its accuracy is at most {100 * sm['acc_tol']:.0f} points below and its "
+              f"FID-like score at most {100 * sm['fid_tol']:.0f} % above.", ""]
+        rows = [[k, s, _pct(v["accuracy"]), f"{v['fid_like']:.2f}"] for k, by in sm["runs"].items()
+                for s, v in sorted(by.items(), key=lambda kv: int(kv[0]))]
+        L += [rp.markdown_table(["sampler", "steps", "accuracy", "FID-like"], rows), ""]
+        for k, s in sm["matching"].items():
+            L.append(f"- {k}: " + (f"matches {sm['reference']} from {s} steps." if s is not None else
+                                   f"no tested step count matches {sm['reference']}."))
+        L += ["", f"![sampling FID-like]({plot_dir}/sampling_fid_like.png)", "",
+              f"![sampling accuracy]({plot_dir}/sampling_accuracy.png)", ""]
+    gd = results.get("guidance")
+    if gd:
+        L += ["## 3. Classifier-free guidance (Tab. 3)", "",
+              f"The f=4 model's last checkpoint, DDIM {gd['steps']} steps.", ""]
+        rows = [[s, _pct(v["accuracy"]), f"{v['fid_like']:.2f}"]
+                for s, v in sorted(gd["scales"].items(), key=lambda kv: float(kv[0]))]
+        L += [rp.markdown_table(["scale", "accuracy", "FID-like"], rows), ""]
+        L += [f"- {line}" for line in gd["verdict"]]
+        L += ["", f"![guidance FID-like]({plot_dir}/guidance_fid_like.png)", "",
+              f"![guidance accuracy]({plot_dir}/guidance_accuracy.png)", ""]
+    kv = results.get("klvq")
+    if kv:
+        L += ["## 4. KL vs VQ first stage at f=4 (Sec. 3.1, Tab. 8)", "",
+              f"Reconstructions of {kv['kl']['reconstruction']['n']} validation images (8-bit, mean ± std per image); "
+              "generation of a class LDM of the same UNet on each.", ""]
+        rows = [[k.upper(), f"{v['reconstruction']['psnr']:.2f} ± {v['reconstruction']['psnr_std']:.2f}",
+                 f"{v['reconstruction']['ssim']:.3f} ± {v['reconstruction']['ssim_std']:.3f}",
+                 _pct(v["generation"]["accuracy"]), f"{v['generation']['fid_like']:.2f}"] for k, v in kv.items()]
+        L += [rp.markdown_table(["first stage", "PSNR (dB)", "SSIM", "LDM accuracy", "LDM FID-like"], rows), ""]
+    L += ["## What did not reproduce", ""]
+    L += [f"- {line}" for line in not_reproduced(results)] or ["- Nothing measured yet."]
+    L += ["", "## Commands", "", "Every command the last run executed or reused, in order:", "", "```bash",
+          *results.get("commands", []), "```", "", "## Analysis", "", rp.ANALYSIS_BEGIN, analysis, rp.ANALYSIS_END, ""]
+    return "\n".join(L)
+
+
+def not_reproduced(results: dict[str, Any]) -> list[str]:
+    """Sentences from the numbers only."""
+    lines = []
+    fs = results.get("fsweep")
+    if fs:
+        lines += fs["verdict"]["lines"]
+    sm = results.get("sampling")
+    if sm:
+        for k, s in sm["matching"].items():
+            if s is None:
+                lines.append(f"Not reproduced: {k} did not match {sm['reference']} within the tolerance at any tested "
+                             "step count.")
+            else:
+                lines.append(f"{k} matches {sm['reference']} from {s} steps.")
+    gd = results.get("guidance")
+    if gd:
+        lines += [line for line in gd["verdict"] if line.startswith(("Reproduced", "Not reproduced"))]
+    kv = results.get("klvq")
+    if kv:
+        kl, vq = kv["kl"]["reconstruction"]["psnr"], kv["vq"]["reconstruction"]["psnr"]
+        lines.append(f"KL vs VQ at f=4: reconstruction PSNR {kl:.2f} vs {vq:.2f} dB; generation FID-like "
+                     f"{kv['kl']['generation']['fid_like']:.2f} vs {kv['vq']['generation']['fid_like']:.2f} "
+                     "(the paper reports both kinds working; no single winner is claimed here).")
+    if results.get("meta", {}).get("budget", {}).get("name") == "smoke":
+        lines.insert(0, "Smoke budget: these verdicts are about untrained models and mean nothing.")
+    return lines
+
+
+# ---- main ----------------------------------------------------------------------------------------
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS, metavar="EXP",
+                   help=f"which experiments ({', '.join(EXPERIMENTS)}; default: all)")
+    p.add_argument("--budget", default="default", choices=sorted(BUDGETS),
+                   help="smoke: a few steps (tests); default: about 1-1.5 h on 2 CPU cores; full: a few hours")
+    p.add_argument("--out", default="docs/reproduction", help="results.json and plots")
+    p.add_argument("--logdir", default="logs/reproduction", help="training runs, configs, evaluation cache")
+    p.add_argument("--doc", default=str(DOC.relative_to(ROOT)), help="the markdown document to (re)write")
+    p.add_argument("--reuse", action="store_true", help="skip finished training runs and cached scores")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    args = parser().parse_args(argv)
+    budget = BUDGETS[args.budget]
+    out = (ROOT / args.out).resolve()
+    logdir = (ROOT / args.logdir).resolve() / budget.name
+    logdir.mkdir(parents=True, exist_ok=True)
+    runner = Runner(logdir, budget, args.reuse)
+    experiments = [e for e in EXPERIMENTS if e in args.experiments]
+    # Experiments not run now keep their previous results (same budget only), so one crash loses nothing.
+    previous = rp.load_results(out / "results.json")
+    results: dict[str, Any] = {}
+    if previous.get("meta", {}).get("budget", {}).get("name") == budget.name:
+        results = {k: v for k, v in previous.items() if k in EXPERIMENTS}
+    meta = {"budget": budget.__dict__, "date": dt.date.today().isoformat(), "platform": platform.platform(),
+            "cpus": os.cpu_count(), "experiments": []}
+    results["meta"] = meta
+    for name in experiments:
+        results[name] = RUNNERS[name](runner)
+        results[name] = json.loads(json.dumps(results[name], default=str))  # paths as strings
+        results["commands"] = list(dict.fromkeys(runner.commands))
+        meta["experiments"] = [e for e in EXPERIMENTS if e in results]
+        rp.save_results(out / "results.json", results)
+    write_plots(results, out)
+    doc = (ROOT / args.doc).resolve()
+    plot_dir = os.path.relpath(out, doc.parent)
+    rp.write_markdown(doc, lambda analysis: render(results, plot_dir, analysis))
+    print(f"\nResults: {out / 'results.json'}\nDocument: {doc}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

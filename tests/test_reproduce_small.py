@@ -1,0 +1,197 @@
+"""scripts/reproduce_small.py and ldm.eval.reproduction: config derivation, width matching, the
+results file, the verdicts and the markdown writer (pure parts); one smoke run of the runner."""
+import math
+import os
+import time
+
+import pytest
+from omegaconf import OmegaConf
+
+from ldm.eval import reproduction as rp
+from tests.conftest import REPO
+
+AE = REPO / "configs" / "demo" / "autoencoder_kl.yaml"
+LDM = REPO / "configs" / "demo" / "ldm_class.yaml"
+
+
+@pytest.mark.parametrize("f, mult, c", [(2, [1, 1], 3), (4, [1, 1, 2], 3), (8, [1, 1, 2, 2], 4),
+                                        (16, [1, 1, 2, 2, 2], 8)])
+def test_autoencoder_config_per_f(f, mult, c):
+    cfg = rp.autoencoder_config(OmegaConf.load(AE), f)
+    dd = cfg.model.params.ddconfig
+    assert list(dd.ch_mult) == mult and 2 ** (len(dd.ch_mult) - 1) == f
+    assert cfg.model.params.embed_dim == c and dd.z_channels == c
+    assert cfg.model.target == "ldm.models.autoencoder.AutoencoderKL"
+
+
+def test_autoencoder_config_refuses_pixel_space_and_unknown_f():
+    with pytest.raises(ValueError, match="pixel space"):
+        rp.autoencoder_config(OmegaConf.load(AE), 1)
+    with pytest.raises(ValueError, match="f=3"):
+        rp.autoencoder_config(OmegaConf.load(AE), 3)
+
+
+def test_ldm_config_pixel_space_and_latent():
+    base = OmegaConf.load(LDM)
+    px = rp.ldm_config(base, 1, 96)
+    assert px.model.params.first_stage_config == {"target": "ldm.models.autoencoder.IdentityFirstStage"}
+    assert px.model.params.scale_by_std is False
+    u = px.model.params.unet_config.params
+    assert (u.image_size, u.in_channels, u.out_channels, u.model_channels) == (32, 3, 3, 96)
+
+    ae = rp.autoencoder_config(OmegaConf.load(AE), 16)
+    lat = rp.ldm_config(base, 16, 64, ae, "a/last.ckpt")
+    fs = lat.model.params.first_stage_config
+    assert fs.target == "ldm.models.autoencoder.AutoencoderKL" and fs.params.ckpt_path == "a/last.ckpt"
+    assert list(fs.params.ddconfig.ch_mult) == [1, 1, 2, 2, 2] and fs.params.lossconfig.target == "torch.nn.Identity"
+    u = lat.model.params.unet_config.params
+    assert (lat.model.params.image_size, lat.model.params.channels) == (2, 8)
+    assert (u.image_size, u.in_channels, u.out_channels) == (2, 8, 8)
+    assert base.model.params.unet_config.params.model_channels == 64  # the base is not modified
+
+    vq = rp.ldm_config(base, 4, 64, rp.vq_autoencoder_config(OmegaConf.load(AE)), "v.ckpt")
+    assert vq.model.params.first_stage_config.target == "ldm.models.autoencoder.VQModelInterface"
+    assert vq.model.params.scale_by_std is False and vq.model.params.first_stage_config.params.n_embed == 256
+
+
+def test_vq_config():
+    cfg = rp.vq_autoencoder_config(OmegaConf.load(AE), n_embed=128)
+    p = cfg.model.params
+    assert cfg.model.target == "ldm.models.autoencoder.VQModel" and p.n_embed == 128
+    assert p.ddconfig.double_z is False
+    assert p.lossconfig.target == "ldm.modules.losses.VQLPIPSWithDiscriminator"
+    assert p.lossconfig.params.perceptual_weight == 0.0 and p.lossconfig.params.disc_start == 100000
+
+
+def test_closest_width_picks_nearest_count_and_smaller_on_ties():
+    count = {32: 100, 64: 400, 96: 900, 128: 1600}.__getitem__
+    assert rp.closest_width(count, 420, (32, 64, 96, 128)) == (64, 400)
+    assert rp.closest_width(count, 1300, (128, 96, 32)) == (128, 1600)
+    assert rp.closest_width(count, 250, (32, 64)) == (32, 100)  # |100-250| == |400-250|: the smaller
+    with pytest.raises(ValueError):
+        rp.closest_width(count, 1, ())
+
+
+def test_unet_width_matching_on_real_unets():
+    base = OmegaConf.load(LDM)
+    ae4 = rp.autoencoder_config(OmegaConf.load(AE), 4)
+    ref = rp.unet_params(rp.ldm_config(base, 4, 64, ae4).model.params.unet_config)
+    width, n = rp.closest_width(lambda w: rp.unet_params(rp.ldm_config(base, 1, w).model.params.unet_config), ref,
+                                (32, 64, 96))
+    assert width == 64 and n == ref  # pixel space has the f=4 latent's 3 channels: the same UNet size
+
+
+def test_checkpoint_step():
+    assert rp.checkpoint_step("x/epoch=000000-step=000000200.ckpt") == 200
+    with pytest.raises(ValueError, match="no step"):
+        rp.checkpoint_step("last.ckpt")
+
+
+def test_results_round_trip(tmp_path):
+    path = tmp_path / "r" / "results.json"
+    assert rp.load_results(path) == {}
+    data = {"guidance": {"scales": {"1": {"accuracy": 0.5, "fid_like": 3.25}}}, "commands": ["python a.py"],
+            "meta": {"cpus": 2}}
+    rp.save_results(path, data)
+    assert rp.load_results(path) == data
+    path.write_text('{"version": 99}')
+    with pytest.raises(ValueError, match="version 99"):
+        rp.load_results(path)
+
+
+def _pts(*triples):
+    return [{"step": i, "wall_s": w, "fid_like": fid, "accuracy": acc} for i, (w, fid, acc) in enumerate(triples)]
+
+
+def test_fsweep_verdict_at_equal_compute():
+    curves = {1: _pts((100, 50.0, 0.2), (200, 30.0, 0.5)),    # slow: reaches 30 only at 200 s
+              4: _pts((40, 40.0, 0.3), (80, 20.0, 0.6)),      # fastest run ends at 80 s: the budget
+              8: _pts((30, 60.0, 0.1), (90, 55.0, 0.1))}
+    v = rp.fsweep_verdict(curves)
+    assert v["budget_s"] == 80
+    # f=1 has no checkpoint within 80 s: nothing is compared with it, nothing is claimed
+    assert v["beats_f1"] == {} and not any(line.startswith("Reproduced") for line in v["lines"])
+    curves[1] = _pts((50, 45.0, 0.25), (200, 30.0, 0.5))
+    v = rp.fsweep_verdict(curves)
+    assert v["at_budget"][1]["wall_s"] == 50 and v["at_budget"][8]["wall_s"] == 30
+    assert v["beats_f1"] == {4: True, 8: False}
+    assert "Not reproduced: f=8 did not beat pixel space" in v["lines"][-1]
+    curves[8] = _pts((30, 40.0, 0.3))
+    v = rp.fsweep_verdict(curves)
+    assert v["budget_s"] == 30 and v["beats_f1"] == {}  # f=1's first checkpoint is at 50 s
+    assert rp.fsweep_verdict({4: _pts((1, 1.0, 1.0))})["lines"][0].startswith("Not enough runs")
+
+
+def test_samplers_matching_tolerances():
+    ref = {"accuracy": 0.80, "fid_like": 10.0}
+    runs = {"dpm": {5: {"accuracy": 0.70, "fid_like": 10.5}, 10: {"accuracy": 0.76, "fid_like": 10.9},
+                    15: {"accuracy": 0.80, "fid_like": 9.0}},
+            "unipc": {5: {"accuracy": 0.9, "fid_like": 11.5}}}
+    assert rp.samplers_matching(ref, runs, acc_tol=0.05, fid_tol=0.10) == {"dpm": 10, "unipc": None}
+    assert rp.samplers_matching(ref, runs, acc_tol=0.0, fid_tol=0.0) == {"dpm": 15, "unipc": None}
+
+
+def test_guidance_verdict():
+    lines = rp.guidance_verdict({1.0: {"accuracy": 0.3, "fid_like": 20.0}, 2.0: {"accuracy": 0.6, "fid_like": 12.0},
+                                 8.0: {"accuracy": 0.7, "fid_like": 25.0}})
+    assert lines[0] == "Best FID-like score at scale 2 (12.00); best accuracy at scale 8 (70.0 %)."
+    assert lines[1].startswith("Reproduced: guidance improves the FID-like score over scale 1 (20.00 -> 12.00)")
+    assert lines[2].startswith("Trade-off seen")
+    lines = rp.guidance_verdict({1.0: {"accuracy": 0.3, "fid_like": 10.0}, 3.0: {"accuracy": 0.2, "fid_like": 15.0}})
+    assert lines[1].startswith("Not reproduced") and len(lines) == 2
+    # within the 5 % margin: no claim
+    lines = rp.guidance_verdict({1.0: {"accuracy": 0.3, "fid_like": 10.0}, 3.0: {"accuracy": 0.3, "fid_like": 9.6}})
+    assert lines[1].startswith("Not reproduced")
+
+
+def test_markdown_writer_keeps_the_analysis_block(tmp_path):
+    doc = tmp_path / "reproduction.md"
+
+    def render(analysis):
+        return f"# T\n\nnumbers {render.n}\n\n{rp.ANALYSIS_BEGIN}\n{analysis}\n{rp.ANALYSIS_END}\n"
+
+    render.n = 1
+    rp.write_markdown(doc, render)
+    assert rp.extract_analysis(doc.read_text()) == rp.DEFAULT_ANALYSIS
+    text = doc.read_text().replace(rp.DEFAULT_ANALYSIS, "f=4 wins.\n\nHand-written, two paragraphs.")
+    doc.write_text(text)
+    render.n = 2
+    rp.write_markdown(doc, render)
+    out = doc.read_text()
+    assert "numbers 2" in out and "numbers 1" not in out
+    assert rp.extract_analysis(out) == "f=4 wins.\n\nHand-written, two paragraphs."
+    with pytest.raises(ValueError, match="analysis block"):
+        rp.write_markdown(doc, lambda analysis: "# no block\n")
+    assert rp.extract_analysis(doc.read_text()) == "f=4 wins.\n\nHand-written, two paragraphs."  # untouched
+
+
+def test_markdown_table():
+    assert rp.markdown_table(["a", "b"], [[1, 0.123456], [None, math.nan]]) == \
+        "| a | b |\n|---|---|\n| 1 | 0.1235 |\n| — | — |"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("LDM_REPRODUCE_SMOKE"),
+                    reason="about 2 minutes on 2 busy cores: set LDM_REPRODUCE_SMOKE=1 to run it")
+def test_smoke_run_of_the_runner(tmp_path):
+    """The whole runner on the smoke budget, guidance only: trains, scores, plots, writes the document."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce_small", REPO / "scripts" / "reproduce_small.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    doc = tmp_path / "doc" / "reproduction.md"
+    start = time.time()
+    results = mod.main(["--budget", "smoke", "--experiments", "guidance", "--out", str(tmp_path / "out"),
+                        "--logdir", str(tmp_path / "logs"), "--doc", str(doc)])
+    assert set(results["guidance"]["scales"]) == {"1", "3"}
+    assert rp.load_results(tmp_path / "out" / "results.json")["guidance"] == results["guidance"]
+    assert (tmp_path / "out" / "guidance_fid_like.png").is_file()
+    text = doc.read_text()
+    assert "## 3. Classifier-free guidance" in text and "Smoke budget" in text
+    assert any(c.startswith("python main.py --base") for c in results["commands"])
+    # --reuse: nothing is trained or sampled again
+    again = mod.main(["--budget", "smoke", "--experiments", "guidance", "--out", str(tmp_path / "out"),
+                      "--logdir", str(tmp_path / "logs"), "--doc", str(doc), "--reuse"])
+    assert again["guidance"] == results["guidance"]
+    assert time.time() - start < 300
