@@ -409,6 +409,22 @@ def test_scheduler_config_and_lr_g_factor():
         model.configure_optimizers()
 
 
+def test_kl_scheduler_config_scales_both_learning_rates():
+    from ldm.config import trust_all_targets
+
+    model = AutoencoderKL(ddconfig=KL_DD, lossconfig=kl_loss_config(), embed_dim=4,
+                          scheduler_config={"target": f"{__name__}._HalfLR"})
+    model.learning_rate = 1e-3
+    with trust_all_targets():
+        (opt_ae, opt_disc), schedulers = model.configure_optimizers()
+    assert [g["lr"] for g in opt_ae.param_groups] == [5e-4]
+    assert [g["lr"] for g in opt_disc.param_groups] == [5e-4]
+    assert len(schedulers) == 2 and all(s["interval"] == "step" for s in schedulers)
+    plain = AutoencoderKL(ddconfig=KL_DD, lossconfig=kl_loss_config(), embed_dim=4)
+    plain.learning_rate = 1e-3
+    assert plain.configure_optimizers()[1] == []
+
+
 def test_log_images_contract():
     model = AutoencoderKL(ddconfig=KL_DD, lossconfig=IDENTITY, embed_dim=4)
     batch = {"image": coloured_blocks(10)}

@@ -221,6 +221,7 @@ class AutoencoderKL(_FirstStage):
         image_key: str = "image",
         colorize_nlabels: Optional[int] = None,
         monitor: Optional[str] = None,         # metric for checkpoint selection, e.g. val/rec_loss
+        scheduler_config: Optional[dict] = None,  # LambdaLR schedule (target with .schedule), as VQModel's
     ):
         if not _check_ddconfig(ddconfig).get("double_z", True):
             raise ConfigError("ddconfig.double_z", "AutoencoderKL needs double_z: true (mean and log-variance)")
@@ -229,6 +230,7 @@ class AutoencoderKL(_FirstStage):
         self.embed_dim = embed_dim
         self.quant_conv = nn.Conv2d(2 * z_channels, 2 * embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
+        self.scheduler_config = scheduler_config
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
 
