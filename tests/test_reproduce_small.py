@@ -2,6 +2,7 @@
 results file, the verdicts and the markdown writer (pure parts); one smoke run of the runner."""
 import math
 import os
+import sys
 import time
 
 import pytest
@@ -179,6 +180,7 @@ def test_smoke_run_of_the_runner(tmp_path):
 
     spec = importlib.util.spec_from_file_location("reproduce_small", REPO / "scripts" / "reproduce_small.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["reproduce_small"] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     doc = tmp_path / "doc" / "reproduction.md"
     start = time.time()
