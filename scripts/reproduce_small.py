@@ -64,7 +64,8 @@ ALL_SCALES = (1.0, 1.5, 2.0, 3.0, 5.0, 8.0)
 class Budget:
     name: str
     ae_batches: int          # autoencoder batches (max_steps is twice this: two optimizers)
-    ldm_steps: int           # diffusion model training steps
+    ldm_steps: int           # diffusion model training steps, at most
+    ldm_minutes: Optional[float]  # and at most this wall time per diffusion model (equal compute across f)
     ckpt_every: int          # step checkpoints of the diffusion models, each scored
     n_samples: int           # samples per score
     n_real: int              # real validation images (classifier statistics, reconstruction scores)
@@ -77,16 +78,16 @@ class Budget:
 
 BUDGETS = {
     # For tests: a few steps; the numbers mean nothing.
-    "smoke": Budget("smoke", ae_batches=4, ldm_steps=4, ckpt_every=2, n_samples=16, n_real=32, eval_steps=5,
+    "smoke": Budget("smoke", ae_batches=4, ldm_steps=4, ldm_minutes=None, ckpt_every=2, n_samples=16, n_real=32, eval_steps=5,
                     ddim_steps=(5, 10), fast_steps=(5,), scales=(1.0, 3.0),
                     classifier_args=("--steps", "30", "--train-images", "512", "--val-images", "100")),
-    # About 1-1.5 hours on 2 idle CPU cores (estimated from the demo's timings: a demo autoencoder
-    # ~4 min per 1300 batches, the f=4 class LDM ~2.5 min per 800 steps; f=1 costs several times more).
-    "default": Budget("default", ae_batches=1300, ldm_steps=1200, ckpt_every=300, n_samples=128, n_real=500,
+    # About 1.5 hours on 2 CPU cores: autoencoders ~4-5 min per 1300 batches; each diffusion model
+    # trains for at most 6 minutes of wall time (f = 1 and 2 reach fewer steps: equal compute).
+    "default": Budget("default", ae_batches=1300, ldm_steps=1200, ldm_minutes=6.0, ckpt_every=150, n_samples=128, n_real=500,
                       eval_steps=20, ddim_steps=ALL_DDIM_STEPS, fast_steps=ALL_FAST_STEPS, scales=ALL_SCALES,
                       classifier_args=()),
     # A few hours.
-    "full": Budget("full", ae_batches=4000, ldm_steps=6000, ckpt_every=1000, n_samples=512, n_real=1000,
+    "full": Budget("full", ae_batches=4000, ldm_steps=6000, ldm_minutes=45.0, ckpt_every=500, n_samples=512, n_real=1000,
                    eval_steps=50, ddim_steps=ALL_DDIM_STEPS, fast_steps=ALL_FAST_STEPS, scales=ALL_SCALES,
                    classifier_args=()),
 }
@@ -172,7 +173,8 @@ class Runner:
         cfg = rp.ldm_config(OmegaConf.load(ROOT / LDM_BASE), f, width, ae_cfg, ckpt)
         name = f"ldm_f{f}" if kind == "kl" else f"ldm_vq_f{f}"
         b = self.budget
-        run_dir = self.train(name, cfg, [f"lightning.trainer.max_steps={b.ldm_steps}",
+        limit = [] if b.ldm_minutes is None else [f"lightning.trainer.max_time={_dhms(b.ldm_minutes)}"]
+        run_dir = self.train(name, cfg, [*limit, f"lightning.trainer.max_steps={b.ldm_steps}",
                                          f"lightning.trainer.val_check_interval={b.ldm_steps}",
                                          f"lightning.callbacks.step_checkpoint.params.every_n_train_steps={b.ckpt_every}",
                                          "lightning.callbacks.image_logger=null"])
@@ -222,6 +224,12 @@ class Runner:
         return {"psnr": r.psnr, "psnr_std": r.psnr_std, "ssim": r.ssim, "ssim_std": r.ssim_std, "n": r.n}
 
 
+def _dhms(minutes: float) -> str:
+    """Lightning's max_time string DD:HH:MM:SS."""
+    total = round(minutes * 60)
+    return f"{total // 86400:02d}:{total // 3600 % 24:02d}:{total // 60 % 60:02d}:{total % 60:02d}"
+
+
 def _relative(cmd: Sequence[str]) -> list[str]:
     """Paths under the repository as relative ones and the interpreter as `python`, so the recorded
     commands are what a user types in the repository root."""
@@ -238,10 +246,14 @@ def step_checkpoints(run_dir: Path, max_steps: int) -> list[tuple[int, Path]]:
     """The run's step checkpoints as (step, path), plus last.ckpt at ``max_steps`` when the
     interval does not divide it."""
     found = sorted((rp.checkpoint_step(p), p) for p in (run_dir / "checkpoints" / "trainstep_checkpoints").glob("*.ckpt"))
-    if not found or found[-1][0] < max_steps:
-        last = run_dir / "checkpoints" / "last.ckpt"
-        if last.is_file():
-            found.append((max_steps, last))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        # A run stopped by its wall-time limit ends before max_steps: read its true step.
+        from ldm.checkpoint import load_training_checkpoint
+
+        step = int(load_training_checkpoint(last).get("global_step", max_steps))
+        if not found or found[-1][0] < step:
+            found.append((step, last))
     return found
 
 
