@@ -129,3 +129,34 @@ def test_short_training_beats_chance_and_is_deterministic():
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+class _Identity(torch.nn.Module):
+    def forward(self, x):
+        return x
+
+
+class _Grey(torch.nn.Module):
+    def forward(self, x):
+        return torch.zeros_like(x)
+
+
+def test_reconstruction_scores_judge_the_reconstructions(trained):
+    """With a classifier, reconstruction_scores reports how often it recognises D(E(x)) against
+    the originals: equal for a perfect first stage, the grey image's prediction rate for one that
+    outputs grey."""
+    from ldm.data.synthetic import SyntheticShapesValidation
+    from ldm.eval.synthetic_scores import reconstruction_scores
+
+    model, config, folder = trained
+    perfect = reconstruction_scores(_Identity(), 20, size=16, classifier_folder=folder)
+    assert perfect.accuracy == perfect.real_accuracy and perfect.relative_accuracy == 1.0
+    assert perfect.ssim == 1.0
+
+    grey = reconstruction_scores(_Grey(), 20, size=16, classifier_folder=folder)
+    with torch.no_grad():
+        grey_class = int(model(torch.zeros(1, 3, 16, 16))[1].argmax())
+    labels = np.array([SyntheticShapesValidation(size=16, length=20)[i]["class_label"] for i in range(20)])
+    assert grey.accuracy == pytest.approx(float((labels == grey_class).mean()), abs=1e-12)
+    assert grey.real_accuracy == perfect.real_accuracy
+    assert reconstruction_scores(_Identity(), 4, size=16).accuracy is None

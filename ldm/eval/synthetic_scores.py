@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -63,6 +63,16 @@ class ReconstructionScores:
     n: int
     first_inputs: np.ndarray  # uint8 (<=8, H, W, 3), for a grid
     first_outputs: np.ndarray
+    # With a classifier: how often it recognises the reconstructions' class, and the same images'
+    # (the ceiling for samples decoded by this first stage, whatever the diffusion model).
+    accuracy: Optional[float] = None
+    real_accuracy: Optional[float] = None
+
+    @property
+    def relative_accuracy(self) -> Optional[float]:
+        if self.accuracy is None or self.real_accuracy is None:
+            return None
+        return self.accuracy / max(self.real_accuracy, 1e-12)
 
 
 def _stack_images(data: Any, indices: range) -> Any:
@@ -130,23 +140,33 @@ def class_sample_scores(model: Any, classifier_folder: Union[str, os.PathLike], 
                              extractor=extractor.name, feature_dims=int(fake.features.shape[1]), n_real=ref.count)
 
 
-def reconstruction_scores(autoencoder: Any, n: int, size: int = SIZE, batch: int = 100) -> ReconstructionScores:
+def reconstruction_scores(autoencoder: Any, n: int, size: int = SIZE, batch: int = 100,
+                          classifier_folder: Optional[Union[str, os.PathLike]] = None) -> ReconstructionScores:
     """PSNR and SSIM (8-bit, per image; mean and std) of D(E(x)) on ``n`` synthetic validation images
-    (posterior mode for KL autoencoders, the quantised code for VQ ones)."""
+    (posterior mode for KL autoencoders, the quantised code for VQ ones); with ``classifier_folder``,
+    also how often that classifier recognises the reconstructions' class against the originals'."""
     import torch
 
     from ldm.data.synthetic import SyntheticShapesValidation
-    from ldm.eval.metrics import psnr_values, ssim_values
+    from ldm.eval.features import extract_features
+    from ldm.eval.metrics import accuracy, psnr_values, ssim_values
     from ldm.eval.protocols import reconstruction_batches
 
     data = SyntheticShapesValidation(size=size, length=n)
     make = reconstruction_batches(autoencoder, data, torch.device("cpu"))
-    psnr, ssim, first = [], [], None
+    psnr, ssim, recs, first = [], [], [], None
     for start in range(0, n, batch):
         rec, ref, _ = make(np.arange(start, min(start + batch, n)))
         psnr.append(psnr_values(ref, rec))
         ssim.append(ssim_values(ref, rec))
+        recs.append(rec)
         first = first if first is not None else (ref[:8], rec[:8])
     p, s = np.concatenate(psnr), np.concatenate(ssim)
-    return ReconstructionScores(float(p.mean()), float(p.std()), float(s.mean()), float(s.std()), n,
-                                first[0], first[1])
+    scores = ReconstructionScores(float(p.mean()), float(p.std()), float(s.mean()), float(s.std()), n,
+                                  first[0], first[1])
+    if classifier_folder is not None:
+        ref = real_reference(classifier_folder, n, size)  # the same n validation images
+        feats = extract_features(ref.extractor, iter(recs), total=n, desc="reconstructions", progress=False)
+        labels = np.array([data[i]["class_label"] for i in range(n)])
+        scores.accuracy, scores.real_accuracy = float(accuracy(feats.logits, labels)), ref.accuracy
+    return scores
