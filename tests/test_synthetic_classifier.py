@@ -160,3 +160,45 @@ def test_reconstruction_scores_judge_the_reconstructions(trained):
     assert grey.accuracy == pytest.approx(float((labels == grey_class).mean()), abs=1e-12)
     assert grey.real_accuracy == perfect.real_accuracy
     assert reconstruction_scores(_Identity(), 4, size=16).accuracy is None
+
+
+def test_colour_coverage_counts_pixels_nearest_to_each_palette_colour():
+    from ldm.data.synthetic import COLOURS
+    from ldm.eval.synthetic_scores import colour_coverage, shows_colours
+
+    img = np.zeros((2, 10, 10, 3), dtype=np.uint8)
+    img[0, :5] = COLOURS["red"]
+    img[0, 5:] = COLOURS["blue"]
+    img[0, 9, :] = (220 + 35, 40 + 35, 40)       # 49.5 from red: still red
+    img[1] = COLOURS["gray"]
+    img[1, 0, :3] = np.clip(np.array(COLOURS["red"]) + 70, 0, 255)  # 121 from red: too far, counts as nothing
+    cov = colour_coverage(img, ["red", "blue", "gray"])
+    assert cov.tolist() == [[0.6, 0.4, 0.0], [0.0, 0.0, 0.97]]
+    assert shows_colours(img, ["red", "blue"]).tolist() == [True, False]
+    assert shows_colours(img, ["red", "blue"], min_coverage=0.5).tolist() == [False, False]
+    with pytest.raises(ValueError, match="unknown colour.*'teal'"):
+        colour_coverage(img, ["teal"])
+
+
+def test_text_sample_scores(trained):
+    """Colours and the dominant shape of one prompt's samples: exact shares, and the chance rate of
+    the colours measured on real scenes."""
+    from ldm.data.synthetic import COLOURS, SyntheticShapesValidation
+    from ldm.eval.synthetic_scores import shows_colours, text_sample_scores
+    from ldm.inference import to_uint8
+
+    model, config, folder = trained
+    samples = np.zeros((4, 16, 16, 3), dtype=np.uint8)
+    samples[:, :8] = COLOURS["red"]
+    samples[:, 8:] = COLOURS["blue"]
+    samples[3] = COLOURS["green"]
+    scores = text_sample_scores(samples, ["red", "blue"], "circle", folder, n_real=30, size=16)
+    assert scores.shows_colours == 0.75 and scores.n == 4 and scores.n_real == 30
+    data = SyntheticShapesValidation(size=16, length=30)
+    real = to_uint8(torch.from_numpy(np.stack([data[i]["image"] for i in range(30)])).permute(0, 3, 1, 2))
+    assert scores.real_shows_colours == float(shows_colours(real, ["red", "blue"]).mean())
+    with torch.no_grad():
+        pred = model(torch.from_numpy(samples).permute(0, 3, 1, 2).float() / 127.5 - 1)[1].argmax(1)
+    assert scores.shape_accuracy == float((pred == 0).float().mean())
+    with pytest.raises(ValueError, match="unknown shape 'blob'"):
+        text_sample_scores(samples, ["red"], "blob", folder, n_real=30, size=16)

@@ -20,8 +20,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-__all__ = ["ClassSampleScores", "ReconstructionScores", "RealReference", "class_sample_scores", "real_reference",
-           "reconstruction_scores"]
+__all__ = ["ClassSampleScores", "ReconstructionScores", "RealReference", "TextSampleScores", "class_sample_scores",
+           "colour_coverage", "real_reference", "reconstruction_scores", "shows_colours", "text_sample_scores"]
 
 SIZE = 32          # image side of the synthetic data used by the demo and the small reproduction
 SAMPLE_BATCH = 64  # samples drawn per sampler call
@@ -170,3 +170,65 @@ def reconstruction_scores(autoencoder: Any, n: int, size: int = SIZE, batch: int
         labels = np.array([data[i]["class_label"] for i in range(n)])
         scores.accuracy, scores.real_accuracy = float(accuracy(feats.logits, labels)), ref.accuracy
     return scores
+
+
+# ---- text samples: does an image show the prompt's colours and its dominant shape? ----
+
+COLOUR_TOLERANCE = 60.0  # RGB distance within which a pixel counts as a palette colour (objects jitter by 12)
+MIN_COVERAGE = 0.02      # share of pixels a colour needs to count as shown (a small object covers >= 4 %)
+
+
+def colour_coverage(images: np.ndarray, colours: Any, tolerance: float = COLOUR_TOLERANCE) -> np.ndarray:
+    """(N, len(colours)): the share of each image's pixels whose nearest colour of the synthetic
+    palette (ldm.data.synthetic.COLOURS) is that colour, within ``tolerance`` (RGB distance)."""
+    from ldm.data.synthetic import COLOUR_NAMES, COLOURS
+
+    unknown = [c for c in colours if c not in COLOURS]
+    if unknown:
+        raise ValueError(f"unknown colour(s) {unknown}; the synthetic palette has {', '.join(COLOUR_NAMES)}")
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images (N, H, W, 3), got shape {images.shape}")
+    palette = np.array([COLOURS[c] for c in COLOUR_NAMES], dtype=np.float32)
+    dist = np.linalg.norm(images.astype(np.float32)[..., None, :] - palette, axis=-1)  # (N, H, W, P)
+    nearest, within = dist.argmin(-1), dist.min(-1) <= tolerance
+    return np.stack([((nearest == COLOUR_NAMES.index(c)) & within).mean(axis=(1, 2)) for c in colours], axis=1)
+
+
+def shows_colours(images: np.ndarray, colours: Any, min_coverage: float = MIN_COVERAGE) -> np.ndarray:
+    """(N,) bool: every one of ``colours`` covers at least ``min_coverage`` of the image."""
+    return (colour_coverage(images, colours) >= min_coverage).all(axis=1)
+
+
+@dataclass
+class TextSampleScores:
+    colours: tuple[str, ...]
+    shape: str                  # the prompt's first (dominant: drawn largest) shape
+    shows_colours: float        # share of samples showing every prompt colour
+    real_shows_colours: float   # the same on real validation images of any caption (the chance rate)
+    shape_accuracy: float       # share of samples the classifier assigns to the prompt's first shape
+    n: int
+    n_real: int
+
+
+def text_sample_scores(samples: np.ndarray, prompt_colours: Any, prompt_shape: str,
+                       classifier_folder: Union[str, os.PathLike], n_real: int = 1000,
+                       size: int = SIZE) -> TextSampleScores:
+    """Judge text-to-image samples of one prompt: do they show its colours (against how often real
+    scenes do by chance), and does the classifier see its first shape, which the synthetic captions
+    always name for the largest object (chance 1/8)?"""
+    from ldm.data.synthetic import SHAPES, SyntheticShapesValidation
+    from ldm.eval.features import extract_features
+    from ldm.inference import to_uint8
+
+    if prompt_shape not in SHAPES:
+        raise ValueError(f"unknown shape {prompt_shape!r}; the synthetic shapes are {', '.join(SHAPES)}")
+    ref = real_reference(classifier_folder, n_real, size)
+    data = SyntheticShapesValidation(size=size, length=n_real)
+    real_hits = [shows_colours(to_uint8(_stack_images(data, range(i, min(i + FEATURE_BATCH, n_real)))), prompt_colours)
+                 for i in range(0, n_real, FEATURE_BATCH)]
+    feats = extract_features(ref.extractor, iter([samples]), total=len(samples), desc="text samples", progress=False)
+    return TextSampleScores(colours=tuple(prompt_colours), shape=prompt_shape,
+                            shows_colours=float(shows_colours(samples, prompt_colours).mean()),
+                            real_shows_colours=float(np.concatenate(real_hits).mean()),
+                            shape_accuracy=float((feats.logits.argmax(1) == SHAPES.index(prompt_shape)).mean()),
+                            n=len(samples), n_real=n_real)
