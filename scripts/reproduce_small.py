@@ -106,6 +106,7 @@ class Runner:
         if reuse and self.cache_path.is_file():
             self.cache = json.loads(self.cache_path.read_text())
         self._classifier: Optional[Path] = None
+        self._trained: dict[str, Path] = {}  # runs trained or reused by this invocation
         self._widths: dict[int, tuple[int, int]] = {}
         self._reference_params: Optional[int] = None
 
@@ -118,6 +119,8 @@ class Runner:
 
     def train(self, name: str, config: DictConfig, overrides: Sequence[str]) -> Path:
         """Train ``config`` with main.py as run ``name``; with --reuse, a finished run is kept."""
+        if name in self._trained:  # several experiments share a run (the f=4 model): train it once
+            return self._trained[name]
         cfg_path = self.logdir / "configs" / f"{name}.yaml"
         marker = self.logdir / f"{name}.done"
         cmd = [sys.executable, "main.py", "--base", str(cfg_path), "-t", "--accelerator", "cpu", "--logger", "csv",
@@ -127,7 +130,8 @@ class Runner:
             if Path(info["run_dir"]).is_dir():
                 print(f"\n==> {name}: reusing {info['run_dir']}", flush=True)
                 self.commands.append(shlex.join(_relative(cmd)))
-                return Path(info["run_dir"])
+                self._trained[name] = Path(info["run_dir"])
+                return self._trained[name]
         cfg_path.parent.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(config, cfg_path)
         start = time.time()
@@ -136,6 +140,7 @@ class Runner:
         if not runs:
             raise SystemExit(f"reproduce_small: {name} finished but left no run directory {self.logdir}/*_{name}")
         marker.write_text(json.dumps({"run_dir": str(runs[-1]), "start": start, "end": time.time()}))
+        self._trained[name] = runs[-1]
         return runs[-1]
 
     def started(self, name: str) -> float:

@@ -202,6 +202,28 @@ def test_step_checkpoints_reads_the_true_step_of_a_stopped_run(tmp_path):
     assert [s for s, _ in mod.step_checkpoints(tmp_path, 1200)] == [150, 300]
 
 
+def test_runner_trains_a_shared_run_once_per_invocation(tmp_path, monkeypatch):
+    """The sampling, guidance and KL/VQ experiments all use the f=4 model: one invocation trains
+    it once, even without --reuse; a new invocation without --reuse trains it again."""
+    mod = _runner_module()
+    calls = []
+
+    def fake_run(self, cmd, what):
+        calls.append(what)
+        (self.logdir / f"2026-01-01T00-00-0{len(calls)}_{what}").mkdir()
+
+    monkeypatch.setattr(mod.Runner, "run", fake_run)
+    runner = mod.Runner(tmp_path, mod.BUDGETS["smoke"], reuse=False)
+    cfg = OmegaConf.create({"model": {}})
+    first = runner.train("ldm_f4", cfg, [])
+    assert runner.train("ldm_f4", cfg, []) == first and calls == ["ldm_f4"]
+    assert (tmp_path / "ldm_f4.done").is_file() and (tmp_path / "configs" / "ldm_f4.yaml").is_file()
+    again = mod.Runner(tmp_path, mod.BUDGETS["smoke"], reuse=False).train("ldm_f4", cfg, [])
+    assert calls == ["ldm_f4", "ldm_f4"] and again != first
+    reused = mod.Runner(tmp_path, mod.BUDGETS["smoke"], reuse=True).train("ldm_f4", cfg, [])
+    assert calls == ["ldm_f4", "ldm_f4"] and reused == again
+
+
 @pytest.mark.slow
 def test_smoke_run_of_the_runner(tmp_path):
     """The whole runner on the smoke budget, guidance only: trains, scores, plots, writes the document."""
