@@ -35,7 +35,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence
+
+if TYPE_CHECKING:  # annotations only: --help and stage validation do not pay for loading torch
+    import numpy as np
+    import torch
+
+    from ldm.eval.html_report import Figure
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -164,8 +170,8 @@ def sample_commands(runs: dict[str, Path], outdir: Path, inputs: Optional[dict[s
                      "--classes", *map(str, range(8)), "--scale", "3.0", "-c", n_steps(50), "-l", str(outdir / "class")])
     if "ldm_text" in runs:
         cmds.append([py, "scripts/txt2img.py", "-r", str(runs["ldm_text"]), "--prompt",
-                     "a red circle and a blue square", "--sampler", "unipc", "--steps", n_steps(20), "--scale", "3.0",
-                     "--n_samples", "8", "--outdir", str(outdir / "text")])
+                     TEXT_PROMPT.text, "--sampler", "unipc", "--steps", n_steps(20), "--scale", "3.0",
+                     "--n_samples", "16", "--outdir", str(outdir / "text")])
     if "ldm_sr" in runs:
         cmds.append([py, "scripts/superres.py", "-r", str(runs["ldm_sr"]), "--input", *paths("lr"),
                      "--n_samples", "4", "--steps", n_steps(100), "--outdir", str(outdir / "superres")])
@@ -194,6 +200,15 @@ class Sizes(NamedTuple):
     real_images: int     # validation images: reconstructions, the classifier's real accuracy, FID-like reference
     class_samples: int   # guided class samples (class i mod 8), sampled with the demo's class settings
     class_steps: int     # DDIM steps of those samples
+
+
+class Prompt(NamedTuple):
+    text: str
+    colours: tuple[str, ...]  # the colours it names
+    shape: str                # its first shape: synthetic captions name the largest object first
+
+
+TEXT_PROMPT = Prompt("a red circle and a blue square", ("red", "blue"), "circle")
 
 
 FULL = Sizes(real_images=1000, class_samples=256, class_steps=50)
@@ -228,31 +243,29 @@ def _uint8_to_tensor(images: "np.ndarray") -> "torch.Tensor":
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def autoencoder_figures(run_dir: Path, n: int, grid: Path) -> "Figure":
-    """Mean per-image PSNR of D(E(x)) (posterior mode) on ``n`` synthetic validation images;
-    writes a grid of the first 8 inputs (top) and reconstructions (bottom)."""
+def autoencoder_figures(run_dir: Path, n: int, grid: Path, classifier: Optional[Path] = None) -> list["Figure"]:
+    """Mean per-image PSNR of D(E(x)) (posterior mode) on ``n`` synthetic validation images and, with
+    the classifier, how often it recognises the reconstructions' class relative to the originals':
+    the ceiling for any sample this autoencoder decodes. Writes a grid of the first 8 inputs (top)
+    and reconstructions (bottom)."""
     import numpy as np
-    import torch
 
-    from ldm.data.synthetic import SyntheticShapesValidation
     from ldm.eval.html_report import Figure
-    from ldm.eval.metrics import psnr_values
-    from ldm.eval.protocols import reconstruction_batches
+    from ldm.eval.synthetic_scores import reconstruction_scores
     from ldm.inference import load_run, save_grid
 
-    model = load_run(run_dir, device="cpu")
-    data = SyntheticShapesValidation(size=DEMO_SIZE, length=n)
-    make = reconstruction_batches(model, data, torch.device("cpu"))
-    values, first = [], None
-    for start in range(0, n, 100):
-        rec, ref, _ = make(np.arange(start, min(start + 100, n)))
-        values.append(psnr_values(ref, rec))
-        first = first if first is not None else (ref[:8], rec[:8])
-    psnr = np.concatenate(values)
-    save_grid(_uint8_to_tensor(np.concatenate(first)), grid, nrow=len(first[0]))
-    return Figure(f"Autoencoder reconstructions: PSNR on {n} synthetic validation images", float(psnr.mean()),
-                  unit="dB", target=Targets().psnr_db,
-                  note=f"mean of per-image PSNR of 8-bit images (std {psnr.std():.2f} dB), ldm.eval.metrics.psnr_values")
+    r = reconstruction_scores(load_run(run_dir, device="cpu"), n, size=DEMO_SIZE, classifier_folder=classifier)
+    save_grid(_uint8_to_tensor(np.concatenate([r.first_inputs, r.first_outputs])), grid, nrow=len(r.first_inputs))
+    figures = [Figure(f"Autoencoder reconstructions: PSNR on {n} synthetic validation images", r.psnr, unit="dB",
+                      target=Targets().psnr_db,
+                      note=f"mean of per-image PSNR of 8-bit images (std {r.psnr_std:.2f} dB), "
+                           "ldm.eval.synthetic_scores.reconstruction_scores")]
+    if r.relative_accuracy is not None:
+        figures.append(Figure("Reconstructions recognised as their class, relative to the originals",
+                              100 * r.relative_accuracy, unit="%", digits=1,
+                              note=f"the classifier on D(E(x)): {100 * r.accuracy:.1f} %, on x: "
+                                   f"{100 * r.real_accuracy:.1f} %; the ceiling for decoded samples"))
+    return figures
 
 
 def class_figures(run_dir: Path, classifier: Path, sizes: Sizes, grid: Path) -> list["Figure"]:
@@ -279,6 +292,30 @@ def class_figures(run_dir: Path, classifier: Path, sizes: Sizes, grid: Path) -> 
     ]
 
 
+def text_figures(samples_dir: Path, classifier: Path, n_real: int) -> list["Figure"]:
+    """Whether the text model's samples of TEXT_PROMPT show its colours and its first shape."""
+    import numpy as np
+    from PIL import Image
+
+    from ldm.eval.html_report import Figure
+    from ldm.eval.synthetic_scores import text_sample_scores
+
+    files = sorted(samples_dir.rglob("*.png"))
+    if not files:
+        raise SystemExit(f"demo: no text samples under {samples_dir}")
+    samples = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    t = text_sample_scores(samples, TEXT_PROMPT.colours, TEXT_PROMPT.shape, classifier, n_real=n_real,
+                           size=DEMO_SIZE)
+    colours = " and ".join(t.colours)
+    return [
+        Figure(f"Text samples showing {colours} ('{TEXT_PROMPT.text}')", 100 * t.shows_colours, unit="%", digits=1,
+               note=f"{t.n} samples; each colour on at least 2 % of the pixels; real scenes of any caption: "
+                    f"{100 * t.real_shows_colours:.1f} % ({t.n_real} validation images)"),
+        Figure(f"Text samples whose largest shape the classifier calls a {t.shape}", 100 * t.shape_accuracy, unit="%",
+               digits=1, note="the caption names the largest object first; chance 12.5 %"),
+    ]
+
+
 def first_png(folder: Path, pattern: str) -> Optional[Path]:
     found = sorted(folder.glob(pattern))
     return found[0] if found else None
@@ -290,25 +327,26 @@ def write_demo_report(runs: dict[str, Path], logdir: Path, fast: bool, commands:
     commands to ``<logdir>/demo_report.html``."""
     from ldm.eval.html_report import format_figures, write_report
 
-    if not runs.keys() & {"autoencoder", "ldm_class"}:
+    if not runs.keys() & {"autoencoder", "ldm_class", "ldm_text"}:
         return None
     sizes = FAST if fast else FULL
     outdir = logdir / "demo_samples"
     figures, images = [], []
     print("\n==> figures (ldm.eval)", flush=True)
+    classifier = ensure_classifier(logdir, fast, commands)
     if "autoencoder" in runs:
         grid = outdir / "autoencoder_reconstructions.png"
-        figures.append(autoencoder_figures(runs["autoencoder"], sizes.real_images, grid))
+        figures += autoencoder_figures(runs["autoencoder"], sizes.real_images, grid, classifier)
         images.append(("Autoencoder: validation inputs (top) and reconstructions (bottom)", grid))
     if "ldm_class" in runs:
-        classifier = ensure_classifier(logdir, fast, commands)
         grid = outdir / "class_samples_eval.png"
         figures += class_figures(runs["ldm_class"], classifier, sizes, grid)
         images.append((f"Guided class samples, column k = class k (circle, square, triangle, diamond, hexagon, "
                        f"star, cross, ring), scale {CLASS_SCALE:g}", grid))
+    if "ldm_text" in runs:
+        figures += text_figures(outdir / "text" / "samples", classifier, sizes.real_images)
     for name, folder, pattern, caption in (("ldm_uncond", "uncond", "grid-*.png", "Unconditional samples"),
-                                          ("ldm_text", "text", "grid-*.png",
-                                           "Text samples: 'a red circle and a blue square'")):
+                                          ("ldm_text", "text", "grid-*.png", f"Text samples: '{TEXT_PROMPT.text}'")):
         png = first_png(outdir / folder, pattern) if name in runs else None
         if png is not None:
             images.append((caption, png))

@@ -79,8 +79,8 @@ RGB = (SIZE, SIZE, 3)
 EXPECTED = {
     "ldm_uncond": {**{f"img/{i:05d}.png": RGB for i in range(16)}, "grid-0000.png": (2 + 4 * 18, 2 + 4 * 18, 3)},
     "ldm_class": {**{f"img/{i:05d}.png": RGB for i in range(16)}, "grid-0000.png": (2 + 4 * 18, 2 + 4 * 18, 3)},
-    "ldm_text": {**{f"samples/a_red_circle_and_a_blue_square/{i:05d}.png": RGB for i in range(8)},
-                 "grid-a_red_circle_and_a_blue_square-0000.png": (2 + 18, 2 + 8 * 18, 3)},
+    "ldm_text": {**{f"samples/a_red_circle_and_a_blue_square/{i:05d}.png": RGB for i in range(16)},
+                 "grid-a_red_circle_and_a_blue_square-0000.png": (2 + 18, 2 + 16 * 18, 3)},
     "ldm_sr": {**{f"shapes{j}_lr_x4_{k}.png": RGB for j in range(2) for k in range(4)},
                **{f"grid-shapes{j}_lr-0000.png": (2 + 18, 2 + 5 * 18, 3) for j in range(2)}},
     "ldm_semantic": {**{f"shapes{j}_seg/{k:05d}.png": RGB for j in range(2) for k in range(4)},
