@@ -103,21 +103,23 @@ def _pts(*triples):
 
 
 def test_fsweep_verdict_at_equal_compute():
-    curves = {1: _pts((100, 50.0, 0.2), (200, 30.0, 0.5)),    # slow: reaches 30 only at 200 s
-              4: _pts((40, 40.0, 0.3), (80, 20.0, 0.6)),      # fastest run ends at 80 s: the budget
+    curves = {1: _pts((100, 50.0, 0.2), (200, 30.0, 0.5)),    # pixel space: the budget is its 200 s
+              4: _pts((40, 40.0, 0.3), (80, 20.0, 0.6)),      # stopped at 80 s: scored there
               8: _pts((30, 60.0, 0.1), (90, 55.0, 0.1))}
     v = rp.fsweep_verdict(curves)
-    assert v["budget_s"] == 80
-    # f=1 has no checkpoint within 80 s: nothing is compared with it, nothing is claimed
-    assert v["beats_f1"] == {} and not any(line.startswith("Reproduced") for line in v["lines"])
-    curves[1] = _pts((50, 45.0, 0.25), (200, 30.0, 0.5))
-    v = rp.fsweep_verdict(curves)
-    assert v["at_budget"][1]["wall_s"] == 50 and v["at_budget"][8]["wall_s"] == 30
+    assert v["budget_s"] == 200
+    assert v["at_budget"][1]["wall_s"] == 200 and v["at_budget"][4]["wall_s"] == 80
     assert v["beats_f1"] == {4: True, 8: False}
     assert "Not reproduced: f=8 did not beat pixel space" in v["lines"][-1]
-    curves[8] = _pts((30, 40.0, 0.3))
+    curves[1] = _pts((50, 45.0, 0.25), (60, 35.0, 0.3))     # f=1 trained for 60 s only
     v = rp.fsweep_verdict(curves)
-    assert v["budget_s"] == 30 and v["beats_f1"] == {}  # f=1's first checkpoint is at 50 s
+    assert v["budget_s"] == 60 and v["at_budget"][4]["wall_s"] == 40 and v["at_budget"][8]["wall_s"] == 30
+    assert v["beats_f1"] == {4: False, 8: False}
+    curves[8] = _pts((70, 10.0, 0.9))                        # first checkpoint after f=1's time
+    v = rp.fsweep_verdict(curves)
+    assert v["beats_f1"] == {4: False} and "f=8: no checkpoint within f=1's training time of 60 s" in v["lines"][1]
+    curves[4] = _pts((40, 30.0, 0.3))
+    assert rp.fsweep_verdict(curves)["lines"][-1].startswith("Reproduced: f=4 all beat")
     assert rp.fsweep_verdict({4: _pts((1, 1.0, 1.0))})["lines"][0].startswith("Not enough runs")
 
 
