@@ -225,8 +225,10 @@ class Runner:
         from ldm.eval.synthetic_scores import reconstruction_scores
         from ldm.inference import load_run
 
-        r = reconstruction_scores(load_run(ae_dir, device="cpu"), self.budget.n_real)
-        return {"psnr": r.psnr, "psnr_std": r.psnr_std, "ssim": r.ssim, "ssim_std": r.ssim_std, "n": r.n}
+        r = reconstruction_scores(load_run(ae_dir, device="cpu"), self.budget.n_real,
+                                  classifier_folder=self.classifier())
+        return {"psnr": r.psnr, "psnr_std": r.psnr_std, "ssim": r.ssim, "ssim_std": r.ssim_std, "n": r.n,
+                "accuracy": r.accuracy, "real_accuracy": r.real_accuracy}
 
 
 def _dhms(minutes: float) -> str:
@@ -413,10 +415,15 @@ def render(results: dict[str, Any], plot_dir: str, analysis: str) -> str:
             rec = e.get("reconstruction")
             rows.append([f, f"{e['latent_size']}×{e['latent_size']}×{e['latent_channels']}", e["width"],
                          f"{e['unet_params'] / 1e6:.2f} M", f"{e['samples_per_s']:.1f}",
-                         f"{rec['psnr']:.2f}" if rec else "— (pixels)", _pct(last.get("accuracy")),
+                         f"{rec['psnr']:.2f}" if rec else "— (pixels)",
+                         _pct(rec.get("accuracy")) if rec else "— (pixels)", _pct(last.get("accuracy")),
                          f"{last['fid_like']:.2f}" if last else "—"])
         L += [rp.markdown_table(["f", "latent", "UNet width", "UNet params", "train samples/s", "AE PSNR (dB)",
-                                 "final accuracy", "final FID-like"], rows), ""]
+                                 "judge on D(E(x))", "final accuracy", "final FID-like"], rows), "",
+              "*judge on D(E(x))*: how often the classifier recognises the class of the autoencoder's reconstructions "
+              "of the validation images (it recognises the originals "
+              f"{_pct(next((e['reconstruction'].get('real_accuracy') for e in fs['f'].values() if e.get('reconstruction')), None))}): "
+              "the ceiling of the class accuracy of any sample this first stage decodes.", ""]
         rows = [[f, p["step"], f"{p['wall_s']:.0f}", _pct(p["accuracy"]), f"{p['fid_like']:.2f}"]
                 for f, e in sorted(fs["f"].items(), key=lambda kv: int(kv[0])) for p in e["points"]]
         L += ["<details><summary>Every checkpoint</summary>", "",
@@ -454,8 +461,10 @@ def render(results: dict[str, Any], plot_dir: str, analysis: str) -> str:
               "generation of a class LDM of the same UNet on each.", ""]
         rows = [[k.upper(), f"{v['reconstruction']['psnr']:.2f} ± {v['reconstruction']['psnr_std']:.2f}",
                  f"{v['reconstruction']['ssim']:.3f} ± {v['reconstruction']['ssim_std']:.3f}",
+                 _pct(v["reconstruction"].get("accuracy")),
                  _pct(v["generation"]["accuracy"]), f"{v['generation']['fid_like']:.2f}"] for k, v in kv.items()]
-        L += [rp.markdown_table(["first stage", "PSNR (dB)", "SSIM", "LDM accuracy", "LDM FID-like"], rows), ""]
+        L += [rp.markdown_table(["first stage", "PSNR (dB)", "SSIM", "judge on D(E(x))", "LDM accuracy",
+                                 "LDM FID-like"], rows), ""]
     L += ["## What did not reproduce", ""]
     L += [f"- {line}" for line in not_reproduced(results)] or ["- Nothing measured yet."]
     L += ["", "## Commands", "", "Every command the last run executed or reused, in order:", "", "```bash",
