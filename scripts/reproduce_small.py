@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import os
 import platform
 import shlex
@@ -44,13 +43,13 @@ sys.path.insert(0, str(ROOT))
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from ldm.eval import reproduction as rp  # noqa: E402
+from ldm.eval.reproduction_report import render, write_plots  # noqa: E402
 
 EXPERIMENTS = ("fsweep", "sampling", "guidance", "klvq")
 AE_BASE = "configs/demo/autoencoder_kl.yaml"
 LDM_BASE = "configs/demo/ldm_class.yaml"
 REFERENCE_F = 4            # the model the other widths are matched to, and the sampling/guidance/klvq model
 REFERENCE_WIDTH = 64       # configs/demo/ldm_class.yaml's model_channels
-EVAL_SCALE = 3.0           # guidance scale of the f-sweep and KL/VQ scores (the demo's)
 SEED = 0
 ACC_TOL = 0.05             # sampler matching: accuracy at most 5 points below DDIM-200's
 FID_TOL = 0.10             # ... and FID-like at most 10 % above it
@@ -189,16 +188,15 @@ class Runner:
     # ---- scoring ----
     def classifier(self) -> Path:
         if self._classifier is None:
-            from ldm.eval.classifier import ClassifierMismatch, load_classifier
+            from ldm.eval.classifier import usable_classifier
 
             folder = self.logdir / f"classifier_{self.budget.name}"
             cmd = [sys.executable, "scripts/train_classifier.py", "--out", str(folder), "--no-progress",
                    *self.budget.classifier_args]
-            try:
-                load_classifier(folder, size=rp.IMAGE_SIZE)
+            if usable_classifier(folder, size=rp.IMAGE_SIZE):
                 print(f"\n==> classifier: reusing {folder}", flush=True)
                 self.commands.append(shlex.join(_relative(cmd)))
-            except (FileNotFoundError, ClassifierMismatch, ValueError):
+            else:
                 self.run(cmd, "classifier")
             self._classifier = folder
         return self._classifier
@@ -271,7 +269,7 @@ def training_curve(r: Runner, m: dict[str, Any]) -> dict[str, Any]:
     ckpts = step_checkpoints(m["run_dir"], r.budget.ldm_steps)
     points = []
     for step, path in ckpts:
-        s = r.score(m["run_dir"], path, "ddim", r.budget.eval_steps, EVAL_SCALE)
+        s = r.score(m["run_dir"], path, "ddim", r.budget.eval_steps, rp.EVAL_SCALE)
         points.append({"step": step, "wall_s": path.stat().st_mtime - m["start"], **s})
     if len(points) >= 2 and points[-1]["wall_s"] > points[0]["wall_s"]:
         rate = (points[-1]["step"] - points[0]["step"]) * m["batch_size"] / (points[-1]["wall_s"] - points[0]["wall_s"])
@@ -300,10 +298,10 @@ def exp_fsweep(r: Runner) -> dict[str, Any]:
 def exp_sampling(r: Runner) -> dict[str, Any]:
     m = r.ldm(REFERENCE_F)
     last = step_checkpoints(m["run_dir"], r.budget.ldm_steps)[-1][1]
-    out: dict[str, Any] = {"checkpoint": str(last), "scale": EVAL_SCALE, "acc_tol": ACC_TOL, "fid_tol": FID_TOL,
+    out: dict[str, Any] = {"checkpoint": str(last), "scale": rp.EVAL_SCALE, "acc_tol": ACC_TOL, "fid_tol": FID_TOL,
                            "runs": {}}
     for sampler, steps in (("ddim", r.budget.ddim_steps), ("dpm", r.budget.fast_steps), ("unipc", r.budget.fast_steps)):
-        out["runs"][sampler] = {str(s): r.score(m["run_dir"], last, sampler, s, EVAL_SCALE) for s in steps}
+        out["runs"][sampler] = {str(s): r.score(m["run_dir"], last, sampler, s, rp.EVAL_SCALE) for s in steps}
     ref_steps = str(max(r.budget.ddim_steps))
     out["reference"] = f"ddim-{ref_steps}"
     fast = {k: {int(s): v for s, v in out["runs"][k].items()} for k in ("dpm", "unipc")}
@@ -325,179 +323,11 @@ def exp_klvq(r: Runner) -> dict[str, Any]:
         m = r.ldm(REFERENCE_F, kind)
         last = step_checkpoints(m["run_dir"], r.budget.ldm_steps)[-1][1]
         out[kind] = {"reconstruction": r.reconstruction(m["ae_dir"]), "unet_params": m["unet_params"],
-                     "generation": r.score(m["run_dir"], last, "ddim", r.budget.eval_steps, EVAL_SCALE)}
+                     "generation": r.score(m["run_dir"], last, "ddim", r.budget.eval_steps, rp.EVAL_SCALE)}
     return out
 
 
 RUNNERS = {"fsweep": exp_fsweep, "sampling": exp_sampling, "guidance": exp_guidance, "klvq": exp_klvq}
-
-
-# ---- plots and document ----------------------------------------------------------------------
-
-def write_plots(results: dict[str, Any], out: Path) -> list[str]:
-    from ldm.eval.plots import line_plot
-
-    written = []
-    fs = results.get("fsweep")
-    if fs:
-        for key, label in (("fid_like", "FID-like (lower is better)"), ("accuracy", "class accuracy")):
-            for x, xlabel in (("step", "training steps"), ("wall_s", "training wall time (s)")):
-                series = {f"f={f}": ([p[x] for p in e["points"]], [p[key] for p in e["points"]])
-                          for f, e in sorted(fs["f"].items(), key=lambda kv: int(kv[0]))}
-                name = f"fsweep_{key}_vs_{'steps' if x == 'step' else 'wall'}.png"
-                line_plot(out / name, series, title=f"LDM-f: {label} vs {xlabel}", xlabel=xlabel, ylabel=label)
-                written.append(name)
-    sm = results.get("sampling")
-    if sm:
-        for key, label in (("fid_like", "FID-like"), ("accuracy", "class accuracy")):
-            series = {k: ([int(s) for s in v], [v[s][key] for s in v]) for k, v in sm["runs"].items()}
-            ref = sm["runs"]["ddim"][sm["reference"].split("-")[1]][key]
-            name = f"sampling_{key}.png"
-            line_plot(out / name, series, title=f"f=4 model: {label} vs sampler steps", xlabel="sampler steps",
-                      ylabel=label, log_x=True, hline=(ref, sm["reference"]))
-            written.append(name)
-    gd = results.get("guidance")
-    if gd:
-        scales = sorted(gd["scales"], key=float)
-        for key, label in (("fid_like", "FID-like"), ("accuracy", "class accuracy")):
-            name = f"guidance_{key}.png"
-            line_plot(out / name, {label: ([float(s) for s in scales], [gd["scales"][s][key] for s in scales])},
-                      title=f"Classifier-free guidance: {label} vs scale", xlabel="guidance scale", ylabel=label)
-            written.append(name)
-    return written
-
-
-def _pct(v: Optional[float]) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f} %"
-
-
-def render(results: dict[str, Any], plot_dir: str, analysis: str) -> str:
-    """The document: settings, one section per experiment, what did not reproduce, the analysis block."""
-    meta = results["meta"]
-    b = meta["budget"]
-    L = [
-        "# Small-scale reproduction on synthetic shapes",
-        "",
-        "The paper's findings (Rombach et al., CVPR 2022) measured with tiny models on the built-in synthetic "
-        "shapes (`ldm/data/synthetic.py`, 32×32, 8 classes), on CPU. Generated by `scripts/reproduce_small.py`; "
-        "this file is rewritten on every run except the analysis block at the end.",
-        "",
-        "Regenerate everything (training, scores, plots, this file):",
-        "",
-        "```bash",
-        f"python scripts/reproduce_small.py --budget {b['name']}" + (" --reuse" if False else ""),
-        "```",
-        "",
-        f"- Budget `{b['name']}`: autoencoders {b['ae_batches']} batches, diffusion models {b['ldm_steps']} steps "
-        f"(checkpoint every {b['ckpt_every']}), {b['n_samples']} samples per score, {b['n_real']} real validation "
-        f"images, DDIM {b['eval_steps']} steps at guidance scale {EVAL_SCALE:g} unless stated.",
-        f"- Date: {meta['date']}; hardware: {meta['platform']}, {meta['cpus']} CPU cores; experiments run: "
-        f"{', '.join(meta['experiments'])}.",
-        "- Scores: class accuracy = fraction of guided class samples (class i mod 8) the synthetic classifier "
-        "(`scripts/train_classifier.py`) assigns to their class; FID-like = Fréchet distance of that classifier's "
-        "features, samples vs real validation images. It is **not** Inception FID and is only comparable within "
-        "this document.",
-        "",
-    ]
-    if b["name"] == "smoke":
-        L += ["> **Smoke budget: a few training steps. None of the numbers below mean anything.**", ""]
-    fs = results.get("fsweep")
-    if fs:
-        L += ["## 1. LDM-f sweep (Sec. 4.1, Figs. 5-6)", "",
-              f"Latent channels per f: `{rp.LATENT_CHANNELS}` (`ldm.eval.reproduction.LATENT_CHANNELS`). UNet widths "
-              f"chosen from {list(rp.WIDTH_CANDIDATES)} for the parameter count closest to the f=4 model's. "
-              "Throughput: training samples per second, measured from the step checkpoints' file times "
-              "(batch size × steps between the first and last checkpoint / seconds between them). Wall time of a "
-              "checkpoint: its file time minus the start of the training command (includes start-up).", ""]
-        rows = []
-        for f, e in sorted(fs["f"].items(), key=lambda kv: int(kv[0])):
-            last = e["points"][-1] if e["points"] else {}
-            rec = e.get("reconstruction")
-            rows.append([f, f"{e['latent_size']}×{e['latent_size']}×{e['latent_channels']}", e["width"],
-                         f"{e['unet_params'] / 1e6:.2f} M", f"{e['samples_per_s']:.1f}",
-                         f"{rec['psnr']:.2f}" if rec else "— (pixels)",
-                         _pct(rec.get("accuracy")) if rec else "— (pixels)", _pct(last.get("accuracy")),
-                         f"{last['fid_like']:.2f}" if last else "—"])
-        L += [rp.markdown_table(["f", "latent", "UNet width", "UNet params", "train samples/s", "AE PSNR (dB)",
-                                 "judge on D(E(x))", "final accuracy", "final FID-like"], rows), "",
-              "*judge on D(E(x))*: how often the classifier recognises the class of the autoencoder's reconstructions "
-              "of the validation images (it recognises the originals "
-              f"{_pct(next((e['reconstruction'].get('real_accuracy') for e in fs['f'].values() if e.get('reconstruction')), None))}): "
-              "the ceiling of the class accuracy of any sample this first stage decodes.", ""]
-        rows = [[f, p["step"], f"{p['wall_s']:.0f}", _pct(p["accuracy"]), f"{p['fid_like']:.2f}"]
-                for f, e in sorted(fs["f"].items(), key=lambda kv: int(kv[0])) for p in e["points"]]
-        L += ["<details><summary>Every checkpoint</summary>", "",
-              rp.markdown_table(["f", "step", "wall (s)", "accuracy", "FID-like"], rows), "", "</details>", ""]
-        for name in ("fid_like_vs_steps", "fid_like_vs_wall", "accuracy_vs_steps", "accuracy_vs_wall"):
-            L += [f"![{name}]({plot_dir}/fsweep_{name}.png)", ""]
-    sm = results.get("sampling")
-    if sm:
-        L += ["## 2. Sampling cost vs quality (Sec. 4.1, DDIM)", "",
-              f"The f=4 model's last checkpoint, guidance scale {sm['scale']:g}. A sampler *matches* "
-              f"{sm['reference'].upper()} when its accuracy is at most {100 * sm['acc_tol']:.0f} points below and its "
-              f"FID-like score at most {100 * sm['fid_tol']:.0f} % above.", ""]
-        rows = [[k, s, _pct(v["accuracy"]), f"{v['fid_like']:.2f}"] for k, by in sm["runs"].items()
-                for s, v in sorted(by.items(), key=lambda kv: int(kv[0]))]
-        L += [rp.markdown_table(["sampler", "steps", "accuracy", "FID-like"], rows), ""]
-        for k, s in sm["matching"].items():
-            L.append(f"- {k}: " + (f"matches {sm['reference']} from {s} steps." if s is not None else
-                                   f"no tested step count matches {sm['reference']}."))
-        L += ["", f"![sampling FID-like]({plot_dir}/sampling_fid_like.png)", "",
-              f"![sampling accuracy]({plot_dir}/sampling_accuracy.png)", ""]
-    gd = results.get("guidance")
-    if gd:
-        L += ["## 3. Classifier-free guidance (Tab. 3)", "",
-              f"The f=4 model's last checkpoint, DDIM {gd['steps']} steps.", ""]
-        rows = [[s, _pct(v["accuracy"]), f"{v['fid_like']:.2f}"]
-                for s, v in sorted(gd["scales"].items(), key=lambda kv: float(kv[0]))]
-        L += [rp.markdown_table(["scale", "accuracy", "FID-like"], rows), ""]
-        L += [f"- {line}" for line in gd["verdict"]]
-        L += ["", f"![guidance FID-like]({plot_dir}/guidance_fid_like.png)", "",
-              f"![guidance accuracy]({plot_dir}/guidance_accuracy.png)", ""]
-    kv = results.get("klvq")
-    if kv:
-        L += ["## 4. KL vs VQ first stage at f=4 (Sec. 3.1, Tab. 8)", "",
-              f"Reconstructions of {kv['kl']['reconstruction']['n']} validation images (8-bit, mean ± std per image); "
-              "generation of a class LDM of the same UNet on each.", ""]
-        rows = [[k.upper(), f"{v['reconstruction']['psnr']:.2f} ± {v['reconstruction']['psnr_std']:.2f}",
-                 f"{v['reconstruction']['ssim']:.3f} ± {v['reconstruction']['ssim_std']:.3f}",
-                 _pct(v["reconstruction"].get("accuracy")),
-                 _pct(v["generation"]["accuracy"]), f"{v['generation']['fid_like']:.2f}"] for k, v in kv.items()]
-        L += [rp.markdown_table(["first stage", "PSNR (dB)", "SSIM", "judge on D(E(x))", "LDM accuracy",
-                                 "LDM FID-like"], rows), ""]
-    L += ["## What did not reproduce", ""]
-    L += [f"- {line}" for line in not_reproduced(results)] or ["- Nothing measured yet."]
-    L += ["", "## Commands", "", "Every command the last run executed or reused, in order:", "", "```bash",
-          *results.get("commands", []), "```", "", "## Analysis", "", rp.ANALYSIS_BEGIN, analysis, rp.ANALYSIS_END, ""]
-    return "\n".join(L)
-
-
-def not_reproduced(results: dict[str, Any]) -> list[str]:
-    """Sentences from the numbers only."""
-    lines = []
-    fs = results.get("fsweep")
-    if fs:
-        lines += fs["verdict"]["lines"]
-    sm = results.get("sampling")
-    if sm:
-        for k, s in sm["matching"].items():
-            if s is None:
-                lines.append(f"Not reproduced: {k} did not match {sm['reference']} within the tolerance at any tested "
-                             "step count.")
-            else:
-                lines.append(f"{k} matches {sm['reference']} from {s} steps.")
-    gd = results.get("guidance")
-    if gd:
-        lines += [line for line in gd["verdict"] if line.startswith(("Reproduced", "Not reproduced"))]
-    kv = results.get("klvq")
-    if kv:
-        kl, vq = kv["kl"]["reconstruction"]["psnr"], kv["vq"]["reconstruction"]["psnr"]
-        lines.append(f"KL vs VQ at f=4: reconstruction PSNR {kl:.2f} vs {vq:.2f} dB; generation FID-like "
-                     f"{kv['kl']['generation']['fid_like']:.2f} vs {kv['vq']['generation']['fid_like']:.2f} "
-                     "(the paper reports both kinds working; no single winner is claimed here).")
-    if results.get("meta", {}).get("budget", {}).get("name") == "smoke":
-        lines.insert(0, "Smoke budget: these verdicts are about untrained models and mean nothing.")
-    return lines
 
 
 # ---- main ----------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["ANALYSIS_BEGIN", "ANALYSIS_END", "DEFAULT_ANALYSIS", "F_VALUES", "LATENT_CHANNELS",
-           "RESULTS_VERSION", "WIDTH_CANDIDATES", "autoencoder_config", "checkpoint_step", "closest_width",
+           "EVAL_SCALE", "RESULTS_VERSION", "WIDTH_CANDIDATES", "autoencoder_config", "checkpoint_step", "closest_width",
            "extract_analysis", "fsweep_verdict", "guidance_verdict", "ldm_config", "load_results",
            "quality_at_compute", "samplers_matching", "save_results", "unet_params", "vq_autoencoder_config",
            "write_markdown"]
@@ -29,6 +29,7 @@ LATENT_CHANNELS: dict[int, int] = {1: 3, 2: 3, 4: 3, 8: 4, 16: 8}
 # attention heads need.
 WIDTH_CANDIDATES = (32, 64, 96, 128, 160, 192)
 IMAGE_SIZE = 32
+EVAL_SCALE = 3.0  # guidance scale of the f-sweep and KL/VQ scores (the demo's)
 RESULTS_VERSION = 1
 ANALYSIS_BEGIN = "<!-- analysis -->"
 ANALYSIS_END = "<!-- /analysis -->"
