@@ -225,14 +225,13 @@ def classifier_command(folder: Path, fast: bool) -> list[str]:
 def ensure_classifier(logdir: Path, fast: bool, commands: list[list[str]]) -> Path:
     """The judge: ``<logdir>/demo_classifier`` (``_fast`` for --fast), trained on first use and
     reused while it matches the synthetic data."""
-    from ldm.eval.classifier import ClassifierMismatch, load_classifier
+    from ldm.eval.classifier import usable_classifier
 
     folder = logdir / ("demo_classifier_fast" if fast else "demo_classifier")
-    try:
-        load_classifier(folder, size=DEMO_SIZE)
+    if usable_classifier(folder, size=DEMO_SIZE):
         print(f"\n==> classifier: reusing {folder}", flush=True)
         commands.append(classifier_command(folder, fast))
-    except (FileNotFoundError, ClassifierMismatch, ValueError):
+    else:
         run(classifier_command(folder, fast), commands, "classifier")
     return folder
 

@@ -107,6 +107,21 @@ def test_mismatched_classifier_is_refused(trained, tmp_path):
         load_classifier(tmp_path / "nowhere")
 
 
+
+def test_usable_classifier_says_when_to_train(trained, tmp_path):
+    from ldm.eval.classifier import usable_classifier
+
+    _, _, out = trained
+    assert usable_classifier(out, size=16)
+    assert not usable_classifier(out, size=32)                   # trained at another size
+    assert not usable_classifier(tmp_path / "nowhere", size=16)  # nothing there
+    bad = tmp_path / "damaged"
+    bad.mkdir()
+    (bad / WEIGHTS_FILE).write_bytes((out / WEIGHTS_FILE).read_bytes())
+    (bad / CONFIG_FILE).write_text("{}")
+    assert not usable_classifier(bad, size=16)
+
+
 def test_feature_extractor_is_labelled_and_takes_uint8(trained):
     _, config, out = trained
     extractor = classifier_features(out, size=16)

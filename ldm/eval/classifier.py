@@ -34,7 +34,7 @@ from ldm.data.synthetic import SHAPES, SyntheticShapes, SyntheticShapesTrain, Sy
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "ClassifierConfig", "ClassifierMismatch", "ShapesClassifier",
            "classifier_features", "data_fingerprint", "evaluate", "load_classifier", "save_classifier",
-           "train_classifier"]
+           "train_classifier", "usable_classifier"]
 
 WEIGHTS_FILE = "classifier.safetensors"
 CONFIG_FILE = "classifier.json"
@@ -272,6 +272,17 @@ def load_classifier(path: Union[str, os.PathLike], size: Optional[int] = None, c
         raise ValueError(f"{weights_path}: weights do not match {cfg_path} ({str(exc).splitlines()[0]})") from None
     return model.to(device).eval(), config
 
+
+
+def usable_classifier(path: Union[str, os.PathLike], size: int) -> bool:
+    """Whether ``path`` holds a classifier :func:`load_classifier` accepts for ``size`` px images of
+    today's synthetic data (False: missing, trained at another size or on other data, or damaged),
+    so callers can train one on first use and reuse it afterwards."""
+    try:
+        load_classifier(path, size=size)
+    except (FileNotFoundError, ClassifierMismatch, ValueError):
+        return False
+    return True
 
 def classifier_features(path: Union[str, os.PathLike], size: Optional[int] = None,
                         device: Optional[torch.device] = None) -> Any:
