@@ -362,7 +362,7 @@ def _fsync_directory(directory: str) -> None:
         return
     try:
         os.fsync(fd)
-    except OSError:
+    except OSError:  # some filesystems cannot fsync a directory; the file itself is already synced
         pass
     finally:
         os.close(fd)

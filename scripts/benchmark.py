@@ -376,7 +376,7 @@ def hardware(device: torch.device) -> dict:
     try:
         import diffusers
         info["diffusers"] = diffusers.__version__
-    except ImportError:
+    except ImportError:  # optional (the [diffusers] extra): its rows are skipped and no version recorded
         pass
     return info
 
