@@ -28,7 +28,7 @@ from ldm.models.diffusion.conditioning import (  # noqa: F401  (DiffusionWrapper
     freeze, inpainting_condition, instantiate_cond_stage, resolve_conditioning_key, to_model_kwargs)
 from ldm.models.diffusion.ema_training import EMATraining
 from ldm.models.diffusion.first_stage import SPLIT_INPUT_REFUSAL, FirstStage
-from ldm.models.diffusion.losses import DiffusionLoss, LossType, check_loss_type, get_loss, lvlb_weights
+from ldm.models.diffusion.losses import DiffusionLoss, LossType, check_loss_type, get_loss, lvlb_weights, min_snr_weights
 from ldm.models.diffusion.parameterization import Parameterization
 from ldm.models.diffusion.schedule import (
     BETA_SCHEDULES, BetaSchedule, buffer_device, make_beta_schedule, register_schedule_buffers, schedule_arrays)
@@ -68,6 +68,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
         original_elbo_weight: float = 0.0,       # weight of the VLB term
         v_posterior: float = 0.0,                # posterior variance: (1-v) β̃_t + v β_t
         l_simple_weight: float = 1.0,            # weight of L_simple (paper Eq. (1))
+        snr_gamma: Optional[float] = None,       # Min-SNR-γ timestep weighting (losses.min_snr_weights); None: uniform
         conditioning_key: Optional[ConditioningKey] = None,  # None | concat | crossattn | hybrid | adm
         parameterization: Parameterization = "eps",  # what the network predicts: eps | x0 | v
         scheduler_config: Optional[Mapping[str, Any]] = None,  # LambdaLR multiplier (ldm.lr_scheduler)
@@ -101,6 +102,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
         self.original_elbo_weight = original_elbo_weight
         self.l_simple_weight = l_simple_weight
         self.loss_type = loss_type
+        self.snr_gamma = snr_gamma
         if monitor is not None:
             self.monitor = monitor
         self.register_schedule(given_betas, beta_schedule, timesteps, linear_start, linear_end, cosine_s)
@@ -137,6 +139,9 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
         self.linear_start, self.linear_end = linear_start, linear_end
         register_schedule_buffers(self, arrays)
         self.register_buffer("lvlb_weights", lvlb_weights(arrays, self.parameterization), persistent=False)
+        gamma = getattr(self, "snr_gamma", None)
+        self.register_buffer("snr_weights", None if gamma is None else min_snr_weights(
+            arrays["alphas_cumprod"], self.parameterization, gamma), persistent=False)
 
     # ---- denoiser and objective ----
 
@@ -156,7 +161,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
         target = P.training_target(self, self.parameterization, x_start, noise, t)
         loss_fn = DiffusionLoss(self.loss_type, self.l_simple_weight, self.original_elbo_weight, self.learn_logvar)
         return loss_fn(model_output, target, t, self.logvar, self.lvlb_weights,
-                       prefix="train" if self.training else "val")
+                       prefix="train" if self.training else "val", timestep_weights=self.snr_weights)
 
     def p_losses(self, x_start, t, noise=None):
         return self._diffusion_loss(x_start, None, t, noise)

@@ -1,15 +1,17 @@
 """The diffusion training objective: L_simple (paper Eq. (1)-(3)) plus an optional VLB term.
 
-    loss = l_simple_weight * mean_b[ L_simple(b) / exp(logvar_t) + logvar_t ]
+    loss = l_simple_weight * mean_b[ w_t L_simple(b) / exp(logvar_t) + logvar_t ]
            + original_elbo_weight * mean_b[ λ_t L_simple(b) ]
 
 with per-timestep log-variances ``logvar`` (fixed at ``logvar_init`` unless learned, in which case
-this is the heteroscedastic weighting of Kendall & Gal 2017) and VLB weights λ_t (Ho et al. Eq. (5)).
+this is the heteroscedastic weighting of Kendall & Gal 2017), VLB weights λ_t (Ho et al. Eq. (5))
+and timestep weights w_t: 1 (the paper), or Min-SNR-γ (:func:`min_snr_weights`).
 """
 from __future__ import annotations
 
+import math
 import typing
-from typing import Literal
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -18,7 +20,8 @@ import torch.nn.functional as F
 from ldm.models.diffusion.parameterization import prediction
 from ldm.models.diffusion.schedule import buffer_device
 
-__all__ = ["LOSS_TYPES", "DiffusionLoss", "LossType", "check_loss_type", "get_loss", "lvlb_weights"]
+__all__ = ["LOSS_TYPES", "DiffusionLoss", "LossType", "check_loss_type", "get_loss", "lvlb_weights",
+           "min_snr_weights"]
 
 LossType = Literal["l1", "l2"]  # a typo fails config validation
 LOSS_TYPES = typing.get_args(LossType)
@@ -60,6 +63,22 @@ def lvlb_weights(arrays: dict[str, np.ndarray], parameterization: str) -> torch.
     return weights
 
 
+def min_snr_weights(alphas_cumprod: np.ndarray, parameterization: str, gamma: float) -> torch.Tensor:
+    """w_t of Min-SNR-γ (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting").
+
+    The x_0 error is weighted by min(SNR_t, γ), SNR_t = ᾱ_t / (1 - ᾱ_t): nearly clean timesteps, whose
+    targets are hardest to fit and say little about global structure, stop dominating the gradient.
+    Converted to the parameterisation's own error with its x_0 factor: min(SNR, γ) / SNR for ε,
+    min(SNR, γ) / (SNR + 1) for v, min(SNR, γ) for x_0. The paper trains 3.4x faster with γ = 5.
+    """
+    if isinstance(gamma, bool) or not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"snr_gamma must be a positive number, got {gamma!r}")
+    ac = np.asarray(alphas_cumprod, dtype=np.float64)
+    snr = ac / (1.0 - ac)
+    weights = np.minimum(snr, float(gamma)) * prediction(parameterization).vlb_factor(ac)
+    return torch.tensor(weights, dtype=torch.float32, device=buffer_device())
+
+
 class DiffusionLoss:
     """Combines L_simple, the learned/fixed log-variance weighting and the VLB term.
 
@@ -87,11 +106,13 @@ class DiffusionLoss:
         logvar: torch.Tensor,
         lvlb_weights: torch.Tensor,
         prefix: str = "train",
+        timestep_weights: Optional[torch.Tensor] = None,  # w_t, e.g. min_snr_weights; None: 1
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         per_sample = get_loss(model_output, target, self.loss_type, mean=False).mean(dim=list(range(1, target.ndim)))
-        log = {f"{prefix}/loss_simple": per_sample.mean()}
+        log = {f"{prefix}/loss_simple": per_sample.mean()}  # unweighted: comparable across weightings
         logvar_t = logvar.to(per_sample.device)[t]
-        weighted = per_sample / torch.exp(logvar_t) + logvar_t
+        simple = per_sample if timestep_weights is None else timestep_weights.to(per_sample.device)[t] * per_sample
+        weighted = simple / torch.exp(logvar_t) + logvar_t
         if self.learn_logvar:
             log[f"{prefix}/loss_gamma"] = weighted.mean()
             log["logvar"] = logvar.detach().mean()
