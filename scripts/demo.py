@@ -68,6 +68,7 @@ STAGE_NAMES = [s.name for s in STAGES]
 DEFAULT_STAGES = [s.name for s in STAGES if s.default]
 TASK_STAGES = [s.name for s in STAGES if not s.default]
 DEMO_SIZE = 32         # image side of the demo data (configs/demo/*.yaml)
+DEMO_F = 2             # the demo autoencoder's downsampling factor: 16x16x3 latents
 LAYOUT_GRID = 16       # configs/demo/ldm_layout.yaml's corner grid (data.params.*.layout_grid)
 N_INPUTS = 2           # validation examples cut into sampling inputs
 
@@ -119,7 +120,7 @@ def run_stage(name: str, config: str, ae_ckpt: Path | None, logdir: Path, fast: 
 
 def write_inputs(folder: Path, size: int = DEMO_SIZE, n: int = N_INPUTS) -> dict[str, list[Path]]:
     """Sampling inputs for the task scripts, cut from the synthetic validation set (never trained on):
-    ``image``/``mask`` (inpaint.py), ``lr`` (superres.py, x4 smaller), ``seg`` (semantic2img.py,
+    ``image``/``mask`` (inpaint.py), ``lr`` (superres.py, ``DEMO_F`` times smaller: the latent's size), ``seg`` (semantic2img.py,
     class indices) and ``layout`` (layout2img.py: one JSON with a layout per example, largest box first)."""
     # Imported here so that --help and stage validation do not pay for loading torch.
     import numpy as np
@@ -129,7 +130,7 @@ def write_inputs(folder: Path, size: int = DEMO_SIZE, n: int = N_INPUTS) -> dict
     from ldm.data.synthetic import SyntheticShapesValidation, layout_boxes
 
     folder.mkdir(parents=True, exist_ok=True)
-    data = SyntheticShapesValidation(size=size, length=n, lr_factor=4, inpainting_masks=True)
+    data = SyntheticShapesValidation(size=size, length=n, lr_factor=DEMO_F, inpainting_masks=True)
     files: dict[str, list[Path]] = {"image": [], "mask": [], "lr": [], "seg": [], "layout": []}
     layouts = []
     for i in range(n):
@@ -211,7 +212,7 @@ class Prompt(NamedTuple):
 TEXT_PROMPT = Prompt("a red circle and a blue square", ("red", "blue"), "circle")
 
 
-FULL = Sizes(real_images=1000, class_samples=256, class_steps=50)
+FULL = Sizes(real_images=1000, class_samples=256, class_steps=20)
 FAST = Sizes(real_images=64, class_samples=16, class_steps=10)
 CLASS_SCALE = 3.0  # classifier-free guidance scale of the class samples (as sample_commands uses)
 SEED = 0

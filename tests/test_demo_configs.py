@@ -3,7 +3,7 @@ main.py's ``run``, on top of a shrunk demo autoencoder trained the same way, and
 script of its task works on the resulting run directory, called with scripts/demo.py's own
 sampling command. This is the proof that each script works on demo checkpoints, offline.
 
-Shrinking: 16 px images (f=4 as in the demo, so 4x4x3 latents and 4x4 low-resolution images),
+Shrinking: 16 px images (f=2 as in the demo, so 8x8x3 latents and 8x8 low-resolution images),
 UNets of 32 channels, batches of 4, two optimizer steps.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ldm.trainer.run import run
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo"
-SIZE = 16  # px; latents 4x4
+SIZE = 16  # px; latents 8x8
 
 
 def _module(path: Path, name: str):
@@ -45,7 +45,8 @@ DATA = ["data.params.batch_size=4", "data.params.train.params.length=16", "data.
         "lightning.callbacks.image_logger.params.batch_frequency=1000",
         "lightning.trainer.enable_progress_bar=false", "lightning.trainer.enable_model_summary=false"]
 LDM = [f"model.params.first_stage_config.params.ddconfig.resolution={SIZE}",
-       f"model.params.image_size={SIZE // 4}", f"model.params.unet_config.params.image_size={SIZE // 4}",
+       f"model.params.image_size={SIZE // demo.DEMO_F}",
+       f"model.params.unet_config.params.image_size={SIZE // demo.DEMO_F}",
        "model.params.unet_config.params.model_channels=32", "model.params.unet_config.params.num_head_channels=16"]
 
 
@@ -81,7 +82,7 @@ EXPECTED = {
     "ldm_class": {**{f"img/{i:05d}.png": RGB for i in range(16)}, "grid-0000.png": (2 + 4 * 18, 2 + 4 * 18, 3)},
     "ldm_text": {**{f"samples/a_red_circle_and_a_blue_square/{i:05d}.png": RGB for i in range(16)},
                  "grid-a_red_circle_and_a_blue_square-0000.png": (2 + 18, 2 + 16 * 18, 3)},
-    "ldm_sr": {**{f"shapes{j}_lr_x4_{k}.png": RGB for j in range(2) for k in range(4)},
+    "ldm_sr": {**{f"shapes{j}_lr_x{demo.DEMO_F}_{k}.png": RGB for j in range(2) for k in range(4)},
                **{f"grid-shapes{j}_lr-0000.png": (2 + 18, 2 + 5 * 18, 3) for j in range(2)}},
     "ldm_semantic": {**{f"shapes{j}_seg/{k:05d}.png": RGB for j in range(2) for k in range(4)},
                      **{f"grid-shapes{j}_seg-0000.png": (2 + 18, 2 + 5 * 18, 3) for j in range(2)}},
@@ -122,7 +123,11 @@ def test_task_configs_differ_from_the_demo_only_in_conditioning(name):
 
 
 def test_task_configs_match_the_synthetic_data():
-    sr = OmegaConf.load(DEMO / "ldm_sr.yaml").model.params
+    ae = OmegaConf.load(DEMO / "autoencoder_kl.yaml").model.params.ddconfig
+    assert 2 ** (len(ae.ch_mult) - 1) == demo.DEMO_F  # the latents' downsampling factor
+    sr_config = OmegaConf.load(DEMO / "ldm_sr.yaml")
+    assert sr_config.data.params.train.params.lr_factor == sr_config.data.params.validation.params.lr_factor == demo.DEMO_F
+    sr = sr_config.model.params
     assert sr.conditioning_key == "concat" and sr.cond_stage_key == "LR_image"
     assert sr.unet_config.params.in_channels == 6 and sr.cond_stage_config.target == "torch.nn.Identity"
 
@@ -175,13 +180,13 @@ def test_write_inputs_cut_from_the_validation_set(tmp_path):
         "image": ["shapes0.png", "shapes1.png"], "mask": ["shapes0_mask.png", "shapes1_mask.png"],
         "lr": ["shapes0_lr.png", "shapes1_lr.png"], "seg": ["shapes0_seg.png", "shapes1_seg.png"],
         "layout": ["boxes.json"]}
-    data = SyntheticShapesValidation(size=32, length=2, lr_factor=4, inpainting_masks=True)
+    data = SyntheticShapesValidation(size=32, length=2, lr_factor=2, inpainting_masks=True)
     layouts = read_layouts(files["layout"][0])
     for i in range(2):
         ex = data[i]
         assert np.array_equal(np.asarray(Image.open(files["seg"][i])), ex["segmentation_index"])
         assert np.array_equal(np.asarray(Image.open(files["mask"][i])) > 0, ex["mask"][..., 0] > 0)
-        assert np.asarray(Image.open(files["lr"][i])).shape == (8, 8, 3)
+        assert np.asarray(Image.open(files["lr"][i])).shape == (16, 16, 3)
         image = np.asarray(Image.open(files["image"][i])).astype(np.float32) / 127.5 - 1
         assert np.abs(image - ex["image"]).max() <= 1 / 127.5
         boxes, crop = layouts[i]

@@ -47,6 +47,8 @@ def test_ldm_config_pixel_space_and_latent():
     assert (lat.model.params.image_size, lat.model.params.channels) == (2, 8)
     assert (u.image_size, u.in_channels, u.out_channels) == (2, 8, 8)
     assert base.model.params.unet_config.params.model_channels == 64  # the base is not modified
+    # the paper's uniform loss weights, although the demo config trains with Min-SNR
+    assert base.model.params.snr_gamma == 5.0 and "snr_gamma" not in lat.model.params and "snr_gamma" not in px.model.params
 
     vq = rp.ldm_config(base, 4, 64, rp.vq_autoencoder_config(OmegaConf.load(AE)), "v.ckpt")
     assert vq.model.params.first_stage_config.target == "ldm.models.autoencoder.VQModelInterface"
