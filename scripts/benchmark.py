@@ -308,12 +308,20 @@ def _run_main(cmd: list[str]) -> float:
     return elapsed
 
 
+def demo_class_factor() -> int:
+    """The downsampling factor of the demo class config's first stage: one halving per ch_mult level after the first."""
+    from omegaconf import OmegaConf
+
+    return 2 ** (len(OmegaConf.load(DEMO_CLASS).model.params.first_stage_config.params.ddconfig.ch_mult) - 1)
+
+
 def latent_cache_commands(args, workdir: Path, device: torch.device) -> tuple[list[str], list[str], list[str]]:
     size = args.run_image_size
+    latent = size // demo_class_factor()
     data = [f"data.params.train.params.size={size}", f"data.params.validation.params.size={size}",
             f"data.params.train.params.length={args.run_steps * 16}",
             f"model.params.first_stage_config.params.ddconfig.resolution={size}",
-            f"model.params.image_size={size // 4}", f"model.params.unet_config.params.image_size={size // 4}"]
+            f"model.params.image_size={latent}", f"model.params.unet_config.params.image_size={latent}"]
     quiet = ["lightning.callbacks.image_logger=null", "lightning.trainer.limit_val_batches=0",
              "lightning.trainer.enable_progress_bar=false", "lightning.trainer.enable_model_summary=false"]
     cache = [sys.executable, "scripts/cache_latents.py", "--base", str(DEMO_CLASS), *data,

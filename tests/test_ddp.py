@@ -27,6 +27,7 @@ RESUMED = 5  # steps after resuming: the last batch of epoch 0, the first of epo
 TINY_LDM = [
     "--base", str(REPO / "configs" / "demo" / "ldm_uncond.yaml"),
     "model.params.first_stage_config.params.ddconfig.resolution=16",
+    "model.params.first_stage_config.params.ddconfig.ch_mult=[1,1,2]",  # f=4: 4x4x3 latents
     "model.params.image_size=4", "model.params.unet_config.params.image_size=4",
     "model.params.unet_config.params.model_channels=32", "model.params.unet_config.params.num_head_channels=16",
     f"data.params.batch_size={BATCH}", f"data.params.train.params.length={LENGTH}",

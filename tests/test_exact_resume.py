@@ -38,6 +38,7 @@ COMMON = ["-t", "--accelerator", "cpu", "--logger", "csv", "--no-test", "--trust
 MODELS = {
     "ldm": [str(REPO / "configs" / "demo" / "ldm_uncond.yaml"),
             "model.params.first_stage_config.params.ddconfig.resolution=16",
+            "model.params.first_stage_config.params.ddconfig.ch_mult=[1,1,2]",  # f=4: 4x4x3 latents
             "model.params.image_size=4", "model.params.unet_config.params.image_size=4",
             "model.params.unet_config.params.model_channels=32",
             "model.params.unet_config.params.num_head_channels=16"],

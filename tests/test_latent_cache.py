@@ -18,11 +18,12 @@ from ldm.util import instantiate_from_config
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "demo" / "ldm_class.yaml")
 
-# The demo class config shrunk: 16 px images, f = 4 first stage -> 4x4x3 latents.
+# The demo class config shrunk: 16 px images, an f = 4 first stage (the demo's is f = 2) -> 4x4x3 latents.
 TINY = [
     "data.params.batch_size=4", "data.params.train.params.size=16", "data.params.train.params.length=8",
     "data.params.validation.params.size=16", "data.params.validation.params.length=4",
     "model.params.first_stage_config.params.ddconfig.resolution=16",
+    "model.params.first_stage_config.params.ddconfig.ch_mult=[1,1,2]",
     "model.params.image_size=4", "model.params.unet_config.params.image_size=4",
     "model.params.unet_config.params.model_channels=32", "model.params.unet_config.params.num_head_channels=16",
     "model.params.unet_config.params.context_dim=16", "model.params.cond_stage_config.params.embed_dim=16",
