@@ -68,3 +68,17 @@ def test_model_trains_on_the_weighted_loss():
     torch.testing.assert_close(loss_plain, per.mean())
     torch.testing.assert_close(loss_weighted, (w[t] * per).mean())
     assert loss_weighted < loss_plain
+
+
+def test_latent_diffusion_takes_it_from_the_config():
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from ldm.util import instantiate_from_config
+
+    config = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "demo" / "ldm_class.yaml")
+    model = instantiate_from_config(config.model)
+    expected = min_snr_weights(model.alphas_cumprod.double().numpy(), "eps", 5.0)
+    assert model.snr_gamma == 5.0
+    torch.testing.assert_close(model.snr_weights, expected)
