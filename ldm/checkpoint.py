@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
@@ -361,9 +362,8 @@ def _fsync_directory(directory: str) -> None:
     except OSError:
         return
     try:
-        os.fsync(fd)
-    except OSError:  # some filesystems cannot fsync a directory; the file itself is already synced
-        pass
+        with contextlib.suppress(OSError):  # some filesystems cannot fsync a directory; the file itself is synced
+            os.fsync(fd)
     finally:
         os.close(fd)
 

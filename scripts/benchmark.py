@@ -22,6 +22,7 @@ Needs diffusers (the `test` extra) for the ours-vs-diffusers rows.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -381,11 +382,9 @@ def hardware(device: torch.device) -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
-    try:
+    with contextlib.suppress(ImportError):  # optional (the [diffusers] extra): no version recorded without it
         import diffusers
         info["diffusers"] = diffusers.__version__
-    except ImportError:  # optional (the [diffusers] extra): its rows are skipped and no version recorded
-        pass
     return info
 
 

@@ -273,7 +273,6 @@ def load_classifier(path: Union[str, os.PathLike], size: Optional[int] = None, c
     return model.to(device).eval(), config
 
 
-
 def usable_classifier(path: Union[str, os.PathLike], size: int) -> bool:
     """Whether ``path`` holds a classifier :func:`load_classifier` accepts for ``size`` px images of
     today's synthetic data (False: missing, trained at another size or on other data, or damaged),
@@ -283,6 +282,7 @@ def usable_classifier(path: Union[str, os.PathLike], size: int) -> bool:
     except (FileNotFoundError, ClassifierMismatch, ValueError):
         return False
     return True
+
 
 def classifier_features(path: Union[str, os.PathLike], size: Optional[int] = None,
                         device: Optional[torch.device] = None) -> Any:

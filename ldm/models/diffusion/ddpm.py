@@ -28,7 +28,8 @@ from ldm.models.diffusion.conditioning import (  # noqa: F401  (DiffusionWrapper
     freeze, inpainting_condition, instantiate_cond_stage, resolve_conditioning_key, to_model_kwargs)
 from ldm.models.diffusion.ema_training import EMATraining
 from ldm.models.diffusion.first_stage import SPLIT_INPUT_REFUSAL, FirstStage
-from ldm.models.diffusion.losses import DiffusionLoss, LossType, check_loss_type, get_loss, lvlb_weights, min_snr_weights
+from ldm.models.diffusion.losses import (
+    DiffusionLoss, LossType, check_loss_type, get_loss, lvlb_weights, min_snr_weights)
 from ldm.models.diffusion.parameterization import Parameterization
 from ldm.models.diffusion.schedule import (
     BETA_SCHEDULES, BetaSchedule, buffer_device, make_beta_schedule, register_schedule_buffers, schedule_arrays)
@@ -139,9 +140,8 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
         self.linear_start, self.linear_end = linear_start, linear_end
         register_schedule_buffers(self, arrays)
         self.register_buffer("lvlb_weights", lvlb_weights(arrays, self.parameterization), persistent=False)
-        gamma = getattr(self, "snr_gamma", None)
-        self.register_buffer("snr_weights", None if gamma is None else min_snr_weights(
-            arrays["alphas_cumprod"], self.parameterization, gamma), persistent=False)
+        self.register_buffer("snr_weights", None if self.snr_gamma is None else min_snr_weights(
+            arrays["alphas_cumprod"], self.parameterization, self.snr_gamma), persistent=False)
 
     # ---- denoiser and objective ----
 
