@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +154,24 @@ def test_load_run_uses_saved_configs_last_ckpt_and_ema(text_run):
     raw = I.load_run(run / "checkpoints" / "last.ckpt", device="cpu", prefer_ema=False)
     assert torch.equal(raw.model.diffusion_model.out[2].weight, trained.model.diffusion_model.out[2].weight)
     assert not torch.equal(raw.model.diffusion_model.out[2].weight, model.model.diffusion_model.out[2].weight)
+
+
+def test_find_run_from_a_periodic_snapshot(text_run, tmp_path):
+    # main.py writes weights-only snapshots to <run>/checkpoints/trainstep_checkpoints/: they
+    # belong to the same run and its saved configs.
+    run, _ = text_run
+    snapdir = run / "checkpoints" / "trainstep_checkpoints"
+    snapdir.mkdir(exist_ok=True)
+    snap = snapdir / "epoch=000000-step=000000010.ckpt"
+    shutil.copy(run / "checkpoints" / "last.ckpt", snap)
+    files = I.find_run(snap)
+    assert files.logdir == run and files.ckpt == snap and files.configs == I.find_run(run).configs
+    a, b = I.load_run(snap, device="cpu"), I.load_run(run, device="cpu")
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    loose = tmp_path / "elsewhere" / "x.ckpt"  # a file outside any checkpoints/ folder: its own folder
+    loose.parent.mkdir()
+    shutil.copy(run / "checkpoints" / "last.ckpt", loose)
+    assert I.find_run(loose).logdir == loose.parent and I.find_run(loose).configs == []
 
 
 def test_safetensors_and_ckpt_load_identically(text_run):

@@ -53,7 +53,14 @@ def find_run(run_dir_or_ckpt: Union[str, os.PathLike]) -> RunFiles:
     if path.is_file():
         if path.suffix not in CHECKPOINT_SUFFIXES:
             raise ValueError(f"{path}: not a checkpoint (expected one of {', '.join(CHECKPOINT_SUFFIXES)})")
-        logdir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        # <run>/checkpoints/x.ckpt, <run>/checkpoints/trainstep_checkpoints/x.ckpt (periodic
+        # snapshots), or a file anywhere else, which is taken to sit in its run directory.
+        if path.parent.name == "trainstep_checkpoints" and path.parent.parent.name == "checkpoints":
+            logdir = path.parent.parent.parent
+        elif path.parent.name == "checkpoints":
+            logdir = path.parent.parent
+        else:
+            logdir = path.parent
         ckpt = path
     else:
         logdir = path
