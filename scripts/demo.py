@@ -11,6 +11,7 @@ diffusion model is sampled with its script (scripts/sample_diffusion.py, txt2img
     python scripts/demo.py --stages autoencoder
     python scripts/demo.py --stages ldm_sr ldm_inpaint   # task stages on the latest autoencoder
     python scripts/demo.py --fast          # a short smoke run (also LDM_DEMO_FAST=1)
+    python scripts/demo.py --steps-factor 8 --stages autoencoder ldm_class   # 8x the training steps
 
 Default stages: autoencoder, ldm_uncond, ldm_class, ldm_text. Task stages (opt-in): ldm_sr
 (super-resolution, Sec. 4.4), ldm_semantic (semantic synthesis, Sec. 4.3.2), ldm_layout
@@ -102,12 +103,44 @@ def run(cmd: list[str], commands: list[list[str]], what: str) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
+# Config entries counted in training steps (or batches): --steps-factor scales them together, so
+# that a longer run keeps the same shape (the learning-rate decay ends at the last batch, one grid
+# and one validation at the end, the GAN term stays beyond the run). Warm-ups are not scaled.
+STEP_KEYS = (
+    "lightning.trainer.max_steps",
+    "lightning.trainer.val_check_interval",
+    "lightning.callbacks.image_logger.params.batch_frequency",
+    "model.params.scheduler_config.params.max_decay_steps",
+    "model.params.lossconfig.params.disc_start",
+)
+
+
+def step_overrides(config: str | Path, factor: int) -> list[str]:
+    """``key=value`` overrides that multiply ``config``'s step counts (STEP_KEYS) by ``factor``."""
+    from omegaconf import OmegaConf
+
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"--steps-factor must be a whole number >= 1, got {factor!r}")
+    cfg = OmegaConf.load(ROOT / config)
+    overrides = []
+    for key in STEP_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and factor != 1:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{config}: {key} is {value!r}; --steps-factor scales whole step counts only")
+            overrides.append(f"{key}={value * factor}")
+    if factor != 1 and not any(o.startswith("lightning.trainer.max_steps=") for o in overrides):
+        raise ValueError(f"{config}: no lightning.trainer.max_steps to scale with --steps-factor")
+    return overrides
+
+
 def run_stage(name: str, config: str, ae_ckpt: Path | None, logdir: Path, fast: bool,
-              commands: list[list[str]]) -> Path:
+              commands: list[list[str]], steps_factor: int = 1) -> Path:
     cmd = [sys.executable, "main.py", "--base", config, "-t", "--accelerator", "cpu", "--logger", "csv",
            "-n", f"demo_{name}", "-l", str(logdir)]
     if ae_ckpt is not None:
         cmd.append(f"model.params.first_stage_config.params.ckpt_path={ae_ckpt}")
+    cmd += step_overrides(config, steps_factor)
     if fast:
         cmd += ["lightning.trainer.max_steps=40", "lightning.trainer.val_check_interval=20",
                 "lightning.callbacks.image_logger.params.batch_frequency=20"]
@@ -369,6 +402,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"also run the task stages ({', '.join(TASK_STAGES)})")
     p.add_argument("--fast", action="store_true", default=bool(os.environ.get("LDM_DEMO_FAST")),
                    help="a short smoke run (also LDM_DEMO_FAST=1)")
+    p.add_argument("--steps-factor", type=int, default=1, metavar="K",
+                   help="train every stage K times as many steps (its learning-rate schedule, validation and "
+                        "image logging scaled alike); the default stages take about K x 13 minutes on 2 CPU cores")
     p.add_argument("-l", "--logdir", default="logs", help="where run directories go")
     p.add_argument("--no-report", action="store_true",
                    help="skip the figures and <logdir>/demo_report.html at the end")
@@ -382,6 +418,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         stages = select_stages(args.stages, args.tasks)
     except ValueError as exc:
         p.error(str(exc))
+    if args.steps_factor < 1:
+        p.error(f"--steps-factor must be at least 1, got {args.steps_factor}")
+    if args.fast and args.steps_factor != 1:
+        p.error("--steps-factor and --fast do not go together: --fast sets its own step counts")
     logdir = (ROOT / args.logdir).resolve()
     ae_ckpt = None
     runs: dict[str, Path] = {}
@@ -389,7 +429,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for name, config, needs_ae, _ in stages:
         if needs_ae and ae_ckpt is None:
             ae_ckpt = latest_run(logdir, "demo_autoencoder") / "checkpoints" / "last.ckpt"
-        run_dir = run_stage(name, config, ae_ckpt if needs_ae else None, logdir, args.fast, commands)
+        run_dir = run_stage(name, config, ae_ckpt if needs_ae else None, logdir, args.fast, commands,
+                            args.steps_factor)
         runs[name] = run_dir
         if name == "autoencoder":
             ae_ckpt = run_dir / "checkpoints" / "last.ckpt"

@@ -218,9 +218,37 @@ def test_demo_rejects_unknown_stages_before_training(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+def test_steps_factor_scales_every_step_count_of_a_stage():
+    ae = OmegaConf.load(REPO / "configs/demo/autoencoder_kl.yaml")
+    scaled = OmegaConf.merge(ae, OmegaConf.from_dotlist(demo.step_overrides("configs/demo/autoencoder_kl.yaml", 3)))
+    for key in demo.STEP_KEYS:  # the autoencoder has all of them
+        assert OmegaConf.select(scaled, key) == 3 * OmegaConf.select(ae, key), key
+    # the warm-up stays; the decay still ends at the last batch (max_steps counts both optimizers)
+    sched = scaled.model.params.scheduler_config.params
+    assert sched.warm_up_steps == ae.model.params.scheduler_config.params.warm_up_steps
+    assert 2 * sched.max_decay_steps == scaled.lightning.trainer.max_steps
+    assert scaled.model.params.lossconfig.params.disc_start > scaled.lightning.trainer.max_steps
+    overrides = demo.step_overrides("configs/demo/ldm_class.yaml", 2)
+    assert overrides == ["lightning.trainer.max_steps=1200", "lightning.trainer.val_check_interval=1200",
+                         "lightning.callbacks.image_logger.params.batch_frequency=1200"]
+    assert demo.step_overrides("configs/demo/ldm_class.yaml", 1) == []
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="--steps-factor must be a whole number"):
+            demo.step_overrides("configs/demo/ldm_class.yaml", bad)
+
+
+@pytest.mark.parametrize("argv, message", [(["--steps-factor", "0"], "--steps-factor must be at least 1"),
+                                           (["--steps-factor", "2", "--fast"], "do not go together")])
+def test_demo_rejects_bad_steps_factor_before_training(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main([*argv, "-l", str(tmp_path)])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_demo_help_runs_as_a_script():
     out = subprocess.run([sys.executable, "scripts/demo.py", "--help"], cwd=REPO, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    for word in ("--stages", "--tasks", "--fast", "ldm_sr", "ldm_semantic", "ldm_layout", "ldm_inpaint"):
+    for word in ("--stages", "--tasks", "--fast", "--steps-factor", "ldm_sr", "ldm_semantic", "ldm_layout", "ldm_inpaint"):
         assert word in out.stdout
