@@ -247,26 +247,11 @@ def _relative(cmd: Sequence[str]) -> list[str]:
     return out
 
 
-def step_checkpoints(run_dir: Path, max_steps: int) -> list[tuple[int, Path]]:
-    """The run's step checkpoints as (step, path), plus last.ckpt at ``max_steps`` when the
-    interval does not divide it."""
-    found = sorted((rp.checkpoint_step(p), p) for p in (run_dir / "checkpoints" / "trainstep_checkpoints").glob("*.ckpt"))
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        # A run stopped by its wall-time limit ends before max_steps: read its true step.
-        from ldm.checkpoint import load_training_checkpoint
-
-        step = int(load_training_checkpoint(last).get("global_step", max_steps))
-        if not found or found[-1][0] < step:
-            found.append((step, last))
-    return found
-
-
 def training_curve(r: Runner, m: dict[str, Any]) -> dict[str, Any]:
     """Score every step checkpoint; wall time of a checkpoint = its file time minus the time the
     training command was started (includes start-up); throughput = training samples per second
     between the first and the last checkpoint (excludes start-up)."""
-    ckpts = step_checkpoints(m["run_dir"], r.budget.ldm_steps)
+    ckpts = rp.step_checkpoints(m["run_dir"], r.budget.ldm_steps)
     points = []
     for step, path in ckpts:
         s = r.score(m["run_dir"], path, "ddim", r.budget.eval_steps, rp.EVAL_SCALE)
@@ -297,7 +282,7 @@ def exp_fsweep(r: Runner) -> dict[str, Any]:
 
 def exp_sampling(r: Runner) -> dict[str, Any]:
     m = r.ldm(REFERENCE_F)
-    last = step_checkpoints(m["run_dir"], r.budget.ldm_steps)[-1][1]
+    last = rp.step_checkpoints(m["run_dir"], r.budget.ldm_steps)[-1][1]
     out: dict[str, Any] = {"checkpoint": str(last), "scale": rp.EVAL_SCALE, "acc_tol": ACC_TOL, "fid_tol": FID_TOL,
                            "runs": {}}
     for sampler, steps in (("ddim", r.budget.ddim_steps), ("dpm", r.budget.fast_steps), ("unipc", r.budget.fast_steps)):
@@ -311,7 +296,7 @@ def exp_sampling(r: Runner) -> dict[str, Any]:
 
 def exp_guidance(r: Runner) -> dict[str, Any]:
     m = r.ldm(REFERENCE_F)
-    last = step_checkpoints(m["run_dir"], r.budget.ldm_steps)[-1][1]
+    last = rp.step_checkpoints(m["run_dir"], r.budget.ldm_steps)[-1][1]
     by_scale = {f"{s:g}": r.score(m["run_dir"], last, "ddim", r.budget.eval_steps, s) for s in r.budget.scales}
     return {"checkpoint": str(last), "steps": r.budget.eval_steps, "scales": by_scale,
             "verdict": rp.guidance_verdict({float(k): v for k, v in by_scale.items()})}
@@ -321,7 +306,7 @@ def exp_klvq(r: Runner) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind in ("kl", "vq"):
         m = r.ldm(REFERENCE_F, kind)
-        last = step_checkpoints(m["run_dir"], r.budget.ldm_steps)[-1][1]
+        last = rp.step_checkpoints(m["run_dir"], r.budget.ldm_steps)[-1][1]
         out[kind] = {"reconstruction": r.reconstruction(m["ae_dir"]), "unet_params": m["unet_params"],
                      "generation": r.score(m["run_dir"], last, "ddim", r.budget.eval_steps, rp.EVAL_SCALE)}
     return out

@@ -195,15 +195,14 @@ def test_step_checkpoints_reads_the_true_step_of_a_stopped_run(tmp_path):
     own global_step, after the step checkpoints, and not twice when it equals the last one."""
     import torch
 
-    mod = _runner_module()
     ckdir = tmp_path / "checkpoints"
     (ckdir / "trainstep_checkpoints").mkdir(parents=True)
     for step in (150, 300):
         torch.save({"global_step": step}, ckdir / "trainstep_checkpoints" / f"epoch=000000-step={step:09d}.ckpt")
     torch.save({"global_step": 377}, ckdir / "last.ckpt")
-    assert [s for s, _ in mod.step_checkpoints(tmp_path, 1200)] == [150, 300, 377]
+    assert [s for s, _ in rp.step_checkpoints(tmp_path, 1200)] == [150, 300, 377]
     torch.save({"global_step": 300}, ckdir / "last.ckpt")
-    assert [s for s, _ in mod.step_checkpoints(tmp_path, 1200)] == [150, 300]
+    assert [s for s, _ in rp.step_checkpoints(tmp_path, 1200)] == [150, 300]
 
 
 def test_runner_trains_a_shared_run_once_per_invocation(tmp_path, monkeypatch):

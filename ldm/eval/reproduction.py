@@ -151,6 +151,23 @@ def checkpoint_step(path: Union[str, os.PathLike]) -> int:
     return int(m.group(1))
 
 
+def step_checkpoints(run_dir: Union[str, os.PathLike], max_steps: Optional[int] = None) -> list[tuple[int, Path]]:
+    """A run's periodic snapshots (``checkpoints/trainstep_checkpoints``) as sorted (step, path),
+    plus ``last.ckpt`` at its own ``global_step`` when that is later (a run stopped by its wall-time
+    limit, or one whose snapshot interval does not divide its length). ``max_steps``: the step
+    assumed for a ``last.ckpt`` that does not record one."""
+    run_dir = Path(run_dir)
+    found = sorted((checkpoint_step(p), p) for p in (run_dir / "checkpoints" / "trainstep_checkpoints").glob("*.ckpt"))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        from ldm.checkpoint import load_training_checkpoint
+
+        recorded = load_training_checkpoint(last).get("global_step", max_steps)
+        if recorded is not None and (not found or found[-1][0] < int(recorded)):
+            found.append((int(recorded), last))
+    return found
+
+
 # ---- results file ----------------------------------------------------------------------------
 
 def save_results(path: Union[str, os.PathLike], results: Mapping[str, Any]) -> Path:

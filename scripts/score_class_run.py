@@ -1,0 +1,151 @@
+"""Score a class-conditional run's history: every periodic snapshot, judged by the synthetic classifier.
+
+    python scripts/score_class_run.py -r logs/<run> --classifier logs/demo_classifier
+    python scripts/score_class_run.py -r logs/<run> --classifier logs/demo_classifier --scales 1 3 8 -n 256
+
+For each snapshot in <run>/checkpoints/trainstep_checkpoints/ (main.py writes one every
+`lightning.callbacks.step_checkpoint.params.every_n_train_steps` steps) and a later last.ckpt,
+and each guidance scale: guided class samples (class i mod 8, noise seeded per sample), how often
+the classifier recognises their class (also relative to real validation images) and the FID-like
+score of its features (not Inception FID; ldm.eval.synthetic_scores.class_sample_scores).
+
+Writes <out>/scores.json (default <run>/eval/class_scores/) after every checkpoint: a rerun with
+the same settings skips what is already scored, so a long scoring job can be stopped and resumed.
+Then the plots <out>/accuracy_vs_steps.png and <out>/fid_like_vs_steps.png and a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SCORES_VERSION = 1
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What a score depends on besides the checkpoint and the scale: a change starts a new file."""
+    return {"version": SCORES_VERSION, "classifier": str(Path(args.classifier).resolve()), "n_samples": args.n,
+            "sampler": args.sampler, "steps": args.steps, "seed": args.seed, "n_real": args.n_real}
+
+
+def load_scores(path: Path, wanted: dict[str, Any]) -> list[dict[str, Any]]:
+    """The points already in ``path`` when it was written with the same settings, else none."""
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"{path}: not a scores file ({exc}); remove it or pass another --out") from exc
+    if data.get("settings") != wanted:
+        print(f"==> {path} was scored with other settings; starting again", flush=True)
+        return []
+    return list(data.get("points", []))
+
+
+def save_scores(path: Path, wanted: dict[str, Any], points: list[dict[str, Any]]) -> None:
+    """Write atomically: a crash leaves the previous file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"settings": wanted, "points": points}, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def markdown(points: list[dict[str, Any]]) -> str:
+    rows = ["| step | scale | accuracy | relative to real images | FID-like |", "|---|---|---|---|---|"]
+    for p in sorted(points, key=lambda p: (p["scale"], p["step"])):
+        rows.append(f"| {p['step']} | {p['scale']:g} | {100 * p['accuracy']:.1f} % | "
+                    f"{100 * p['relative_accuracy']:.1f} % | {p['fid_like']:.2f} |")
+    return "\n".join(rows)
+
+
+def write_plots(out: Path, points: list[dict[str, Any]], real_accuracy: Optional[float]) -> list[Path]:
+    from ldm.eval.plots import line_plot
+
+    scales = sorted({p["scale"] for p in points})
+    series = {key: {f"scale {s:g}": ([p["step"] for p in points if p["scale"] == s],
+                                      [(100 if key == "accuracy" else 1) * p[key] for p in points if p["scale"] == s])
+                    for s in scales} for key in ("accuracy", "fid_like")}
+    for curves in series.values():
+        for label, (xs, ys) in curves.items():
+            order = sorted(range(len(xs)), key=xs.__getitem__)
+            curves[label] = ([xs[i] for i in order], [ys[i] for i in order])
+    hline = None if real_accuracy is None else (100 * real_accuracy, "real validation images")
+    return [line_plot(out / "accuracy_vs_steps.png", series["accuracy"], title="Guided class samples recognised",
+                      xlabel="training step", ylabel="accuracy (%)", hline=hline),
+            line_plot(out / "fid_like_vs_steps.png", series["fid_like"], title="FID-like score (classifier features)",
+                      xlabel="training step", ylabel="FID-like (lower is better)")]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-r", "--run", required=True, help="run directory of a class-conditional model")
+    p.add_argument("--classifier", required=True, help="folder of scripts/train_classifier.py's classifier")
+    p.add_argument("--scales", type=float, nargs="+", default=[3.0], help="guidance scales (default 3)")
+    p.add_argument("-n", type=int, default=128, help="class samples per checkpoint and scale (default 128)")
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "plms", "dpm", "unipc", "ddpm"])
+    p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-real", type=int, default=500, help="real validation images for the reference (default 500)")
+    p.add_argument("--out", default=None, help="output folder (default <run>/eval/class_scores)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
+    args = parser().parse_args(argv)
+    run = Path(args.run)
+    if not (run / "configs").is_dir():
+        raise SystemExit(f"--run {run}: not a run directory (no configs/ folder)")
+    from ldm.eval.classifier import usable_classifier
+    from ldm.eval.reproduction import step_checkpoints
+
+    ckpts = step_checkpoints(run)
+    if not ckpts:
+        raise SystemExit(f"--run {run}: no checkpoints in {run / 'checkpoints'}")
+    if args.n < 2:
+        raise SystemExit(f"-n {args.n}: the FID-like score needs at least 2 samples")
+    out = Path(args.out) if args.out else run / "eval" / "class_scores"
+    wanted = settings(args)
+    path = out / "scores.json"
+    points = load_scores(path, wanted)
+
+    from ldm.eval.synthetic_scores import class_sample_scores
+    from ldm.inference import load_run
+    from ldm.inference.checks import downsampling_factor
+
+    real_accuracy = None
+    for step, ckpt in ckpts:
+        todo = [s for s in args.scales if not any(p["step"] == step and p["scale"] == s for p in points)]
+        if not todo:
+            continue
+        model = load_run(ckpt)
+        size = int(model.image_size) * downsampling_factor(model)
+        if not usable_classifier(args.classifier, size=size):
+            raise SystemExit(f"--classifier {args.classifier}: not a classifier of the synthetic data at {size} px "
+                             "(train one with scripts/train_classifier.py)")
+        for scale in todo:
+            s = class_sample_scores(model, args.classifier, args.n, sampler=args.sampler, steps=args.steps,
+                                    scale=scale, seed=args.seed, n_real=args.n_real, size=size, progress=False)
+            real_accuracy = s.real_accuracy
+            points.append({"step": step, "scale": scale, "checkpoint": ckpt.name, "accuracy": s.accuracy,
+                           "relative_accuracy": s.relative_accuracy, "fid_like": s.fid_like,
+                           "real_accuracy": s.real_accuracy})
+            print(f"step {step}, scale {scale:g}: accuracy {100 * s.accuracy:.1f} % "
+                  f"({100 * s.relative_accuracy:.1f} % relative), FID-like {s.fid_like:.2f}", flush=True)
+            save_scores(path, wanted, points)
+        del model
+    if real_accuracy is None and points:
+        real_accuracy = points[-1].get("real_accuracy")
+    plots = write_plots(out, points, real_accuracy)
+    print("\n" + markdown(points))
+    print(f"\nScores: {path}\nPlots: {', '.join(str(p) for p in plots)}")
+    return points
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""scripts/score_class_run.py: every snapshot of a class run scored with the synthetic judge,
+resumable, with plots; the figures equal class_sample_scores on the same checkpoint."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from ldm.eval.classifier import save_classifier, train_classifier
+from tests.conftest import REPO
+from tests.test_inference import lightning_checkpoint, make_model, write_run
+from tests.test_synthetic_classifier import TINY
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("score_class_run", REPO / "scripts" / "score_class_run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def class_run(tmp_path_factory):
+    """A tiny class run: snapshots at steps 40 and 80 (other weights), last.ckpt at step 120."""
+    run, _ = write_run(tmp_path_factory.mktemp("runs"), "class")
+    snaps = run / "checkpoints" / "trainstep_checkpoints"
+    snaps.mkdir()
+    for step, seed in ((40, 1), (80, 2)):
+        ckpt = lightning_checkpoint(make_model("class", seed))
+        torch.save({**ckpt, "global_step": step}, snaps / f"epoch=000000-step={step:09d}.ckpt")
+    model, config = train_classifier(steps=2, seed=3, **TINY)
+    return run, save_classifier(model, config, tmp_path_factory.mktemp("clf"))
+
+
+def _argv(run, clf, out, *extra):
+    return ["-r", str(run), "--classifier", str(clf), "-n", "4", "--steps", "2", "--n-real", "8",
+            "--out", str(out), *extra]
+
+
+def test_every_snapshot_and_scale_scored_like_class_sample_scores(class_run, tmp_path, capsys):
+    from ldm.eval.synthetic_scores import class_sample_scores
+    from ldm.inference import load_run
+
+    run, clf = class_run
+    points = _script().main(_argv(run, clf, tmp_path, "--scales", "1", "3"))
+    assert sorted((p["step"], p["scale"]) for p in points) == [(s, k) for s in (40, 80, 120) for k in (1.0, 3.0)]
+    expected = class_sample_scores(load_run(run / "checkpoints" / "trainstep_checkpoints" /
+                                            "epoch=000000-step=000000080.ckpt"),
+                                   clf, 4, sampler="ddim", steps=2, scale=3.0, seed=0, n_real=8, size=16,
+                                   progress=False)
+    (got,) = [p for p in points if p["step"] == 80 and p["scale"] == 3.0]
+    assert (got["accuracy"], got["fid_like"], got["real_accuracy"]) == (
+        expected.accuracy, expected.fid_like, expected.real_accuracy)
+    assert got["relative_accuracy"] == expected.relative_accuracy
+    last = [p for p in points if p["step"] == 120]
+    assert {p["checkpoint"] for p in last} == {"last.ckpt"}
+    saved = json.loads((tmp_path / "scores.json").read_text())
+    assert saved["points"] == points and saved["settings"]["n_samples"] == 4
+    for name in ("accuracy_vs_steps.png", "fid_like_vs_steps.png"):
+        assert Image.open(tmp_path / name).size == (640, 420)
+    out = capsys.readouterr().out
+    assert "| 80 | 3 |" in out and "step 120, scale 1:" in out
+
+
+def test_rerun_scores_only_what_is_missing(class_run, tmp_path, monkeypatch):
+    run, clf = class_run
+    script = _script()
+    first = script.main(_argv(run, clf, tmp_path))
+    import ldm.eval.synthetic_scores as scores
+
+    calls = []
+    real = scores.class_sample_scores
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["scale"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scores, "class_sample_scores", counting)
+    assert script.main(_argv(run, clf, tmp_path)) == first and calls == []        # all scored: nothing to do
+    again = script.main(_argv(run, clf, tmp_path, "--scales", "3", "5"))
+    assert calls == [5.0, 5.0, 5.0] and again[:len(first)] == first               # one new scale, 3 checkpoints
+    calls.clear()
+    other = script.main(_argv(run, clf, tmp_path, "--seed", "1"))                 # other settings: start again
+    assert calls == [3.0, 3.0, 3.0] and len(other) == 3
+
+
+def test_bad_arguments_are_named(class_run, tmp_path):
+    run, clf = class_run
+    script = _script()
+    with pytest.raises(SystemExit, match="not a run directory"):
+        script.main(_argv(tmp_path, clf, tmp_path / "out"))
+    empty = tmp_path / "empty_run"
+    (empty / "configs").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="no checkpoints"):
+        script.main(_argv(empty, clf, tmp_path / "out"))
+    with pytest.raises(SystemExit, match="not a classifier of the synthetic data at 16 px"):
+        script.main(_argv(run, run, tmp_path / "out"))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "scores.json").write_text("{oops")
+    with pytest.raises(SystemExit, match="not a scores file"):
+        script.main(_argv(run, clf, tmp_path / "bad"))
