@@ -67,14 +67,11 @@ def markdown(points: list[dict[str, Any]]) -> str:
 def write_plots(out: Path, points: list[dict[str, Any]], real_accuracy: Optional[float]) -> list[Path]:
     from ldm.eval.plots import line_plot
 
+    by_step = sorted(points, key=lambda p: p["step"])
     scales = sorted({p["scale"] for p in points})
-    series = {key: {f"scale {s:g}": ([p["step"] for p in points if p["scale"] == s],
-                                      [(100 if key == "accuracy" else 1) * p[key] for p in points if p["scale"] == s])
-                    for s in scales} for key in ("accuracy", "fid_like")}
-    for curves in series.values():
-        for label, (xs, ys) in curves.items():
-            order = sorted(range(len(xs)), key=xs.__getitem__)
-            curves[label] = ([xs[i] for i in order], [ys[i] for i in order])
+    series = {key: {f"scale {s:g}": ([p["step"] for p in by_step if p["scale"] == s],
+                                      [unit * p[key] for p in by_step if p["scale"] == s])
+                    for s in scales} for key, unit in (("accuracy", 100), ("fid_like", 1))}
     hline = None if real_accuracy is None else (100 * real_accuracy, "real validation images")
     return [line_plot(out / "accuracy_vs_steps.png", series["accuracy"], title="Guided class samples recognised",
                       xlabel="training step", ylabel="accuracy (%)", hline=hline),
