@@ -115,20 +115,20 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     from ldm.inference import load_run
     from ldm.inference.checks import downsampling_factor
 
-    real_accuracy = None
+    checked_size = None  # the classifier is checked once per image size, not per checkpoint
     for step, ckpt in ckpts:
         todo = [s for s in args.scales if not any(p["step"] == step and p["scale"] == s for p in points)]
         if not todo:
             continue
         model = load_run(ckpt)
         size = int(model.image_size) * downsampling_factor(model)
-        if not usable_classifier(args.classifier, size=size):
+        if size != checked_size and not usable_classifier(args.classifier, size=size):
             raise SystemExit(f"--classifier {args.classifier}: not a classifier of the synthetic data at {size} px "
                              "(train one with scripts/train_classifier.py)")
+        checked_size = size
         for scale in todo:
             s = class_sample_scores(model, args.classifier, args.n, sampler=args.sampler, steps=args.steps,
                                     scale=scale, seed=args.seed, n_real=args.n_real, size=size, progress=False)
-            real_accuracy = s.real_accuracy
             points.append({"step": step, "scale": scale, "checkpoint": ckpt.name, "accuracy": s.accuracy,
                            "relative_accuracy": s.relative_accuracy, "fid_like": s.fid_like,
                            "real_accuracy": s.real_accuracy})
@@ -136,9 +136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
                   f"({100 * s.relative_accuracy:.1f} % relative), FID-like {s.fid_like:.2f}", flush=True)
             save_scores(path, wanted, points)
         del model
-    if real_accuracy is None and points:
-        real_accuracy = points[-1].get("real_accuracy")
-    plots = write_plots(out, points, real_accuracy)
+    plots = write_plots(out, points, points[-1]["real_accuracy"] if points else None)
     print("\n" + markdown(points))
     print(f"\nScores: {path}\nPlots: {', '.join(str(p) for p in plots)}")
     return points
