@@ -230,7 +230,10 @@ def test_steps_factor_scales_every_step_count_of_a_stage():
     assert scaled.model.params.lossconfig.params.disc_start > scaled.lightning.trainer.max_steps
     overrides = demo.step_overrides("configs/demo/ldm_class.yaml", 2)
     assert overrides == ["lightning.trainer.max_steps=1200", "lightning.trainer.val_check_interval=1200",
-                         "lightning.callbacks.image_logger.params.batch_frequency=1200"]
+                         "lightning.callbacks.image_logger.params.batch_frequency=1200",
+                         "model.params.scheduler_config.params.max_decay_steps=1200"]
+    cls = OmegaConf.load(REPO / "configs/demo/ldm_class.yaml")  # its decay ends at the last step too
+    assert cls.model.params.scheduler_config.params.max_decay_steps == cls.lightning.trainer.max_steps
     assert demo.step_overrides("configs/demo/ldm_class.yaml", 1) == []
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match="--steps-factor must be a whole number"):
