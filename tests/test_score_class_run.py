@@ -2,7 +2,6 @@
 resumable, with plots; the figures equal class_sample_scores on the same checkpoint."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -10,16 +9,13 @@ import torch
 from PIL import Image
 
 from ldm.eval.classifier import save_classifier, train_classifier
-from tests.conftest import REPO
+from tests.conftest import load_script
 from tests.test_inference import lightning_checkpoint, make_model, write_run
 from tests.test_synthetic_classifier import TINY
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("score_class_run", REPO / "scripts" / "score_class_run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("score_class_run")
 
 
 @pytest.fixture(scope="module")
