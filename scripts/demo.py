@@ -1,7 +1,8 @@
 """Train the demo models on the built-in synthetic data, offline, on CPU.
 
-Runs the same `main.py` commands a user would type (they are printed), one stage after another:
-the first-stage autoencoder, then latent diffusion models on top of its frozen latents. Each
+Runs the same `main.py` commands a user would type (they are printed): the first-stage
+autoencoder, then latent diffusion models on top of its frozen latents, two at a time with one
+thread each on a 2-core machine (--jobs; their output goes to <logdir>/demo_<stage>.log). Each
 stage's run directory holds its configs, checkpoints and image grids. At the end every trained
 diffusion model is sampled with its script (scripts/sample_diffusion.py, txt2img.py, ...).
 
