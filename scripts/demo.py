@@ -1,9 +1,9 @@
 """Train the demo models on the built-in synthetic data, offline, on CPU.
 
 Runs the same `main.py` commands a user would type (they are printed): the first-stage
-autoencoder, then latent diffusion models on top of its frozen latents, two at a time with one
-thread each on a 2-core machine (--jobs; their output goes to <logdir>/demo_<stage>.log). Each
-stage's run directory holds its configs, checkpoints and image grids. At the end every trained
+autoencoder, then latent diffusion models on top of its frozen latents, one after another (or
+--jobs N at a time, each with cpu_count / N threads and its output in <logdir>/demo_<stage>.log).
+Each stage's run directory holds its configs, checkpoints and image grids. At the end every trained
 diffusion model is sampled with its script (scripts/sample_diffusion.py, txt2img.py, ...).
 
     python scripts/demo.py                 # the default stages
@@ -162,9 +162,10 @@ def run_parallel(jobs: Sequence[tuple[str, list[str]]], logdir: Path, slots: int
                  commands: list[list[str]], poll_s: float = 1.0) -> dict[str, Path]:
     """Train independent stages ``slots`` at a time, each with ``threads`` CPU threads.
 
-    Small models use two threads poorly: on 2 cores two one-thread runs side by side get through
-    about 1.4x the batches of one two-thread run (docs/reproduction.md, "Demo, third round").
-    Each run's output goes to ``<logdir>/demo_<name>.log``. When one fails, the others are stopped
+    For machines with more cores than one small run uses well. On 2 cores it does not pay: the
+    demo autoencoder gets through about 1.4x the batches as two one-thread runs side by side, but
+    the diffusion stages took 505 s so against 497 s one after another with two threads each
+    (docs/reproduction.md, "Demo, third round"). Each run's output goes to ``<logdir>/demo_<name>.log``. When one fails, the others are stopped
     (they checkpoint on SIGTERM) and the failure names the stage and shows the end of its log.
     """
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -456,9 +457,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-factor", type=int, default=1, metavar="K",
                    help="train every stage K times as many steps (its learning-rate schedule, validation and "
                         "image logging scaled alike); the default stages take about K x 13 minutes on 2 CPU cores")
-    p.add_argument("--jobs", type=int, default=2, metavar="N",
-                   help="train up to N latent diffusion stages at once, each with cpu_count / N threads (default 2: "
-                        "on 2 cores two one-thread runs outpace one two-thread run; 1: one after the other)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="train up to N latent diffusion stages at once, each with cpu_count / N threads (default 1: "
+                        "one after the other; on 2 cores two one-thread runs were no faster, 505 s against 497 s)")
     p.add_argument("-l", "--logdir", default="logs", help="where run directories go")
     p.add_argument("--no-report", action="store_true",
                    help="skip the figures and <logdir>/demo_report.html at the end")
