@@ -1,9 +1,8 @@
 """Train the demo models on the built-in synthetic data, offline, on CPU.
 
-Runs the same `main.py` commands a user would type (they are printed): the first-stage
-autoencoder, then latent diffusion models on top of its frozen latents, one after another (or
---jobs N at a time, each with cpu_count / N threads and its output in <logdir>/demo_<stage>.log).
-Each stage's run directory holds its configs, checkpoints and image grids. At the end every trained
+Runs the same `main.py` commands a user would type (they are printed), one stage after another:
+the first-stage autoencoder, then latent diffusion models on top of its frozen latents. Each
+stage's run directory holds its configs, checkpoints and image grids. At the end every trained
 diffusion model is sampled with its script (scripts/sample_diffusion.py, txt2img.py, ...).
 
     python scripts/demo.py                 # the default stages
@@ -135,9 +134,8 @@ def step_overrides(config: str | Path, factor: int) -> list[str]:
     return overrides
 
 
-def stage_command(name: str, config: str, ae_ckpt: Path | None, logdir: Path, fast: bool,
-                  steps_factor: int = 1) -> list[str]:
-    """The main.py command that trains stage ``name``."""
+def run_stage(name: str, config: str, ae_ckpt: Path | None, logdir: Path, fast: bool,
+              commands: list[list[str]], steps_factor: int = 1) -> Path:
     cmd = [sys.executable, "main.py", "--base", config, "-t", "--accelerator", "cpu", "--logger", "csv",
            "-n", f"demo_{name}", "-l", str(logdir)]
     if ae_ckpt is not None:
@@ -146,61 +144,11 @@ def stage_command(name: str, config: str, ae_ckpt: Path | None, logdir: Path, fa
     if fast:
         cmd += ["lightning.trainer.max_steps=40", "lightning.trainer.val_check_interval=20",
                 "lightning.callbacks.image_logger.params.batch_frequency=20"]
-    return cmd
-
-
-def run_stage(name: str, config: str, ae_ckpt: Path | None, logdir: Path, fast: bool,
-              commands: list[list[str]], steps_factor: int = 1) -> Path:
     start = time.time()
-    run(stage_command(name, config, ae_ckpt, logdir, fast, steps_factor), commands, name)
+    run(cmd, commands, name)
     run_dir = latest_run(logdir, f"demo_{name}")
     print(f"==> {name} finished in {time.time() - start:.0f} s; run directory {run_dir}", flush=True)
     return run_dir
-
-
-def run_parallel(jobs: Sequence[tuple[str, list[str]]], logdir: Path, slots: int, threads: int,
-                 commands: list[list[str]], poll_s: float = 1.0) -> dict[str, Path]:
-    """Train independent stages ``slots`` at a time, each with ``threads`` CPU threads.
-
-    For machines with more cores than one small run uses well. On 2 cores it does not pay: the
-    demo autoencoder gets through about 1.4x the batches as two one-thread runs side by side, but
-    the diffusion stages took 505 s so against 497 s one after another with two threads each
-    (docs/reproduction.md, "Demo, third round"). Each run's output goes to ``<logdir>/demo_<name>.log``. When one fails, the others are stopped
-    (they checkpoint on SIGTERM) and the failure names the stage and shows the end of its log.
-    """
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    pending, running, done = list(jobs), {}, {}
-    try:
-        while pending or running:
-            while pending and len(running) < slots:
-                name, cmd = pending.pop(0)
-                log = logdir / f"demo_{name}.log"
-                logdir.mkdir(parents=True, exist_ok=True)
-                print(f"\n==> {name} ({threads} thread{'s' * (threads != 1)}, output in {log}): "
-                      f"{shlex.join(cmd)}", flush=True)
-                commands.append([f"OMP_NUM_THREADS={threads}", *cmd])
-                with open(log, "wb") as out:
-                    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-                running[name] = (proc, log, time.time())
-            for name, (proc, log, start) in list(running.items()):
-                rc = proc.poll()
-                if rc is None:
-                    continue
-                del running[name]
-                if rc != 0:
-                    tail = log.read_text(errors="replace").splitlines()[-30:]
-                    raise SystemExit(f"demo: stage {name} failed (exit status {rc}); the end of {log}:\n"
-                                     + "\n".join(tail))
-                done[name] = latest_run(logdir, f"demo_{name}")
-                print(f"==> {name} finished in {time.time() - start:.0f} s; run directory {done[name]}", flush=True)
-            if running:
-                time.sleep(poll_s)
-    finally:
-        for proc, _, _ in running.values():
-            proc.terminate()
-        for proc, _, _ in running.values():
-            proc.wait()
-    return done
 
 
 def write_inputs(folder: Path, size: int = DEMO_SIZE, n: int = N_INPUTS) -> dict[str, list[Path]]:
@@ -457,9 +405,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-factor", type=int, default=1, metavar="K",
                    help="train every stage K times as many steps (its learning-rate schedule, validation and "
                         "image logging scaled alike); the default stages take about K x 13 minutes on 2 CPU cores")
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="train up to N latent diffusion stages at once, each with cpu_count / N threads (default 1: "
-                        "one after the other; on 2 cores two one-thread runs were no faster, 505 s against 497 s)")
     p.add_argument("-l", "--logdir", default="logs", help="where run directories go")
     p.add_argument("--no-report", action="store_true",
                    help="skip the figures and <logdir>/demo_report.html at the end")
@@ -475,31 +420,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         p.error(str(exc))
     if args.steps_factor < 1:
         p.error(f"--steps-factor must be at least 1, got {args.steps_factor}")
-    if args.jobs < 1:
-        p.error(f"--jobs must be at least 1, got {args.jobs}")
     if args.fast and args.steps_factor != 1:
         p.error("--steps-factor and --fast do not go together: --fast sets its own step counts")
     logdir = (ROOT / args.logdir).resolve()
     ae_ckpt = None
     runs: dict[str, Path] = {}
     commands: list[list[str]] = []
-    if stages[0].name == "autoencoder":
-        runs["autoencoder"] = run_stage("autoencoder", stages[0].config, None, logdir, args.fast, commands,
-                                        args.steps_factor)
-        ae_ckpt = runs["autoencoder"] / "checkpoints" / "last.ckpt"
-    ldm_stages = [s for s in stages if s.needs_autoencoder]
-    if ldm_stages and ae_ckpt is None:
-        ae_ckpt = latest_run(logdir, "demo_autoencoder") / "checkpoints" / "last.ckpt"
-    cmds = [(s.name, stage_command(s.name, s.config, ae_ckpt, logdir, args.fast, args.steps_factor))
-            for s in ldm_stages]
-    slots = min(args.jobs, len(cmds))
-    if slots > 1:
-        runs.update(run_parallel(cmds, logdir, slots, max(1, (os.cpu_count() or 1) // slots), commands))
-    else:
-        for s in ldm_stages:
-            runs[s.name] = run_stage(s.name, s.config, ae_ckpt, logdir, args.fast, commands, args.steps_factor)
-    for name in runs:
-        grids = sorted((runs[name] / "images").rglob("*.png"), key=lambda p: p.stat().st_mtime)
+    for name, config, needs_ae, _ in stages:
+        if needs_ae and ae_ckpt is None:
+            ae_ckpt = latest_run(logdir, "demo_autoencoder") / "checkpoints" / "last.ckpt"
+        run_dir = run_stage(name, config, ae_ckpt if needs_ae else None, logdir, args.fast, commands,
+                            args.steps_factor)
+        runs[name] = run_dir
+        if name == "autoencoder":
+            ae_ckpt = run_dir / "checkpoints" / "last.ckpt"
+        grids = sorted((run_dir / "images").rglob("*.png"), key=lambda p: p.stat().st_mtime)
         for g in grids[-3:]:
             print(f"    {g.relative_to(ROOT) if g.is_relative_to(ROOT) else g}")
     outdir = logdir / "demo_samples"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -242,8 +241,7 @@ def test_steps_factor_scales_every_step_count_of_a_stage():
 
 
 @pytest.mark.parametrize("argv, message", [(["--steps-factor", "0"], "--steps-factor must be at least 1"),
-                                           (["--steps-factor", "2", "--fast"], "do not go together"),
-                                           (["--jobs", "0"], "--jobs must be at least 1")])
+                                           (["--steps-factor", "2", "--fast"], "do not go together")])
 def test_demo_rejects_bad_steps_factor_before_training(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         demo.main([*argv, "-l", str(tmp_path)])
@@ -259,60 +257,19 @@ def test_demo_help_runs_as_a_script():
         assert word in out.stdout
 
 
-def _fake_stage(logdir: Path, name: str, code: str) -> tuple[str, list[str]]:
-    """A stand-in for a training command: makes its run directory, prints its thread setting, runs ``code``."""
-    script = ("import os, sys; os.makedirs(sys.argv[1]); print('threads', os.environ['OMP_NUM_THREADS'], flush=True); "
-              + code)
-    return name, [sys.executable, "-c", script, str(logdir / f"2026-01-01T00-00-00_demo_{name}")]
 
-
-def test_parallel_stages_run_with_their_threads_and_logs(tmp_path):
-    jobs = [_fake_stage(tmp_path, n, "print('trained')") for n in ("ldm_uncond", "ldm_class", "ldm_text")]
-    commands: list[list[str]] = []
-    runs = demo.run_parallel(jobs, tmp_path, slots=2, threads=1, commands=commands, poll_s=0.05)
-    assert runs == {n: tmp_path / f"2026-01-01T00-00-00_demo_{n}" for n in ("ldm_uncond", "ldm_class", "ldm_text")}
-    for name in runs:
-        assert (tmp_path / f"demo_{name}.log").read_text().splitlines() == ["threads 1", "trained"]
-    assert commands == [["OMP_NUM_THREADS=1", *cmd] for _, cmd in jobs]
-
-
-def test_a_failed_parallel_stage_is_named_and_stops_the_others(tmp_path):
-    pidfile = tmp_path / "slow.pid"
-    slow = _fake_stage(tmp_path, "ldm_text", f"open({str(pidfile)!r}, 'w').write(str(os.getpid())); "
-                                             "import time; time.sleep(600)")
-    wait_for_slow = f"import time\nwhile not os.path.exists({str(pidfile)!r}): time.sleep(0.05)\n"
-    failing = _fake_stage(tmp_path, "ldm_class", "exec(" + repr(wait_for_slow) + "); print('loss is nan'); sys.exit(3)")
-    with pytest.raises(SystemExit, match=r"(?s)stage ldm_class failed \(exit status 3\).*demo_ldm_class.log.*"
-                                         r"loss is nan"):
-        demo.run_parallel([slow, failing], tmp_path, slots=2, threads=1, commands=[], poll_s=0.05)
-    with pytest.raises(ProcessLookupError):  # stopped and reaped, not left running
-        os.kill(int(pidfile.read_text()), 0)
-
-
-@pytest.mark.parametrize("jobs", [1, 2])
-def test_demo_trains_the_latent_stages_on_the_new_autoencoder(tmp_path, monkeypatch, jobs):
+def test_demo_trains_the_latent_stages_on_the_new_autoencoder(tmp_path, monkeypatch):
     calls = []
 
     def fake_run_stage(name, config, ae_ckpt, logdir, fast, commands, steps_factor=1):
         calls.append(("stage", name, ae_ckpt))
         return tmp_path / f"run_{name}"
 
-    def fake_parallel(cmds, logdir, slots, threads, commands):
-        calls.append(("parallel", [n for n, _ in cmds], slots, threads))
-        for _, cmd in cmds:
-            assert f"model.params.first_stage_config.params.ckpt_path={tmp_path / 'run_autoencoder'}/checkpoints/last.ckpt" in cmd
-        return {n: tmp_path / f"run_{n}" for n, _ in cmds}
-
     monkeypatch.setattr(demo, "run_stage", fake_run_stage)
-    monkeypatch.setattr(demo, "run_parallel", fake_parallel)
     monkeypatch.setattr(demo, "run", lambda cmd, commands, what: calls.append(("sample", cmd[1])))
-    monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)
-    demo.main(["--jobs", str(jobs), "--no-report", "-l", str(tmp_path)])
+    demo.main(["--no-report", "-l", str(tmp_path)])
     ae = tmp_path / "run_autoencoder" / "checkpoints" / "last.ckpt"
     assert calls[0] == ("stage", "autoencoder", None)
-    if jobs == 1:
-        assert calls[1:4] == [("stage", n, ae) for n in ("ldm_uncond", "ldm_class", "ldm_text")]
-    else:
-        assert calls[1] == ("parallel", ["ldm_uncond", "ldm_class", "ldm_text"], 2, 1)
+    assert calls[1:4] == [("stage", n, ae) for n in ("ldm_uncond", "ldm_class", "ldm_text")]
     assert [c[1] for c in calls if c[0] == "sample"] == ["scripts/sample_diffusion.py", "scripts/sample_diffusion.py",
                                                          "scripts/txt2img.py"]
