@@ -16,8 +16,6 @@ Then the plots <out>/accuracy_vs_steps.png and <out>/fid_like_vs_steps.png and a
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -32,28 +30,6 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     """What a score depends on besides the checkpoint and the scale: a change starts a new file."""
     return {"version": SCORES_VERSION, "classifier": str(Path(args.classifier).resolve()), "n_samples": args.n,
             "sampler": args.sampler, "steps": args.steps, "seed": args.seed, "n_real": args.n_real}
-
-
-def load_scores(path: Path, wanted: dict[str, Any]) -> list[dict[str, Any]]:
-    """The points already in ``path`` when it was written with the same settings, else none."""
-    if not path.is_file():
-        return []
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"{path}: not a scores file ({exc}); remove it or pass another --out") from exc
-    if data.get("settings") != wanted:
-        print(f"==> {path} was scored with other settings; starting again", flush=True)
-        return []
-    return list(data.get("points", []))
-
-
-def save_scores(path: Path, wanted: dict[str, Any], points: list[dict[str, Any]]) -> None:
-    """Write atomically: a crash leaves the previous file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"settings": wanted, "points": points}, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def markdown(points: list[dict[str, Any]]) -> str:
@@ -99,7 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     if not (run / "configs").is_dir():
         raise SystemExit(f"--run {run}: not a run directory (no configs/ folder)")
     from ldm.eval.classifier import usable_classifier
-    from ldm.eval.reproduction import step_checkpoints
+    from ldm.eval.reproduction import load_points, save_points, step_checkpoints
 
     ckpts = step_checkpoints(run)
     if not ckpts:
@@ -109,7 +85,10 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     out = Path(args.out) if args.out else run / "eval" / "class_scores"
     wanted = settings(args)
     path = out / "scores.json"
-    points = load_scores(path, wanted)
+    try:
+        points = load_points(path, wanted)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
 
     from ldm.eval.synthetic_scores import class_sample_scores
     from ldm.inference import load_run
@@ -134,7 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
                            "real_accuracy": s.real_accuracy})
             print(f"step {step}, scale {scale:g}: accuracy {100 * s.accuracy:.1f} % "
                   f"({100 * s.relative_accuracy:.1f} % relative), FID-like {s.fid_like:.2f}", flush=True)
-            save_scores(path, wanted, points)
+            save_points(path, wanted, points)
         del model
     plots = write_plots(out, points, points[-1]["real_accuracy"] if points else None)
     print("\n" + markdown(points))

@@ -25,9 +25,6 @@ from typing import Any, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from score_class_run import load_scores, save_scores  # noqa: E402  (the same resumable file format)
 
 SCORES_VERSION = 1
 SAMPLERS = ("ddim", "plms", "dpm", "unipc", "ddpm")
@@ -94,8 +91,9 @@ def write_plots(out: Path, points: list[dict[str, Any]], real_accuracy: float) -
     from ldm.eval.plots import line_plot
 
     samplers = list(dict.fromkeys(p["sampler"] for p in points))
-    series = {key: {s: ([p["steps"] for p in sorted(points, key=lambda p: p["steps"]) if p["sampler"] == s],
-                        [unit * p[key] for p in sorted(points, key=lambda p: p["steps"]) if p["sampler"] == s])
+    by_steps = sorted(points, key=lambda p: p["steps"])
+    series = {key: {s: ([p["steps"] for p in by_steps if p["sampler"] == s],
+                        [unit * p[key] for p in by_steps if p["sampler"] == s])
                     for s in samplers} for key, unit in (("accuracy", 100), ("fid_like", 1))}
     return [line_plot(out / "fid_like_vs_sampler_steps.png", series["fid_like"], log_x=True,
                       title="FID-like score (classifier features) against sampler steps", xlabel="sampler steps",
@@ -141,7 +139,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
               "classifier": str(Path(args.classifier).resolve()), "n_samples": args.n, "scale": args.scale,
               "seed": args.seed, "n_real": args.n_real}
     path = out / "scores.json"
-    points = load_scores(path, wanted)
+    from ldm.eval.reproduction import load_points, save_points
+
+    try:
+        points = load_points(path, wanted)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
 
     todo = [g for g in grid if not any((p["sampler"], p["steps"]) == g for p in points)]
     if todo:
@@ -163,7 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                            "real_accuracy": s.real_accuracy})
             print(f"{sampler} {steps} steps: accuracy {100 * s.accuracy:.1f} % "
                   f"({100 * s.relative_accuracy:.1f} % relative), FID-like {s.fid_like:.2f}", flush=True)
-            save_scores(path, wanted, points)
+            save_points(path, wanted, points)
     points = [p for g in grid for p in points if (p["sampler"], p["steps"]) == g]  # grid order, grid only
     matches = matching(points, ref, args.acc_tol, args.fid_tol)
     plots = write_plots(out, points, points[0]["real_accuracy"])

@@ -15,8 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["ANALYSIS_BEGIN", "ANALYSIS_END", "DEFAULT_ANALYSIS", "F_VALUES", "LATENT_CHANNELS",
            "EVAL_SCALE", "RESULTS_VERSION", "WIDTH_CANDIDATES", "autoencoder_config", "checkpoint_step", "closest_width",
-           "extract_analysis", "fsweep_verdict", "guidance_verdict", "ldm_config", "load_results",
-           "quality_at_compute", "samplers_matching", "save_results", "unet_params", "vq_autoencoder_config",
+           "extract_analysis", "fsweep_verdict", "guidance_verdict", "ldm_config", "load_points", "load_results",
+           "quality_at_compute", "samplers_matching", "save_points", "save_results", "unet_params", "vq_autoencoder_config",
            "write_markdown"]
 
 F_VALUES = (1, 2, 4, 8, 16)
@@ -170,15 +170,20 @@ def step_checkpoints(run_dir: Union[str, os.PathLike], max_steps: Optional[int] 
 
 # ---- results file ----------------------------------------------------------------------------
 
-def save_results(path: Union[str, os.PathLike], results: Mapping[str, Any]) -> Path:
-    """Write ``results`` as JSON (atomically: a crash leaves the previous file)."""
+def _write_atomic(path: Union[str, os.PathLike], text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file: a crash leaves the previous file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"version": RESULTS_VERSION, **results}
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, allow_nan=True) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def save_results(path: Union[str, os.PathLike], results: Mapping[str, Any]) -> Path:
+    """Write ``results`` as JSON (atomically: a crash leaves the previous file)."""
+    data = {"version": RESULTS_VERSION, **results}
+    return _write_atomic(path, json.dumps(data, indent=1, sort_keys=True, allow_nan=True) + "\n")
 
 
 def load_results(path: Union[str, os.PathLike]) -> dict[str, Any]:
@@ -192,6 +197,29 @@ def load_results(path: Union[str, os.PathLike]) -> dict[str, Any]:
         raise ValueError(f"{path}: results version {version!r}, this code reads version {RESULTS_VERSION}; "
                          "move the file away to start over")
     return data
+
+
+def load_points(path: Union[str, os.PathLike], settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The scored points of a resumable scores file (scripts/score_class_run.py, score_samplers.py)
+    when it was written with ``settings``; none when there is no file or other settings wrote it.
+    ValueError when the file is not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not a scores file ({exc}); remove it or pass another --out") from exc
+    if data.get("settings") != settings:
+        print(f"==> {path} was scored with other settings; starting again", flush=True)
+        return []
+    return list(data.get("points", []))
+
+
+def save_points(path: Union[str, os.PathLike], settings: Mapping[str, Any], points: Sequence[Mapping[str, Any]]
+                ) -> Path:
+    """Write a scores file for :func:`load_points` (atomically)."""
+    return _write_atomic(path, json.dumps({"settings": dict(settings), "points": list(points)}, indent=1) + "\n")
 
 
 # ---- verdicts --------------------------------------------------------------------------------
