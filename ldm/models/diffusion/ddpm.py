@@ -29,7 +29,8 @@ from ldm.models.diffusion.conditioning import (  # noqa: F401  (DiffusionWrapper
 from ldm.models.diffusion.ema_training import EMATraining
 from ldm.models.diffusion.first_stage import SPLIT_INPUT_REFUSAL, FirstStage
 from ldm.models.diffusion.losses import (
-    DiffusionLoss, LossType, check_loss_type, get_loss, lvlb_weights, min_snr_weights)
+    DiffusionLoss, LossType, check_loss_type, check_noise_offset, get_loss, lvlb_weights, min_snr_weights,
+    training_noise)
 from ldm.models.diffusion.parameterization import Parameterization
 from ldm.models.diffusion.schedule import (
     BETA_SCHEDULES, BetaSchedule, buffer_device, make_beta_schedule, register_schedule_buffers, schedule_arrays)
@@ -70,6 +71,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
         v_posterior: float = 0.0,                # posterior variance: (1-v) β̃_t + v β_t
         l_simple_weight: float = 1.0,            # weight of L_simple (paper Eq. (1))
         snr_gamma: Optional[float] = None,       # Min-SNR-γ timestep weighting (losses.min_snr_weights); None: uniform
+        noise_offset: float = 0.0,               # offset noise of the training ε (losses.training_noise); 0: the paper
         conditioning_key: Optional[ConditioningKey] = None,  # None | concat | crossattn | hybrid | adm
         parameterization: Parameterization = "eps",  # what the network predicts: eps | x0 | v
         scheduler_config: Optional[Mapping[str, Any]] = None,  # LambdaLR multiplier (ldm.lr_scheduler)
@@ -104,6 +106,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
         self.l_simple_weight = l_simple_weight
         self.loss_type = loss_type
         self.snr_gamma = snr_gamma
+        self.noise_offset = check_noise_offset(noise_offset)
         if monitor is not None:
             self.monitor = monitor
         self.register_schedule(given_betas, beta_schedule, timesteps, linear_start, linear_end, cosine_s)
@@ -155,7 +158,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
 
     def _diffusion_loss(self, x_start, cond, t, noise=None):
         """Paper Eq. (1)-(3): noise x_0 to x_t, predict, regress the parameterisation's target."""
-        noise = default(noise, lambda: torch.randn_like(x_start))
+        noise = default(noise, lambda: training_noise(x_start, self.noise_offset))
         x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
         model_output = self.apply_model(x_noisy, t, cond)
         target = P.training_target(self, self.parameterization, x_start, noise, t)

@@ -5,7 +5,8 @@
 
 with per-timestep log-variances ``logvar`` (fixed at ``logvar_init`` unless learned, in which case
 this is the heteroscedastic weighting of Kendall & Gal 2017), VLB weights λ_t (Ho et al. Eq. (5))
-and timestep weights w_t: 1 (the paper), or Min-SNR-γ (:func:`min_snr_weights`).
+and timestep weights w_t: 1 (the paper), or Min-SNR-γ (:func:`min_snr_weights`). The training noise
+ε is N(0, I), optionally with offset noise (:func:`training_noise`).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from ldm.models.diffusion.parameterization import prediction
 from ldm.models.diffusion.schedule import buffer_device
 
 __all__ = ["LOSS_TYPES", "DiffusionLoss", "LossType", "check_loss_type", "get_loss", "lvlb_weights",
-           "min_snr_weights"]
+           "check_noise_offset", "min_snr_weights", "training_noise"]
 
 LossType = Literal["l1", "l2"]  # a typo fails config validation
 LOSS_TYPES = typing.get_args(LossType)
@@ -61,6 +62,29 @@ def lvlb_weights(arrays: dict[str, np.ndarray], parameterization: str) -> torch.
     if not torch.isfinite(weights).all():
         raise ValueError("VLB weights are not finite: check the beta schedule (given_betas / v_posterior)")
     return weights
+
+
+def check_noise_offset(offset: float) -> float:
+    if isinstance(offset, bool) or not (isinstance(offset, (int, float)) and math.isfinite(offset) and offset >= 0):
+        raise ValueError(f"noise_offset must be a number >= 0, got {offset!r}")
+    return float(offset)
+
+
+def training_noise(x_start: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
+    """ε of a training step: N(0, I), plus ``offset`` times one N(0, 1) value per sample and channel,
+    constant over the image (offset noise, Guttenberg 2023).
+
+    Why: the forward process destroys an image's mean colour last, since it is an average over
+    every pixel; with i.i.d. noise the denoiser reads it off x_t at all but the noisiest timesteps,
+    where the loss (ε error = SNR · x_0 error) hardly weights it, so conditioning on colour is
+    learned slowly and samples take their colours from the starting noise. The offset destroys the
+    mean at moderate noise, where the condition has to supply it.
+    """
+    noise = torch.randn_like(x_start)
+    if offset:
+        noise = noise + offset * torch.randn(*x_start.shape[:2], *(1,) * (x_start.ndim - 2),
+                                             device=x_start.device, dtype=x_start.dtype)
+    return noise
 
 
 def min_snr_weights(alphas_cumprod: np.ndarray, parameterization: str, gamma: float) -> torch.Tensor:
