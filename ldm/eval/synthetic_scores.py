@@ -4,7 +4,9 @@
 * :func:`class_sample_scores`: guided class samples (class of sample i = i mod 8) -> how often the
   classifier recognises their class, and an FID-like score of the classifier's features against
   real validation images (not Inception FID);
-* :func:`reconstruction_scores`: PSNR and SSIM of a first stage's D(E(x)) on validation images.
+* :func:`reconstruction_scores`: PSNR and SSIM of a first stage's D(E(x)) on validation images;
+* :func:`text_prompt_scores`: text-to-image samples of one prompt -> do they show the colours it
+  names, and does the classifier see its first shape.
 
 The real-image side (features, statistics, the classifier's accuracy on them) depends only on the
 classifier, the image size and the number of images; it is computed once per process and reused,
@@ -20,8 +22,9 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-__all__ = ["ClassSampleScores", "ReconstructionScores", "RealReference", "TextSampleScores", "class_sample_scores",
-           "colour_coverage", "real_reference", "reconstruction_scores", "shows_colours", "text_sample_scores"]
+__all__ = ["ClassSampleScores", "PromptTargets", "ReconstructionScores", "RealReference", "TextSampleScores",
+           "class_sample_scores", "colour_coverage", "prompt_targets", "real_reference", "reconstruction_scores",
+           "shows_colours", "text_prompt_scores", "text_sample_scores"]
 
 SIZE = 32          # image side of the synthetic data used by the demo and the small reproduction
 SAMPLE_BATCH = 64  # samples drawn per sampler call
@@ -232,3 +235,43 @@ def text_sample_scores(samples: np.ndarray, prompt_colours: Any, prompt_shape: s
                             real_shows_colours=float(np.concatenate(real_hits).mean()),
                             shape_accuracy=float((feats.logits.argmax(1) == SHAPES.index(prompt_shape)).mean()),
                             n=len(samples), n_real=n_real)
+
+
+@dataclass(frozen=True)
+class PromptTargets:
+    text: str
+    colours: tuple[str, ...]  # the palette colours it names, in order, each once
+    shape: str                # its first shape: synthetic captions name the largest object first
+
+
+def prompt_targets(prompt: str) -> PromptTargets:
+    """What a prompt in the synthetic captions' words asks for: its colours and its first shape."""
+    from ldm.data.synthetic import COLOUR_NAMES, SHAPES
+
+    words = prompt.lower().split()
+    colours = tuple(dict.fromkeys(w for w in words if w in COLOUR_NAMES))
+    shapes = [w for w in words if w in SHAPES]
+    if not shapes:
+        raise ValueError(f"prompt {prompt!r} names no shape of the synthetic data ({', '.join(SHAPES)})")
+    if not colours:
+        raise ValueError(f"prompt {prompt!r} names no colour of the synthetic palette ({', '.join(COLOUR_NAMES)})")
+    return PromptTargets(prompt, colours, shapes[0])
+
+
+def text_prompt_scores(model: Any, classifier_folder: Union[str, os.PathLike], prompt: str, n_samples: int,
+                       sampler: str = "unipc", steps: int = 20, scale: float = 3.0, seed: int = 0,
+                       n_real: int = 1000, size: int = SIZE) -> tuple[TextSampleScores, np.ndarray]:
+    """Sample ``n_samples`` images of ``prompt`` from a text-conditioned model (noise of sample i
+    seeded by (seed, i), ``ldm.eval.protocols.generation_batches``) and judge them with
+    :func:`text_sample_scores`; returns the scores and the uint8 samples."""
+    from ldm.eval.protocols import generation_batches
+    from ldm.inference import SamplingOptions
+
+    if n_samples < 1:
+        raise ValueError(f"n_samples={n_samples}: need at least one sample")
+    targets = prompt_targets(prompt)
+    make = generation_batches(model, SamplingOptions(sampler=sampler, steps=steps, scale=scale, progress=False), seed,
+                              captions=[prompt])
+    samples = np.concatenate([make(np.arange(start, min(start + SAMPLE_BATCH, n_samples)))[0]
+                              for start in range(0, n_samples, SAMPLE_BATCH)])
+    return text_sample_scores(samples, targets.colours, targets.shape, classifier_folder, n_real, size), samples

@@ -1,0 +1,161 @@
+"""Score a text-to-image run on the synthetic shapes: does each prompt's sample show what it names?
+
+    python scripts/score_text_run.py -r logs/<run> --classifier logs/demo_classifier
+    python scripts/score_text_run.py -r logs/<run> --classifier logs/demo_classifier -n 64 \\
+        --prompts "a red circle on a blue background" "a green square on a yellow background"
+
+For each snapshot in <run>/checkpoints/trainstep_checkpoints/ and a later last.ckpt, and each
+prompt (written in the synthetic captions' words): guided samples (noise seeded per sample), the
+share that shows every colour the prompt names (each on at least 2 % of the pixels), the same
+share among real validation scenes of any caption (what chance gives), and the share the
+classifier assigns to the prompt's first shape (chance 12.5 %; ldm.eval.synthetic_scores).
+
+Writes <out>/scores.json (default <run>/eval/text_scores/) after every checkpoint; a rerun with the
+same settings skips what is already scored. Then <out>/grid_step<N>.png (a row of 8 samples per
+prompt), <out>/text_scores_vs_steps.png and a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SCORES_VERSION = 1
+PROMPTS = (  # the demo's prompt, then one object on a background in colour pairs the demo never trains specially
+    "a red circle and a blue square",
+    "a red circle on a blue background",
+    "a green square on a yellow background",
+    "a white star on a black background",
+    "an orange triangle on a purple background",
+)
+GRID_COLUMNS = 8
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What a score depends on besides the checkpoint and the prompt: a change starts a new file."""
+    return {"version": SCORES_VERSION, "classifier": str(Path(args.classifier).resolve()), "n_samples": args.n,
+            "sampler": args.sampler, "steps": args.steps, "scale": args.scale, "seed": args.seed,
+            "n_real": args.n_real}
+
+
+def mean_by_step(points: list[dict[str, Any]], key: str) -> dict[int, float]:
+    steps = sorted({p["step"] for p in points})
+    return {s: sum(p[key] for p in points if p["step"] == s) / sum(1 for p in points if p["step"] == s)
+            for s in steps}
+
+
+def markdown(points: list[dict[str, Any]]) -> str:
+    rows = ["| step | prompt | shows its colours | real scenes showing them | first shape recognised |",
+            "|---|---|---|---|---|"]
+    for p in sorted(points, key=lambda p: p["step"]):
+        rows.append(f"| {p['step']} | {p['prompt']} | {100 * p['shows_colours']:.1f} % | "
+                    f"{100 * p['real_shows_colours']:.1f} % | {100 * p['shape_accuracy']:.1f} % |")
+    colours, shapes = mean_by_step(points, "shows_colours"), mean_by_step(points, "shape_accuracy")
+    for step in colours:
+        rows.append(f"| {step} | mean over prompts | {100 * colours[step]:.1f} % | | {100 * shapes[step]:.1f} % |")
+    return "\n".join(rows)
+
+
+def write_plot(out: Path, points: list[dict[str, Any]]) -> Path:
+    from ldm.eval.plots import line_plot
+
+    series = {}
+    for key, label in (("shows_colours", "shows the prompt's colours"), ("shape_accuracy", "first shape recognised")):
+        by_step = mean_by_step(points, key)
+        series[label] = (list(by_step), [100 * v for v in by_step.values()])
+    return line_plot(out / "text_scores_vs_steps.png", series, title="Text samples (mean over prompts)",
+                     xlabel="training step", ylabel="% of samples")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-r", "--run", required=True, help="run directory of a text-conditioned model")
+    p.add_argument("--classifier", required=True, help="folder of scripts/train_classifier.py's classifier")
+    p.add_argument("--prompts", nargs="+", default=list(PROMPTS), help="prompts in the synthetic captions' words")
+    p.add_argument("-n", type=int, default=64, help="samples per checkpoint and prompt (default 64)")
+    p.add_argument("--sampler", default="unipc", choices=["ddim", "plms", "dpm", "unipc", "ddpm"])
+    p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
+    p.add_argument("--scale", type=float, default=3.0, help="guidance scale (default 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-real", type=int, default=500, help="real validation images for the chance rate (default 500)")
+    p.add_argument("--out", default=None, help="output folder (default <run>/eval/text_scores)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
+    args = parser().parse_args(argv)
+    run = Path(args.run)
+    if not (run / "configs").is_dir():
+        raise SystemExit(f"--run {run}: not a run directory (no configs/ folder)")
+    from ldm.eval.synthetic_scores import prompt_targets
+
+    for prompt in args.prompts:
+        try:
+            prompt_targets(prompt)
+        except ValueError as exc:
+            raise SystemExit(f"--prompts: {exc}") from exc
+    if args.n < 1:
+        raise SystemExit(f"-n {args.n}: need at least one sample per prompt")
+    from ldm.eval.classifier import usable_classifier
+    from ldm.eval.reproduction import load_points, save_points, step_checkpoints
+
+    ckpts = step_checkpoints(run)
+    if not ckpts:
+        raise SystemExit(f"--run {run}: no checkpoints in {run / 'checkpoints'}")
+    out = Path(args.out) if args.out else run / "eval" / "text_scores"
+    wanted = settings(args)
+    path = out / "scores.json"
+    try:
+        points = load_points(path, wanted)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
+
+    import numpy as np
+    import torch
+
+    import ldm.eval.synthetic_scores as scores
+    from ldm.inference import load_run, save_grid
+    from ldm.inference.conditioning import model_kind
+    from ldm.inference.checks import downsampling_factor
+
+    checked_size = None
+    for step, ckpt in ckpts:
+        todo = [q for q in args.prompts if not any(p["step"] == step and p["prompt"] == q for p in points)]
+        if not todo:
+            continue
+        model = load_run(ckpt)
+        if model_kind(model) != "text":
+            raise SystemExit(f"--run {run}: not a text-conditioned model ({model_kind(model)})")
+        size = int(model.image_size) * downsampling_factor(model)
+        if size != checked_size and not usable_classifier(args.classifier, size=size):
+            raise SystemExit(f"--classifier {args.classifier}: not a classifier of the synthetic data at {size} px "
+                             "(train one with scripts/train_classifier.py)")
+        checked_size = size
+        rows = []
+        for prompt in todo:
+            t, samples = scores.text_prompt_scores(model, args.classifier, prompt, args.n, sampler=args.sampler,
+                                                   steps=args.steps, scale=args.scale, seed=args.seed,
+                                                   n_real=args.n_real, size=size)
+            rows.append(samples[:GRID_COLUMNS])
+            points.append({"step": step, "prompt": prompt, "checkpoint": ckpt.name, "colours": list(t.colours),
+                           "shape": t.shape, "shows_colours": t.shows_colours,
+                           "real_shows_colours": t.real_shows_colours, "shape_accuracy": t.shape_accuracy})
+            print(f"step {step}, '{prompt}': {100 * t.shows_colours:.1f} % show {' and '.join(t.colours)} "
+                  f"(real scenes {100 * t.real_shows_colours:.1f} %), {100 * t.shape_accuracy:.1f} % "
+                  f"{t.shape}", flush=True)
+            save_points(path, wanted, points)
+        grid = torch.from_numpy(np.concatenate(rows)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        save_grid(grid, out / f"grid_step{step}.png", nrow=min(GRID_COLUMNS, args.n))
+        del model
+    plot = write_plot(out, points)
+    print("\n" + markdown(points))
+    print(f"\nScores: {path}\nPlot: {plot}")
+    return points
+
+
+if __name__ == "__main__":
+    main()
