@@ -13,6 +13,14 @@ classifier assigns to the prompt's first shape (chance 12.5 %; ldm.eval.syntheti
 Writes <out>/scores.json (default <run>/eval/text_scores/) after every checkpoint; a rerun with the
 same settings skips what is already scored. Then <out>/grid_step<N>.png (a row of 8 samples per
 prompt), <out>/text_scores_vs_steps.png and a Markdown table.
+
+    --response "a red circle on a blue background" "a red circle on a yellow background"
+
+also measures, for each checkpoint, how far the model's x_0 estimate moves in mean colour between
+the two prompts at 90, 70, 50 and 30 % of the chain (t = 900, 700, 500, 300 of 1000;
+ldm.eval.synthetic_scores.mean_latent_response;
+1 = as far as images differ in it), into <out>/responses.json: a model whose samples take their
+colours from the starting noise barely responds at the noisy timesteps.
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ PROMPTS = (  # the demo's prompt, then one object on a background in colour pair
     "an orange triangle on a purple background",
 )
 GRID_COLUMNS = 8
+RESPONSE_FRACTIONS = (0.9, 0.7, 0.5, 0.3)  # of the chain: t = 900, 700, 500, 300 of 1000
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -83,7 +92,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-real", type=int, default=500, help="real validation images for the chance rate (default 500)")
     p.add_argument("--out", default=None, help="output folder (default <run>/eval/text_scores)")
+    p.add_argument("--response", nargs=2, action="append", default=[], metavar=("PROMPT_A", "PROMPT_B"),
+                   help="also measure the mean-colour response of the x_0 estimate between two prompts "
+                        "(repeatable)")
     return p
+
+
+def response_markdown(responses: list[dict[str, Any]]) -> str:
+    rows = ["| step | prompts | response at t |", "|---|---|---|"]
+    for r in responses:
+        cells = ", ".join(f"{t}: {v:.3f}" for t, v in r["response"].items())
+        rows.append(f"| {r['step']} | {r['prompts'][0]} / {r['prompts'][1]} | {cells} |")
+    return "\n".join(rows)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
@@ -98,6 +118,12 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
             prompt_targets(prompt)
         except ValueError as exc:
             raise SystemExit(f"--prompts: {exc}") from exc
+    for pair in args.response:
+        for prompt in pair:
+            try:
+                prompt_targets(prompt)
+            except ValueError as exc:
+                raise SystemExit(f"--response: {exc}") from exc
     if args.n < 1:
         raise SystemExit(f"-n {args.n}: need at least one sample per prompt")
     from ldm.eval.classifier import usable_classifier
@@ -123,9 +149,10 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     from ldm.inference.checks import downsampling_factor
 
     checked_size = None
+    responses = []
     for step, ckpt in ckpts:
         todo = [q for q in args.prompts if not any(p["step"] == step and p["prompt"] == q for p in points)]
-        if not todo:
+        if not todo and not args.response:
             continue
         model = load_run(ckpt)
         if model_kind(model) != "text":
@@ -135,6 +162,12 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
             raise SystemExit(f"--classifier {args.classifier}: not a classifier of the synthetic data at {size} px "
                              "(train one with scripts/train_classifier.py)")
         checked_size = size
+        for a, b in args.response:
+            timesteps = [int(round(f * model.num_timesteps)) for f in RESPONSE_FRACTIONS]
+            r = scores.mean_latent_response(model, a, b, timesteps, seed=args.seed, size=size)
+            responses.append({"step": step, "prompts": [a, b], "response": {str(t): v for t, v in r.items()}})
+        if not todo:
+            continue
         rows = []
         for prompt in todo:
             t, samples = scores.text_prompt_scores(model, args.classifier, prompt, args.n, sampler=args.sampler,
@@ -153,6 +186,12 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
         del model
     plot = write_plot(out, points)
     print("\n" + markdown(points))
+    if responses:
+        from ldm.eval.reproduction import save_results
+
+        save_results(out / "responses.json", {"settings": wanted, "responses": responses})
+        print("\nMean-colour response of the x_0 estimate between two prompts (1 = the spread between images):\n"
+              + response_markdown(responses))
     print(f"\nScores: {path}\nPlot: {plot}")
     return points
 

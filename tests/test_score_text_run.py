@@ -120,3 +120,51 @@ def test_bad_arguments_are_named(text_run, tmp_path):
         script.main(_argv(class_run, clf, tmp_path / "out"))
     with pytest.raises(SystemExit, match="not a classifier of the synthetic data at 16 px"):
         script.main(_argv(run, run, tmp_path / "out"))
+
+
+def test_mean_latent_response_measures_the_x0_estimate(text_run):
+    from ldm.data.synthetic import SyntheticShapesValidation
+    from ldm.eval.synthetic_scores import mean_latent_response
+    from ldm.inference import load_run
+    from ldm.models.diffusion.parameterization import model_output_to_x0
+
+    run, _ = text_run
+    model = load_run(run)
+    t = model.num_timesteps - 2
+    got = mean_latent_response(model, PROMPTS[0], PROMPTS[1], [t, 3], n=4, seed=5, size=16)
+    assert mean_latent_response(model, PROMPTS[0], PROMPTS[0], [t], n=4, seed=5, size=16) == {t: 0.0}
+    # Recomputed by hand: the same images, noise and estimates.
+    data = SyntheticShapesValidation(size=16, length=4)
+    images = torch.from_numpy(np.stack([data[i]["image"] for i in range(4)])).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        z0 = model.scale_factor * model.encode_first_stage(images).mode()
+        means = z0.mean(dim=(2, 3))
+        spread = (means - means.mean(0)).pow(2).sum(1).mean().sqrt()
+        gen = torch.Generator().manual_seed(5)
+        tt = torch.full((4,), t)
+        zt = model.q_sample(z0, tt, torch.randn(z0.shape, generator=gen))
+        c = model.get_learned_conditioning(PROMPTS)
+        est = [model_output_to_x0(model, "eps", zt, tt, model.apply_model(zt, tt, c[i:i + 1].expand(4, -1, -1)))
+               for i in (0, 1)]
+    expected = (est[0].mean(dim=(2, 3)) - est[1].mean(dim=(2, 3))).norm(dim=1).mean() / spread
+    assert list(got) == [t, 3] and got[t] == pytest.approx(float(expected), rel=1e-5) and got[t] > 0
+    with pytest.raises(ValueError, match=r"timesteps \[1000\] outside"):
+        mean_latent_response(model, PROMPTS[0], PROMPTS[1], [1000], n=4, size=16)
+
+
+def test_response_pairs_are_measured_per_checkpoint(text_run, tmp_path, capsys):
+    run, clf = text_run
+    pair = ["a red circle on a blue background", "a red circle on a yellow background"]
+    _script().main(_argv(run, clf, tmp_path, "--response", *pair))
+    saved = json.loads((tmp_path / "responses.json").read_text())["responses"]
+    assert [(r["step"], r["prompts"]) for r in saved] == [(50, pair), (120, pair)]
+    from ldm.eval.synthetic_scores import mean_latent_response
+    from ldm.inference import load_run
+
+    T = load_run(run).num_timesteps
+    timesteps = [round(f * T) for f in (0.9, 0.7, 0.5, 0.3)]
+    expected = mean_latent_response(load_run(run / "checkpoints" / "last.ckpt"), *pair, timesteps, size=16)
+    assert saved[1]["response"] == {str(t): v for t, v in expected.items()}
+    assert f"| 120 | {pair[0]} / {pair[1]} | {timesteps[0]}: " in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--response: prompt 'a blob' names no shape"):
+        _script().main(_argv(run, clf, tmp_path, "--response", "a blob", pair[0]))

@@ -6,7 +6,9 @@
   real validation images (not Inception FID);
 * :func:`reconstruction_scores`: PSNR and SSIM of a first stage's D(E(x)) on validation images;
 * :func:`text_prompt_scores`: text-to-image samples of one prompt -> do they show the colours it
-  names, and does the classifier see its first shape.
+  names, and does the classifier see its first shape;
+* :func:`mean_latent_response`: how far a text model's x_0 estimate moves in mean colour when the
+  prompt changes, per timestep (what its samples' colours can follow).
 
 The real-image side (features, statistics, the classifier's accuracy on them) depends only on the
 classifier, the image size and the number of images; it is computed once per process and reused,
@@ -23,7 +25,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 __all__ = ["ClassSampleScores", "PromptTargets", "ReconstructionScores", "RealReference", "TextSampleScores",
-           "class_sample_scores", "colour_coverage", "prompt_targets", "real_reference", "reconstruction_scores",
+           "class_sample_scores", "colour_coverage", "mean_latent_response", "prompt_targets", "real_reference", "reconstruction_scores",
            "shows_colours", "text_prompt_scores", "text_sample_scores"]
 
 SIZE = 32          # image side of the synthetic data used by the demo and the small reproduction
@@ -275,3 +277,42 @@ def text_prompt_scores(model: Any, classifier_folder: Union[str, os.PathLike], p
     samples = np.concatenate([make(np.arange(start, min(start + SAMPLE_BATCH, n_samples)))[0]
                               for start in range(0, n_samples, SAMPLE_BATCH)])
     return text_sample_scores(samples, targets.colours, targets.shape, classifier_folder, n_real, size), samples
+
+
+def mean_latent_response(model: Any, prompt_a: str, prompt_b: str, timesteps: Any = (900, 700, 500, 300),
+                         n: int = 32, seed: int = 0, size: int = SIZE) -> dict[int, float]:
+    """For each timestep t: the latents z_0 (posterior mode) of ``n`` synthetic validation images are noised to z_t
+    (noise seeded by ``seed``), the model estimates z_0 from z_t under either prompt, and the
+    per-channel spatial means of the two estimates are compared. Returns the mean L2 distance of
+    those mean vectors, in units of the spread (RMS distance from their average) of the real
+    latents' mean vectors: 1 means the prompt moves the estimated mean colour as far as images
+    differ in it. An ε-model that ignores colour words at the noisy timesteps, where mean colour
+    is decided, draws its colours from the starting noise."""
+    import torch
+
+    from ldm.data.synthetic import SyntheticShapesValidation
+    from ldm.models.diffusion.parameterization import model_output_to_x0
+
+    if n < 2:
+        raise ValueError(f"n={n}: the spread of the latents' means needs at least 2 images")
+    steps = [int(t) for t in timesteps]
+    bad = [t for t in steps if not 0 <= t < model.num_timesteps]
+    if bad:
+        raise ValueError(f"timesteps {bad} outside [0, {model.num_timesteps})")
+    device = model.device
+    with torch.no_grad():
+        images = _stack_images(SyntheticShapesValidation(size=size, length=n), range(n)).to(device)
+        z0 = model.first_stage.encode(images, sample=False)  # posterior mode: the same z_0 every call
+        means = z0.mean(dim=(2, 3))
+        spread = float((means - means.mean(0)).pow(2).sum(1).mean().sqrt())
+        cond = model.get_learned_conditioning([prompt_a, prompt_b])
+        gen = torch.Generator().manual_seed(seed)
+        out = {}
+        for t in steps:
+            tt = torch.full((n,), t, device=device, dtype=torch.long)
+            zt = model.q_sample(z0, tt, torch.randn(z0.shape, generator=gen).to(device))
+            est = [model_output_to_x0(model, model.parameterization, zt, tt,
+                                      model.apply_model(zt, tt, c[None].expand(n, *c.shape))).mean(dim=(2, 3))
+                   for c in cond]
+            out[t] = float((est[0] - est[1]).norm(dim=1).mean()) / max(spread, 1e-12)
+    return out
