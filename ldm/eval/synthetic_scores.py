@@ -25,8 +25,8 @@ from typing import Any, Optional, Union
 import numpy as np
 
 __all__ = ["ClassSampleScores", "PromptTargets", "ReconstructionScores", "RealReference", "TextSampleScores",
-           "class_sample_scores", "colour_coverage", "mean_latent_response", "prompt_targets", "real_reference", "reconstruction_scores",
-           "shows_colours", "text_prompt_scores", "text_sample_scores"]
+           "class_sample_scores", "colour_coverage", "mean_latent_response", "prompt_targets", "real_reference",
+           "reconstruction_scores", "shows_colours", "text_prompt_scores", "text_sample_scores"]
 
 SIZE = 32          # image side of the synthetic data used by the demo and the small reproduction
 SAMPLE_BATCH = 64  # samples drawn per sampler call
