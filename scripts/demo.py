@@ -181,11 +181,25 @@ def write_inputs(folder: Path, size: int = DEMO_SIZE, n: int = N_INPUTS) -> dict
     return files
 
 
+SAMPLE_FOLDERS = {"ldm_uncond": "uncond", "ldm_class": "class", "ldm_text": "text", "ldm_sr": "superres",
+                  "ldm_semantic": "semantic", "ldm_layout": "layout", "ldm_inpaint": "inpaint"}
+
+
+def samples_dir(outdir: Path, stage: str, run_dir: Path) -> Path:
+    """Where the demo samples ``run_dir`` (a run of ``stage``): one folder per run, so that a later
+    demo in the same logdir neither mixes its samples with these nor reports these as its own."""
+    return outdir / SAMPLE_FOLDERS[stage] / Path(run_dir).name
+
+
 def sample_commands(runs: dict[str, Path], outdir: Path, inputs: Optional[dict[str, list[Path]]] = None,
                     steps: Optional[int] = None) -> list[list[str]]:
-    """Sampling-script calls on the trained demo models (those whose stage ran). ``inputs``
-    (from :func:`write_inputs`) feed the task scripts; ``steps`` overrides every sampler's steps."""
+    """Sampling-script calls on the trained demo models (those whose stage ran), each into its
+    :func:`samples_dir`. ``inputs`` (from :func:`write_inputs`) feed the task scripts; ``steps``
+    overrides every sampler's steps."""
     py = sys.executable
+
+    def dest(stage: str) -> str:
+        return str(samples_dir(outdir, stage, runs[stage]))
 
     def n_steps(default: int) -> str:
         return str(steps or default)
@@ -198,27 +212,27 @@ def sample_commands(runs: dict[str, Path], outdir: Path, inputs: Optional[dict[s
     cmds = []
     if "ldm_uncond" in runs:
         cmds.append([py, "scripts/sample_diffusion.py", "-r", str(runs["ldm_uncond"]), "-n", "16", "-c", n_steps(50),
-                     "-l", str(outdir / "uncond")])
+                     "-l", dest("ldm_uncond")])
     if "ldm_class" in runs:
         cmds.append([py, "scripts/sample_diffusion.py", "-r", str(runs["ldm_class"]), "-n", "16",
-                     "--classes", *map(str, range(8)), "--scale", "3.0", "-c", n_steps(50), "-l", str(outdir / "class")])
+                     "--classes", *map(str, range(8)), "--scale", "3.0", "-c", n_steps(50), "-l", dest("ldm_class")])
     if "ldm_text" in runs:
         cmds.append([py, "scripts/txt2img.py", "-r", str(runs["ldm_text"]), "--prompt",
                      TEXT_PROMPT.text, "--sampler", "unipc", "--steps", n_steps(20), "--scale", "3.0",
-                     "--n_samples", "16", "--outdir", str(outdir / "text")])
+                     "--n_samples", "16", "--outdir", dest("ldm_text")])
     if "ldm_sr" in runs:
         cmds.append([py, "scripts/superres.py", "-r", str(runs["ldm_sr"]), "--input", *paths("lr"),
-                     "--n_samples", "4", "--steps", n_steps(100), "--outdir", str(outdir / "superres")])
+                     "--n_samples", "4", "--steps", n_steps(100), "--outdir", dest("ldm_sr")])
     if "ldm_semantic" in runs:
         cmds.append([py, "scripts/semantic2img.py", "-r", str(runs["ldm_semantic"]), "--input", *paths("seg"),
-                     "--n_samples", "4", "--steps", n_steps(100), "--outdir", str(outdir / "semantic")])
+                     "--n_samples", "4", "--steps", n_steps(100), "--outdir", dest("ldm_semantic")])
     if "ldm_layout" in runs:
         cmds.append([py, "scripts/layout2img.py", "-r", str(runs["ldm_layout"]), "--layout", *paths("layout"),
                      "--grid-size", str(LAYOUT_GRID), "--n_samples", "4", "--steps", n_steps(100),
-                     "--outdir", str(outdir / "layout")])
+                     "--outdir", dest("ldm_layout")])
     if "ldm_inpaint" in runs:
         cmds.append([py, "scripts/inpaint.py", "-r", str(runs["ldm_inpaint"]), "--image", *paths("image"),
-                     "--mask", *paths("mask"), "--steps", n_steps(50), "--outdir", str(outdir / "inpaint")])
+                     "--mask", *paths("mask"), "--steps", n_steps(50), "--outdir", dest("ldm_inpaint")])
     return cmds
 
 
@@ -377,10 +391,11 @@ def write_demo_report(runs: dict[str, Path], logdir: Path, fast: bool, commands:
         images.append((f"Guided class samples, column k = class k (circle, square, triangle, diamond, hexagon, "
                        f"star, cross, ring), scale {CLASS_SCALE:g}", grid))
     if "ldm_text" in runs:
-        figures += text_figures(outdir / "text" / "samples", classifier, sizes.real_images)
-    for name, folder, pattern, caption in (("ldm_uncond", "uncond", "grid-*.png", "Unconditional samples"),
-                                          ("ldm_text", "text", "grid-*.png", f"Text samples: '{TEXT_PROMPT.text}'")):
-        png = first_png(outdir / folder, pattern) if name in runs else None
+        figures += text_figures(samples_dir(outdir, "ldm_text", runs["ldm_text"]) / "samples", classifier,
+                                sizes.real_images)
+    for name, pattern, caption in (("ldm_uncond", "grid-*.png", "Unconditional samples"),
+                                   ("ldm_text", "grid-*.png", f"Text samples: '{TEXT_PROMPT.text}'")):
+        png = first_png(samples_dir(outdir, name, runs[name]), pattern) if name in runs else None
         if png is not None:
             images.append((caption, png))
     notes = [f"Models trained by `python scripts/demo.py {shlex.join(argv)}`".rstrip() + " on the built-in synthetic "

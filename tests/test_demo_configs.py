@@ -160,7 +160,9 @@ def test_demo_stage_trains_and_its_script_samples(stage, autoencoder, inputs, tm
     assert cmd[0] == sys.executable and cmd[1].startswith("scripts/")
     script = _module(REPO / cmd[1], f"script_{Path(cmd[1]).stem}")
     written = script.main([*cmd[2:], "--device", "cpu", "--no-progress"])
-    (outdir,) = (tmp_path / "samples").iterdir()
+    (folder,) = (tmp_path / "samples").iterdir()
+    (outdir,) = folder.iterdir()
+    assert outdir == demo.samples_dir(tmp_path / "samples", stage.name, rundir)  # one folder per run
     assert pngs(outdir) == EXPECTED[stage.name]
     assert {p for p in written if p.suffix == ".png"} == {outdir / k for k in EXPECTED[stage.name]}
 
@@ -207,6 +209,16 @@ def test_stage_selection():
         demo.select_stages(["ldm_sr", "ldm_superres"])
     with pytest.raises(ValueError, match="task stages need sampling inputs"):
         demo.sample_commands({"ldm_sr": Path("run")}, Path("out"))
+
+
+def test_each_run_samples_into_its_own_folder():
+    # A later demo in the same logdir must not read (or report) an earlier run's samples as its own.
+    first = demo.sample_commands({"ldm_text": Path("logs/2026-01-01T00-00-00_demo_ldm_text")}, Path("out"))
+    second = demo.sample_commands({"ldm_text": Path("logs/2026-01-02T00-00-00_demo_ldm_text")}, Path("out"))
+    assert first[0][first[0].index("--outdir") + 1] == str(Path("out/text/2026-01-01T00-00-00_demo_ldm_text"))
+    assert second[0][second[0].index("--outdir") + 1] == str(Path("out/text/2026-01-02T00-00-00_demo_ldm_text"))
+    every = {s.name: Path(f"logs/x_{s.name}") for s in demo.select_stages(["all"]) if s.name != "autoencoder"}
+    assert set(demo.SAMPLE_FOLDERS) == set(every)  # every sampled stage has a folder
 
 
 def test_demo_rejects_unknown_stages_before_training(tmp_path, capsys):
