@@ -113,17 +113,12 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
         raise SystemExit(f"--run {run}: not a run directory (no configs/ folder)")
     from ldm.eval.synthetic_scores import prompt_targets
 
-    for prompt in args.prompts:
+    given = [("--prompts", q) for q in args.prompts] + [("--response", q) for pair in args.response for q in pair]
+    for flag, prompt in given:
         try:
             prompt_targets(prompt)
         except ValueError as exc:
-            raise SystemExit(f"--prompts: {exc}") from exc
-    for pair in args.response:
-        for prompt in pair:
-            try:
-                prompt_targets(prompt)
-            except ValueError as exc:
-                raise SystemExit(f"--response: {exc}") from exc
+            raise SystemExit(f"{flag}: {exc}") from exc
     if args.n < 1:
         raise SystemExit(f"-n {args.n}: need at least one sample per prompt")
     from ldm.eval.classifier import usable_classifier
