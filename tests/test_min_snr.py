@@ -82,3 +82,42 @@ def test_latent_diffusion_takes_it_from_the_config():
     expected = min_snr_weights(model.alphas_cumprod.double().numpy(), "eps", 5.0)
     assert model.snr_gamma == 5.0
     torch.testing.assert_close(model.snr_weights, expected)
+
+
+def test_floor_raises_the_noisiest_weights_only():
+    ac = np.linspace(0.999, 0.001, 50)
+    snr = ac / (1 - ac)
+    x0 = min_snr_weights(ac, "x0", 5.0, floor=0.1).numpy()
+    np.testing.assert_allclose(x0, np.maximum(np.minimum(snr, 5.0), 0.1), rtol=1e-6)
+    assert x0.min() == pytest.approx(0.1) and (snr < 0.1).any()
+    eps = min_snr_weights(ac, "eps", 5.0, floor=0.1).numpy()
+    np.testing.assert_allclose(eps, np.maximum(np.minimum(snr, 5.0), 0.1) / snr, rtol=1e-5)
+    assert (eps[snr < 0.1] > 1).all()  # the ε loss of the noisiest timesteps is weighted up
+    # no upper clip without γ: SNR itself on x_0, i.e. the ε loss with a floor
+    np.testing.assert_allclose(min_snr_weights(ac, "eps", None, floor=0.1).numpy(),
+                               np.maximum(1.0, 0.1 / snr), rtol=1e-5)
+
+
+@pytest.mark.parametrize("floor, gamma, message", [
+    (0, 5.0, "snr_floor must be a positive number"), (float("nan"), 5.0, "snr_floor must be a positive number"),
+    (True, 5.0, "snr_floor must be a positive number"), (5.0, 5.0, "snr_floor \\(5.0\\) must be below snr_gamma"),
+    (None, None, "needs snr_gamma, snr_floor or both")])
+def test_bad_floor_is_refused(floor, gamma, message):
+    with pytest.raises(ValueError, match=message):
+        min_snr_weights(np.array([0.9, 0.5]), "x0", gamma, floor=floor)
+    if gamma is not None or floor is not None:
+        with pytest.raises(ValueError, match=message):
+            pixel_ddpm(snr_gamma=gamma, snr_floor=floor)
+
+
+def test_model_trains_on_the_floored_weights():
+    plain, weighted = pixel_ddpm(parameterization="x0"), pixel_ddpm(parameterization="x0", snr_gamma=5.0,
+                                                                    snr_floor=0.5)
+    weighted.load_state_dict(plain.state_dict())
+    x, noise, t = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8), torch.tensor([0, 5, 10, 19])
+    with torch.no_grad():
+        per = ((plain.apply_model(plain.q_sample(x, t, noise), t) - x) ** 2).mean(dim=(1, 2, 3))
+        loss, _ = weighted.p_losses(x, t, noise)
+    ac = weighted.alphas_cumprod.double()
+    w = torch.clamp(ac / (1 - ac), min=0.5, max=5.0).float()
+    torch.testing.assert_close(loss, (w[t] * per).mean())

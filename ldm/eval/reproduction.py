@@ -81,11 +81,12 @@ def ldm_config(base: DictConfig, f: int, model_channels: int, first_stage: Optio
     """The class-conditional LDM config ``base`` (configs/demo/ldm_class.yaml) on a first stage of
     factor ``f``: ``first_stage`` is the autoencoder's config (``model`` section's target/params;
     None for f = 1, pixel space); the UNet gets latent size 32/f, the latent channels and
-    ``model_channels``, and the paper's loss (no ``snr_gamma``)."""
+    ``model_channels``, and the paper's loss (no ``snr_gamma``/``snr_floor``)."""
     _check_f(f)
     cfg = OmegaConf.create(OmegaConf.to_container(base, resolve=True))
     p = cfg.model.params
-    p.pop("snr_gamma", None)  # the paper's objective: uniform timestep weights (the demo's Min-SNR is ours)
+    for key in ("snr_gamma", "snr_floor"):  # the paper's objective: uniform timestep weights (the demo's are ours)
+        p.pop(key, None)
     size = IMAGE_SIZE // f
     if f == 1:
         if first_stage is not None:

@@ -71,6 +71,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
         v_posterior: float = 0.0,                # posterior variance: (1-v) β̃_t + v β_t
         l_simple_weight: float = 1.0,            # weight of L_simple (paper Eq. (1))
         snr_gamma: Optional[float] = None,       # Min-SNR-γ timestep weighting (losses.min_snr_weights); None: uniform
+        snr_floor: Optional[float] = None,       # lowest x_0 weight of that weighting (losses.min_snr_weights)
         noise_offset: float = 0.0,               # offset noise of the training ε (losses.training_noise); 0: the paper
         conditioning_key: Optional[ConditioningKey] = None,  # None | concat | crossattn | hybrid | adm
         parameterization: Parameterization = "eps",  # what the network predicts: eps | x0 | v
@@ -105,7 +106,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
         self.original_elbo_weight = original_elbo_weight
         self.l_simple_weight = l_simple_weight
         self.loss_type = loss_type
-        self.snr_gamma = snr_gamma
+        self.snr_gamma, self.snr_floor = snr_gamma, snr_floor
         self.noise_offset = check_noise_offset(noise_offset)
         if monitor is not None:
             self.monitor = monitor
@@ -143,8 +144,10 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
         self.linear_start, self.linear_end = linear_start, linear_end
         register_schedule_buffers(self, arrays)
         self.register_buffer("lvlb_weights", lvlb_weights(arrays, self.parameterization), persistent=False)
-        self.register_buffer("snr_weights", None if self.snr_gamma is None else min_snr_weights(
-            arrays["alphas_cumprod"], self.parameterization, self.snr_gamma), persistent=False)
+        weighted = self.snr_gamma is not None or self.snr_floor is not None
+        self.register_buffer("snr_weights", min_snr_weights(
+            arrays["alphas_cumprod"], self.parameterization, self.snr_gamma, self.snr_floor) if weighted else None,
+            persistent=False)
 
     # ---- denoiser and objective ----
 
