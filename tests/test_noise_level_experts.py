@@ -1,0 +1,110 @@
+"""NoiseLevelExperts (eDiff-I's ensemble of expert denoisers) and scripts/score_text_experts.py:
+each expert answers at its own noise levels with its own conditioning; the extremes of the switch
+are the single models' samples exactly."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ldm.eval.classifier import save_classifier, train_classifier
+from ldm.models.diffusion.sampling import NoiseLevelExperts, ddim_sigmas, sample_ddim
+from tests.conftest import load_script
+from tests.test_inference import lightning_checkpoint, make_model, write_run
+from tests.test_synthetic_classifier import TINY
+
+
+def _expert(value):
+    seen = []
+
+    def d(x, sigma, cond=None):
+        seen.append((float(sigma.reshape(-1)[0]), cond))
+        return torch.full_like(x, value)
+    return d, seen
+
+
+def test_each_level_goes_to_its_expert_with_its_conditioning():
+    (high, seen_h), (low, seen_l) = _expert(1.0), _expert(-1.0)
+    d = NoiseLevelExperts(high, low, sigma_switch=2.0, high_args={"cond": "h"}, low_args={"cond": "l"})
+    x = torch.zeros(3, 2)
+    assert (d(x, torch.full((3,), 5.0), cond="sampler's") == 1).all()
+    assert (d(x, torch.full((3,), 2.0)) == -1).all()  # at the switch level: the low expert
+    assert (d(x, torch.full((3,), 0.5)) == -1).all()
+    assert seen_h == [(5.0, "h")] and seen_l == [(2.0, "l"), (0.5, "l")]
+    assert d.calls == {"high": 1, "low": 2}
+
+
+def test_a_batch_straddling_the_switch_is_refused():
+    (high, _), (low, _) = _expert(1.0), _expert(-1.0)
+    d = NoiseLevelExperts(high, low, sigma_switch=2.0)
+    with pytest.raises(ValueError, match="one noise level per call"):
+        d(torch.zeros(2, 1), torch.tensor([3.0, 1.0]))
+    with pytest.raises(ValueError, match="sigma_switch must be a number >= 0"):
+        NoiseLevelExperts(high, low, sigma_switch=-1.0)
+
+
+def test_sampling_switches_once_along_the_chain():
+    ac = torch.cumprod(1 - torch.linspace(1e-3, 2e-2, 100, dtype=torch.float64), 0)
+    sigmas = ddim_sigmas(ac, 10)
+    (high, seen_h), (low, seen_l) = _expert(0.5), _expert(0.0)
+    sample_ddim(NoiseLevelExperts(high, low, float(sigmas[4])), torch.randn(2, 3) * sigmas[0], sigmas,
+                disable=True)
+    assert [s for s, _ in seen_h] == pytest.approx(sigmas[:4].tolist())
+    assert [s for s, _ in seen_l] == pytest.approx(sigmas[4:-1].tolist())
+
+
+@pytest.fixture(scope="module")
+def two_text_runs(tmp_path_factory):
+    """Two tiny text runs sharing the first stage, with different denoisers and text encoders."""
+    root = tmp_path_factory.mktemp("runs")
+    low, _ = write_run(root / "low", "text")
+    high, _ = write_run(root / "high", "text")
+    other = make_model("text", 1)
+    state = lightning_checkpoint(make_model("text", 0))
+    for k, v in lightning_checkpoint(other)["state_dict"].items():
+        if not (k.startswith("first_stage_model.") or k == "scale_factor"):
+            state["state_dict"][k] = v
+    torch.save(state, high / "checkpoints" / "last.ckpt")
+    model, config = train_classifier(steps=2, seed=3, **TINY)
+    return high, low, save_classifier(model, config, tmp_path_factory.mktemp("clf"))
+
+
+def _argv(high, low, clf, out, *extra):
+    return ["--high", str(high), "--low", str(low), "--classifier", str(clf), "-n", "3", "--steps", "4",
+            "--n-real", "8", "--out", str(out), "--prompts", "a red circle on a blue background", *extra]
+
+
+def test_extremes_are_the_single_models(two_text_runs, tmp_path):
+    from ldm.eval.synthetic_scores import text_prompt_scores
+    from ldm.inference import load_run
+
+    high, low, clf = two_text_runs
+    script = load_script("score_text_experts")
+    rows = script.main(_argv(high, low, clf, tmp_path, "--switch-t", "99", "0", "50"))
+    by_t = {r["switch_t"]: r for r in rows}
+    assert (by_t[99]["high_calls"], by_t[0]["low_calls"]) == (0, 0)
+    assert by_t[50]["high_calls"] > 0 and by_t[50]["low_calls"] > 0
+    for t, run in ((99, low), (0, high)):
+        ref, samples = text_prompt_scores(load_run(run), clf, "a red circle on a blue background", 3,
+                                          sampler="unipc", steps=4, n_real=8, size=16)
+        assert (by_t[t]["shows_colours"], by_t[t]["shape_accuracy"]) == (ref.shows_colours, ref.shape_accuracy)
+        got, _ = script.expert_samples(load_run(high), load_run(low), "a red circle on a blue background", t, 3,
+                                       "unipc", 4, 3.0, 0)
+        np.testing.assert_array_equal(got, samples)  # the same images as the single model's
+    saved = json.loads((tmp_path / "experts.json").read_text())
+    assert saved["rows"] == rows and saved["settings"]["sampler"] == "unipc"
+    assert (tmp_path / "grid_0.png").is_file()
+
+
+def test_experts_must_share_the_latent_space(two_text_runs, tmp_path):
+    high, low, clf = two_text_runs
+    other, _ = write_run(tmp_path / "other", "text", seed=1)  # another first stage
+    script = load_script("score_text_experts")
+    with pytest.raises(SystemExit, match="different first stages"):
+        script.main(_argv(other, low, clf, tmp_path, "--switch-t", "50"))
+    with pytest.raises(SystemExit, match=r"--switch-t \[100\]: timesteps must lie in \[0, 99\]"):
+        script.main(_argv(high, low, clf, tmp_path, "--switch-t", "100"))
+    with pytest.raises(SystemExit, match="--high .*: no such run directory"):
+        script.main(_argv(tmp_path / "missing", low, clf, tmp_path, "--switch-t", "50"))
