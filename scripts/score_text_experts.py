@@ -12,7 +12,7 @@ share that shows every colour the prompt names and the share the classifier assi
 first shape. It shows at which noise levels a model takes what from the prompt: an image's colours
 are decided at the noisiest levels, its shapes below them.
 
-Writes <out>/experts.json (default <low run>/eval/text_experts/), <out>/grid_<prompt index>.png
+Writes <out>/experts.json (default <low run>/eval/text_experts/, or beside a --low checkpoint), <out>/grid_<prompt index>.png
 (a row of 8 samples per T) and a Markdown table.
 """
 from __future__ import annotations
@@ -163,7 +163,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     if not usable_classifier(args.classifier, size=size):
         raise SystemExit(f"--classifier {args.classifier}: not a classifier of the synthetic data at {size} px "
                          "(train one with scripts/train_classifier.py)")
-    out = Path(args.out) if args.out else Path(args.low) / "eval" / "text_experts"
+    low_path = Path(args.low)
+    out = Path(args.out) if args.out else (low_path if low_path.is_dir() else low_path.parent) / "eval" / "text_experts"
     out.mkdir(parents=True, exist_ok=True)
     rows, grids = [], {}
     for t in args.switch_t:
