@@ -1,6 +1,6 @@
 """NoiseLevelExperts (eDiff-I's ensemble of expert denoisers) and scripts/score_text_experts.py:
 each expert answers at its own noise levels with its own conditioning; the extremes of the switch
-are the single models' samples exactly."""
+are the single models' samples exactly. ``timestep_range`` trains a model on part of the chain."""
 from __future__ import annotations
 
 import json
@@ -108,3 +108,39 @@ def test_experts_must_share_the_latent_space(two_text_runs, tmp_path):
         script.main(_argv(high, low, clf, tmp_path, "--switch-t", "100"))
     with pytest.raises(SystemExit, match="--high .*: no such run directory"):
         script.main(_argv(tmp_path / "missing", low, clf, tmp_path, "--switch-t", "50"))
+
+
+def test_an_expert_trains_on_its_timesteps_only():
+    from tests.test_ancestral_loop import pixel_ddpm
+
+    torch.manual_seed(0)
+    expert = pixel_ddpm(timestep_range=[12, 20])
+    t = expert.sample_timesteps(4000)
+    assert (t.min().item(), t.max().item()) == (12, 19)  # T = 20: [lo, hi) covers 12..19
+    assert torch.bincount(t - 12, minlength=8).min() > 0
+    full = pixel_ddpm()
+    assert full.timestep_range == (0, 20)
+    t = full.sample_timesteps(4000)
+    assert (t.min().item(), t.max().item()) == (0, 19)
+
+
+@pytest.mark.parametrize("bad", [[5, 5], [-1, 10], [0, 21], [3], [1.0, 10], "0,10", [True, 10]])
+def test_bad_timestep_range_is_refused(bad):
+    from tests.test_ancestral_loop import pixel_ddpm
+
+    with pytest.raises(ValueError, match=r"timestep_range must be \[lo, hi\) with integers 0 <= lo < hi <= 20"):
+        pixel_ddpm(timestep_range=bad)
+
+
+def test_timestep_range_from_a_config():
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from ldm.util import instantiate_from_config
+
+    config = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "demo" / "ldm_text.yaml")
+    p = config.model.params
+    p.first_stage_config.params.ckpt_path = None
+    p.timestep_range = [600, 1000]
+    assert instantiate_from_config(config.model).timestep_range == (600, 1000)

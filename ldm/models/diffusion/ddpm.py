@@ -29,8 +29,8 @@ from ldm.models.diffusion.conditioning import (  # noqa: F401  (DiffusionWrapper
 from ldm.models.diffusion.ema_training import EMATraining
 from ldm.models.diffusion.first_stage import SPLIT_INPUT_REFUSAL, FirstStage
 from ldm.models.diffusion.losses import (
-    DiffusionLoss, LossType, check_loss_type, check_noise_offset, get_loss, lvlb_weights, min_snr_weights,
-    training_noise)
+    DiffusionLoss, LossType, check_loss_type, check_noise_offset, check_timestep_range, get_loss, lvlb_weights,
+    min_snr_weights, training_noise)
 from ldm.models.diffusion.parameterization import Parameterization
 from ldm.models.diffusion.schedule import (
     BETA_SCHEDULES, BetaSchedule, buffer_device, make_beta_schedule, register_schedule_buffers, schedule_arrays)
@@ -73,6 +73,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
         snr_gamma: Optional[float] = None,       # Min-SNR-γ timestep weighting (losses.min_snr_weights); None: uniform
         snr_floor: Optional[float] = None,       # lowest x_0 weight of that weighting (losses.min_snr_weights)
         noise_offset: float = 0.0,               # offset noise of the training ε (losses.training_noise); 0: the paper
+        timestep_range: Optional[Sequence[int]] = None,  # [lo, hi): train on these timesteps only (an expert); None: all
         conditioning_key: Optional[ConditioningKey] = None,  # None | concat | crossattn | hybrid | adm
         parameterization: Parameterization = "eps",  # what the network predicts: eps | x0 | v
         scheduler_config: Optional[Mapping[str, Any]] = None,  # LambdaLR multiplier (ldm.lr_scheduler)
@@ -111,6 +112,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
         if monitor is not None:
             self.monitor = monitor
         self.register_schedule(given_betas, beta_schedule, timesteps, linear_start, linear_end, cosine_s)
+        self.timestep_range = check_timestep_range(timestep_range, self.num_timesteps)
         self.learn_logvar = learn_logvar
         logvar = torch.full((self.num_timesteps,), float(logvar_init), device=buffer_device())
         if learn_logvar:
@@ -173,8 +175,9 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
         return self._diffusion_loss(x_start, None, t, noise)
 
     def sample_timesteps(self, batch_size: int) -> torch.Tensor:
-        """t ~ U{0, ..., T-1} (paper Eq. (1))."""
-        return torch.randint(0, self.num_timesteps, (batch_size,), device=self.device).long()
+        """t ~ U{0, ..., T-1} (paper Eq. (1)), or U{lo, ..., hi-1} for a ``timestep_range`` expert."""
+        lo, hi = self.timestep_range
+        return torch.randint(lo, hi, (batch_size,), device=self.device).long()
 
     def forward(self, x, *args, **kwargs):
         return self.p_losses(x, self.sample_timesteps(x.shape[0]), *args, **kwargs)

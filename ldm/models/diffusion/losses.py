@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import typing
+from collections.abc import Sequence
 from typing import Literal, Optional
 
 import numpy as np
@@ -22,7 +23,7 @@ from ldm.models.diffusion.parameterization import prediction
 from ldm.models.diffusion.schedule import buffer_device
 
 __all__ = ["LOSS_TYPES", "DiffusionLoss", "LossType", "check_loss_type", "get_loss", "lvlb_weights",
-           "check_noise_offset", "min_snr_weights", "training_noise"]
+           "check_noise_offset", "check_timestep_range", "min_snr_weights", "training_noise"]
 
 LossType = Literal["l1", "l2"]  # a typo fails config validation
 LOSS_TYPES = typing.get_args(LossType)
@@ -68,6 +69,21 @@ def check_noise_offset(offset: float) -> float:
     if isinstance(offset, bool) or not (isinstance(offset, (int, float)) and math.isfinite(offset) and offset >= 0):
         raise ValueError(f"noise_offset must be a number >= 0, got {offset!r}")
     return float(offset)
+
+
+def check_timestep_range(timestep_range: Optional[Sequence[int]], num_timesteps: int) -> tuple[int, int]:
+    """[lo, hi) of the training timesteps; None: all of them. A model trained on part of the chain
+    is an expert of those noise levels (Balaji et al. 2022, eDiff-I) and samples only together with
+    others (``sampling.NoiseLevelExperts``)."""
+    if timestep_range is None:
+        return 0, int(num_timesteps)
+    values = list(timestep_range) if isinstance(timestep_range, Sequence) and not isinstance(timestep_range, str) \
+        else None
+    if values is None or len(values) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in values) \
+            or not 0 <= values[0] < values[1] <= num_timesteps:
+        raise ValueError(f"timestep_range must be [lo, hi) with integers 0 <= lo < hi <= {num_timesteps} "
+                         f"(the number of timesteps), got {timestep_range!r}")
+    return int(values[0]), int(values[1])
 
 
 def training_noise(x_start: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
