@@ -85,7 +85,12 @@ BUDGETS = {
     "default": Budget("default", ae_batches=1300, ldm_steps=1200, ldm_minutes=6.0, ckpt_every=150, n_samples=128, n_real=500,
                       eval_steps=20, ddim_steps=ALL_DDIM_STEPS, fast_steps=ALL_FAST_STEPS, scales=ALL_SCALES,
                       classifier_args=()),
-    # A few hours.
+    # About 1h45 on 2 CPU cores for the f-sweep alone: twice the autoencoder batches, 12 minutes
+    # per diffusion model (pixel space reaches about 700 steps, f = 16 about 6000).
+    "long": Budget("long", ae_batches=2600, ldm_steps=8000, ldm_minutes=12.0, ckpt_every=1000, n_samples=128,
+                   n_real=500, eval_steps=20, ddim_steps=ALL_DDIM_STEPS, fast_steps=ALL_FAST_STEPS, scales=ALL_SCALES,
+                   classifier_args=()),
+    # Many hours.
     "full": Budget("full", ae_batches=4000, ldm_steps=6000, ldm_minutes=45.0, ckpt_every=500, n_samples=512, n_real=1000,
                    eval_steps=50, ddim_steps=ALL_DDIM_STEPS, fast_steps=ALL_FAST_STEPS, scales=ALL_SCALES,
                    classifier_args=()),
@@ -148,9 +153,9 @@ class Runner:
     # ---- first stages and diffusion models ----
     def autoencoder(self, f: int, kind: str = "kl") -> tuple[Path, DictConfig]:
         base = OmegaConf.load(ROOT / AE_BASE)
-        cfg = rp.autoencoder_config(base, f) if kind == "kl" else rp.vq_autoencoder_config(base, f=f)
-        name = f"ae_f{f}" if kind == "kl" else f"ae_vq_f{f}"
         b = self.budget.ae_batches
+        cfg = rp.autoencoder_config(base, f, b) if kind == "kl" else rp.vq_autoencoder_config(base, f=f, batches=b)
+        name = f"ae_f{f}" if kind == "kl" else f"ae_vq_f{f}"
         run_dir = self.train(name, cfg, [f"lightning.trainer.max_steps={2 * b}",  # two optimizers: 2 per batch
                                          f"lightning.trainer.val_check_interval={min(b, 650)}",
                                          f"lightning.callbacks.image_logger.params.batch_frequency={min(b, 650)}"])
@@ -322,7 +327,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS, metavar="EXP",
                    help=f"which experiments ({', '.join(EXPERIMENTS)}; default: all)")
     p.add_argument("--budget", default="default", choices=sorted(BUDGETS),
-                   help="smoke: a few steps (tests); default: about 1-1.5 h on 2 CPU cores; full: a few hours")
+                   help="smoke: a few steps (tests); default: about 1-1.5 h on 2 CPU cores; long: the f-sweep in "
+                        "about 2 h; full: many hours")
     p.add_argument("--out", default="docs/reproduction", help="results.json and plots")
     p.add_argument("--logdir", default="logs/reproduction", help="training runs, configs, evaluation cache")
     p.add_argument("--doc", default=str(DOC.relative_to(ROOT)), help="the markdown document to (re)write")

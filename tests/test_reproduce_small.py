@@ -23,6 +23,19 @@ def test_autoencoder_config_per_f(f, mult, c):
     assert cfg.model.target == "ldm.models.autoencoder.AutoencoderKL"
 
 
+def test_autoencoder_config_stretches_the_decay_to_the_run():
+    base = OmegaConf.load(AE)
+    assert base.model.params.scheduler_config.params.max_decay_steps == 1300  # the demo's own length
+    for make in (lambda b: rp.autoencoder_config(base, 4, b), lambda b: rp.vq_autoencoder_config(base, f=4, batches=b)):
+        assert make(2600).model.params.scheduler_config.params.max_decay_steps == 2600
+        assert make(None).model.params.scheduler_config.params.max_decay_steps == 1300
+        short = make(4).model.params.scheduler_config.params  # shorter than the 50-batch warm-up
+        assert (short.warm_up_steps, short.max_decay_steps) == (3, 4)
+        with pytest.raises(ValueError, match="batches must be positive"):
+            make(0)
+    assert base.model.params.scheduler_config.params.max_decay_steps == 1300  # the base is not modified
+
+
 def test_autoencoder_config_refuses_pixel_space_and_unknown_f():
     with pytest.raises(ValueError, match="pixel space"):
         rp.autoencoder_config(OmegaConf.load(AE), 1)
@@ -49,6 +62,10 @@ def test_ldm_config_pixel_space_and_latent():
     assert base.model.params.unet_config.params.model_channels == 64  # the base is not modified
     # the paper's uniform loss weights, although the demo config trains with Min-SNR
     assert base.model.params.snr_gamma == 5.0 and "snr_gamma" not in lat.model.params and "snr_gamma" not in px.model.params
+    # ... and a constant learning rate, although the demo config decays it over its 600 steps
+    assert "scheduler_config" in base.model.params
+    assert "scheduler_config" not in lat.model.params and "scheduler_config" not in px.model.params
+    assert "scheduler_config" not in fs.params  # the autoencoder's training schedule is not a first-stage parameter
 
     vq = rp.ldm_config(base, 4, 64, rp.vq_autoencoder_config(OmegaConf.load(AE)), "v.ckpt")
     assert vq.model.params.first_stage_config.target == "ldm.models.autoencoder.VQModelInterface"

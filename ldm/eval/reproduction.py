@@ -50,20 +50,32 @@ def ch_mult(f: int) -> list[int]:
     return [1, 1, 2, 2, 2][:levels] if levels > 1 else [1]
 
 
-def autoencoder_config(base: DictConfig, f: int) -> DictConfig:
-    """The KL autoencoder config ``base`` (configs/demo/autoencoder_kl.yaml) for factor ``f`` > 1."""
+def autoencoder_config(base: DictConfig, f: int, batches: Optional[int] = None) -> DictConfig:
+    """The KL autoencoder config ``base`` (configs/demo/autoencoder_kl.yaml) for factor ``f`` > 1.
+
+    ``batches``: the run's length; a learning-rate decay in ``base`` is stretched to end there (the
+    demo's decays over its own 1300 batches and would leave a longer run at its floor rate)."""
     if f == 1:
         raise ValueError("f=1 is pixel space: there is no autoencoder to train (IdentityFirstStage)")
     _check_f(f)
     c = LATENT_CHANNELS[f]
-    return OmegaConf.merge(base, {"model": {"params": {"embed_dim": c, "ddconfig": {
+    cfg = OmegaConf.merge(base, {"model": {"params": {"embed_dim": c, "ddconfig": {
         "ch_mult": ch_mult(f), "z_channels": c}}}})
+    sched = cfg.model.params.get("scheduler_config")
+    if batches is not None and sched is not None and "max_decay_steps" in sched.get("params", {}):
+        if batches < 1:
+            raise ValueError(f"batches must be positive, got {batches}")
+        sched.params.max_decay_steps = int(batches)
+        if sched.params.get("warm_up_steps", 0) >= batches:  # a run shorter than the warm-up (smoke runs)
+            sched.params.warm_up_steps = int(batches) - 1
+    return cfg
 
 
-def vq_autoencoder_config(base: DictConfig, n_embed: int = 256, f: int = 4) -> DictConfig:
+def vq_autoencoder_config(base: DictConfig, n_embed: int = 256, f: int = 4,
+                          batches: Optional[int] = None) -> DictConfig:
     """``base`` (the KL demo autoencoder) as a VQ-regularised one (configs/autoencoder/autoencoder_vq_f4.yaml's
-    loss parameters, with the demo's perceptual and GAN terms off)."""
-    cfg = autoencoder_config(base, f)
+    loss parameters, with the demo's perceptual and GAN terms off); ``batches`` as for autoencoder_config."""
+    cfg = autoencoder_config(base, f, batches)
     loss = cfg.model.params.lossconfig.params
     cfg.model.target = "ldm.models.autoencoder.VQModel"
     cfg.model.params.n_embed = n_embed
@@ -81,11 +93,15 @@ def ldm_config(base: DictConfig, f: int, model_channels: int, first_stage: Optio
     """The class-conditional LDM config ``base`` (configs/demo/ldm_class.yaml) on a first stage of
     factor ``f``: ``first_stage`` is the autoencoder's config (``model`` section's target/params;
     None for f = 1, pixel space); the UNet gets latent size 32/f, the latent channels and
-    ``model_channels``, and the paper's loss (no ``snr_gamma``/``snr_floor``)."""
+    ``model_channels``, and the paper's loss (no ``snr_gamma``/``snr_floor``) at a constant
+    learning rate (no ``scheduler_config``)."""
     _check_f(f)
     cfg = OmegaConf.create(OmegaConf.to_container(base, resolve=True))
     p = cfg.model.params
-    for key in ("snr_gamma", "snr_floor"):  # the paper's objective: uniform timestep weights (the demo's are ours)
+    # The paper's objective and optimiser: uniform timestep weights, constant rate (the demo's are
+    # ours). A decay over a fixed step count would also favour the models that reach more steps
+    # within the sweep's equal wall time.
+    for key in ("snr_gamma", "snr_floor", "scheduler_config"):
         p.pop(key, None)
     size = IMAGE_SIZE // f
     if f == 1:
@@ -101,7 +117,7 @@ def ldm_config(base: DictConfig, f: int, model_channels: int, first_stage: Optio
         channels = int(fs.params.embed_dim)
         is_vq = str(fs.target).endswith("VQModel")
         params = {k: v for k, v in OmegaConf.to_container(fs.params, resolve=True).items()
-                  if k not in ("lossconfig", "monitor", "ckpt_path")}
+                  if k not in ("lossconfig", "monitor", "ckpt_path", "scheduler_config")}
         params["lossconfig"] = {"target": "torch.nn.Identity"}
         params["ckpt_path"] = ae_ckpt
         p.first_stage_config = OmegaConf.create({
