@@ -70,16 +70,12 @@ def _load(flag: str, path: str) -> Any:
 
 def check_compatible(high: Any, low: Any) -> None:
     """Experts must return x0 estimates of the same latents: one schedule, one first stage."""
-    import torch
+    from ldm.inference.sampling import check_experts
 
-    if not torch.equal(high.alphas_cumprod, low.alphas_cumprod):
-        raise SystemExit("--high and --low have different noise schedules (alphas_cumprod); experts must share one")
-    a, b = high.first_stage_model.state_dict(), low.first_stage_model.state_dict()
-    if a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a):
-        raise SystemExit("--high and --low have different first stages; experts must share the latent space")
-    if not torch.equal(torch.as_tensor(high.scale_factor), torch.as_tensor(low.scale_factor)):
-        raise SystemExit(f"--high and --low scale their latents differently ({float(high.scale_factor)} vs "
-                         f"{float(low.scale_factor)}); experts must share the latent space")
+    try:
+        check_experts(high, low)
+    except ValueError as exc:
+        raise SystemExit(f"--high and --low: {exc}") from exc
 
 
 def expert_samples(high: Any, low: Any, prompt: str, switch_t: int, n: int, sampler: str, steps: int,
@@ -92,33 +88,21 @@ def expert_samples(high: Any, low: Any, prompt: str, switch_t: int, n: int, samp
     from ldm.eval.synthetic_scores import SAMPLE_BATCH
     from ldm.inference.conditioning import prompt_conditioning
     from ldm.inference.images import to_uint8
-    from ldm.inference.sampling import SAMPLER_NAMES, noise_levels
+    from ldm.inference.sampling import HighNoiseExpert, sample_latents
     from ldm.inference.tiling import decode
-    from ldm.models.diffusion.sampling import (SAMPLERS as FUNCTIONS, ClassifierFreeGuidance, CompVisDenoiser,
-                                               NoiseLevelExperts, sample_vp)
 
-    ac = low.alphas_cumprod.double()
-    sigma_switch = float(((1 - ac[switch_t]) / ac[switch_t]).sqrt())
-    sigmas = noise_levels(low, sampler, steps).to(low.alphas_cumprod.device)
     shape = (low.channels, low.image_size, low.image_size)
-    calls = {"high": 0, "low": 0}
+    expert = HighNoiseExpert(high, switch_t)
     out = []
     with torch.no_grad():
         for start in range(0, n, SAMPLE_BATCH):
             indices = np.arange(start, min(start + SAMPLE_BATCH, n))
-            experts = []
-            for model in (high, low):
-                c, uc = prompt_conditioning(model, [prompt] * len(indices))
-                d: Any = CompVisDenoiser(model)
-                experts.append((ClassifierFreeGuidance(d, scale=scale, uncond=uc) if scale != 1.0 else d, {"cond": c}))
-            (dh, ah), (dl, al) = experts
-            ensemble = NoiseLevelExperts(dh, dl, sigma_switch, high_args=ah, low_args=al)
-            z = sample_vp(FUNCTIONS[SAMPLER_NAMES[sampler]], ensemble, sample_noise(seed, indices, shape).to(sigmas.device),
-                          sigmas, disable=True)
+            c, uc = prompt_conditioning(low, [prompt] * len(indices))
+            expert.cond, expert.uncond = prompt_conditioning(high, [prompt] * len(indices))
+            z = sample_latents(low, (len(indices), *shape), cond=c, uncond=uc, scale=scale, sampler=sampler,
+                               steps=steps, x_T=sample_noise(seed, indices, shape), progress=False, expert=expert)
             out.append(to_uint8(decode(low, z, None).clamp(-1.0, 1.0)))
-            for k in calls:
-                calls[k] += ensemble.calls[k]
-    return np.concatenate(out), calls
+    return np.concatenate(out), dict(expert.calls)
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

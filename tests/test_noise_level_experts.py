@@ -144,3 +144,66 @@ def test_timestep_range_from_a_config():
     p.first_stage_config.params.ckpt_path = None
     p.timestep_range = [600, 1000]
     assert instantiate_from_config(config.model).timestep_range == (600, 1000)
+
+
+def _txt2img(run, out, *extra):
+    from PIL import Image
+
+    load_script("txt2img").main(["-r", str(run), "--prompt", "a red circle on a blue background", "--n_samples",
+                                 "2", "--seed", "3", "--scale", "2", "--steps", "4", "--no-progress", "--device",
+                                 "cpu", "--outdir", str(out), *extra])
+    return np.stack([np.asarray(Image.open(p)) for p in sorted((out / "samples").rglob("*.png"))])
+
+
+def test_txt2img_with_a_high_noise_expert(two_text_runs, tmp_path, capsys):
+    high, low, _ = two_text_runs
+    alone_low, alone_high = _txt2img(low, tmp_path / "low"), _txt2img(high, tmp_path / "high")
+    assert not np.array_equal(alone_low, alone_high)
+    # DDIM's 4 levels lie at t = 76, 51, 26, 1: switched at the last timestep the expert never answers,
+    # at t = 0 it answers every call, and in between the images are neither model's
+    assert np.array_equal(_txt2img(low, tmp_path / "a", "--high-noise-expert", str(high), "--switch-t", "99"),
+                          alone_low)
+    assert "answered 0 of 4 network calls (above t = 99)" in capsys.readouterr().out
+    assert np.array_equal(_txt2img(low, tmp_path / "b", "--high-noise-expert", str(high), "--switch-t", "0"),
+                          alone_high)
+    assert "answered 4 of 4 network calls" in capsys.readouterr().out
+    mixed = _txt2img(low, tmp_path / "c", "--high-noise-expert", str(high), "--switch-t", "40")
+    assert "answered 2 of 4 network calls" in capsys.readouterr().out
+    assert not np.array_equal(mixed, alone_low) and not np.array_equal(mixed, alone_high)
+
+
+def test_txt2img_refuses_a_wrong_expert(two_text_runs, tmp_path):
+    high, low, _ = two_text_runs
+    other, _ = write_run(tmp_path / "other", "text", seed=1)  # another first stage
+    klass, _ = write_run(tmp_path / "class", "class")
+    with pytest.raises(SystemExit, match="--switch-t needs --high-noise-expert"):
+        _txt2img(low, tmp_path / "o", "--switch-t", "50")
+    with pytest.raises(SystemExit, match="give --switch-t T"):
+        _txt2img(low, tmp_path / "o", "--high-noise-expert", str(high))
+    with pytest.raises(SystemExit, match=r"--switch-t 100: must lie in \[0, 99\]"):
+        _txt2img(low, tmp_path / "o", "--high-noise-expert", str(high), "--switch-t", "100")
+    with pytest.raises(SystemExit, match="different first stages"):
+        _txt2img(low, tmp_path / "o", "--high-noise-expert", str(other), "--switch-t", "50")
+    with pytest.raises(SystemExit, match=r"not a text-conditioned model \(class\)"):
+        _txt2img(low, tmp_path / "o", "--high-noise-expert", str(klass), "--switch-t", "50")
+    with pytest.raises(SystemExit, match="no such run directory"):
+        _txt2img(low, tmp_path / "o", "--high-noise-expert", str(tmp_path / "missing"), "--switch-t", "50")
+    assert not (tmp_path / "o" / "samples").exists()  # nothing sampled
+
+
+def test_sample_latents_checks_the_expert(two_text_runs):
+    from ldm.inference import HighNoiseExpert, load_run, prompt_conditioning, sample_latents
+
+    high, low, _ = two_text_runs
+    mh, ml = load_run(high), load_run(low)
+    c, uc = prompt_conditioning(ml, ["a red circle"])
+    shape = (1, ml.channels, ml.image_size, ml.image_size)
+    hc, _ = prompt_conditioning(mh, ["a red circle"])
+    with pytest.raises(ValueError, match="needs the expert's unconditional conditioning"):
+        sample_latents(ml, shape, cond=c, uncond=uc, scale=2.0, steps=2, progress=False,
+                       expert=HighNoiseExpert(mh, 50, cond=hc))
+    with pytest.raises(ValueError, match=r"switch_t=-1 must lie in \[0, 99\]"):
+        sample_latents(ml, shape, cond=c, steps=2, progress=False, expert=HighNoiseExpert(mh, -1, cond=hc))
+    mh.register_buffer("alphas_cumprod", mh.alphas_cumprod * 0.999, persistent=False)
+    with pytest.raises(ValueError, match="different noise schedules"):
+        sample_latents(ml, shape, cond=c, steps=2, progress=False, expert=HighNoiseExpert(mh, 50, cond=hc))

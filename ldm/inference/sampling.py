@@ -14,14 +14,16 @@ condition fixes the layout and the model generalises to larger sizes, up to the 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
 
-from ldm.models.diffusion.sampling import (SAMPLERS, ClassifierFreeGuidance, CompVisDenoiser, ddim_sigmas,
-                                           ddpm_sigmas, dpm_solver_sigmas, sample_vp, ve_to_vp)
+from ldm.models.diffusion.sampling import (SAMPLERS, ClassifierFreeGuidance, CompVisDenoiser, NoiseLevelExperts,
+                                           ddim_sigmas, ddpm_sigmas, dpm_solver_sigmas, sample_vp, ve_to_vp)
 
-__all__ = ["SAMPLER_NAMES", "initial_noise", "noise_levels", "noise_to_level", "sample_latents"]
+__all__ = ["SAMPLER_NAMES", "HighNoiseExpert", "check_experts", "initial_noise", "noise_levels", "noise_to_level",
+           "sample_latents"]
 
 # user-facing name -> sampler function key; "dpm" is DPM-Solver++(2M) as the original DPMSolverSampler
 SAMPLER_NAMES = {"ddim": "ddim", "plms": "plms", "dpm": "dpmpp_2m", "unipc": "unipc", "ddpm": "ddpm"}
@@ -43,6 +45,36 @@ def noise_levels(model: Any, sampler: str, steps: int) -> torch.Tensor:
     if sampler in ("dpm", "unipc"):
         return dpm_solver_sigmas(ac, steps, "time_uniform")
     return ddpm_sigmas(ac) if steps >= model.num_timesteps else ddim_sigmas(ac, steps)
+
+
+@dataclass
+class HighNoiseExpert:
+    """A second model that denoises the noisiest levels (eDiff-I's expert denoisers, Balaji et al.
+    2022): it answers above timestep ``switch_t``'s noise level, the sampled model at and below it.
+    It brings its own conditioning, since experts trained apart have their own encoders, and is
+    guided with the same scale."""
+    model: Any
+    switch_t: int          # 0 <= switch_t < T; T - 1: the expert never answers, 0: it answers all but t = 0
+    cond: Any = None
+    uncond: Any = None
+    # how often each model answered, added up by every sampling call: shows where the switch fell
+    calls: dict = field(default_factory=lambda: {"high": 0, "low": 0})
+
+
+def check_experts(high: Any, low: Any) -> None:
+    """Experts must return x0 estimates of the same latents: one noise schedule, one first stage
+    (weights and latent scale). Raises ValueError naming what differs."""
+    if not torch.equal(high.alphas_cumprod.cpu(), low.alphas_cumprod.cpu()):
+        raise ValueError("the experts have different noise schedules (alphas_cumprod); they must share one")
+    if int(high.channels) != int(low.channels):
+        raise ValueError(f"the experts' latents have {high.channels} and {low.channels} channels; they must share "
+                         "the latent space")
+    a, b = high.first_stage_model.state_dict(), low.first_stage_model.state_dict()
+    if a.keys() != b.keys() or any(not torch.equal(a[k].cpu(), b[k].cpu()) for k in a):
+        raise ValueError("the experts have different first stages; they must share the latent space")
+    if not torch.equal(torch.as_tensor(high.scale_factor).cpu(), torch.as_tensor(low.scale_factor).cpu()):
+        raise ValueError(f"the experts scale their latents differently ({float(high.scale_factor)} vs "
+                         f"{float(low.scale_factor)}); they must share the latent space")
 
 
 def initial_noise(shape: tuple, generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
@@ -74,6 +106,7 @@ def sample_latents(
     progress: bool = True,
     first_step: int = 0,                        # start this many levels into the grid (img2img)
     noise_sampler: Optional[Callable] = None,   # (sigma, sigma_next) -> noise; default: from generator
+    expert: Optional[HighNoiseExpert] = None,   # a second model for the noisiest levels
 ) -> torch.Tensor:
     """A latent sample of ``shape`` in the model's VP coordinates (paper Eq. (1)-(2) reversed).
 
@@ -81,6 +114,8 @@ def sample_latents(
     equals ``x0`` exactly where ``mask == 1`` (in-/out-painting with any model, Sec. 4.5).
     With ``first_step = k`` only the last ``steps - k`` steps run, from ``x_T`` taken to be at
     level ``noise_levels(...)[k]`` (see ``noise_to_level``).
+    With ``expert`` its model denoises above timestep ``expert.switch_t``'s level, with its own
+    conditioning (``NoiseLevelExperts``); ``model`` denoises the rest.
     """
     if len(shape) != 4:
         raise ValueError(f"shape must be (B, C, h, w), got {tuple(shape)}")
@@ -92,6 +127,12 @@ def sample_latents(
         raise ValueError(f"masked sampling (inpainting) needs one of {MASKED_SAMPLERS}, got {sampler!r}")
     if scale != 1.0 and uncond is None:
         raise ValueError(f"guidance scale {scale} needs an unconditional conditioning")
+    if expert is not None:
+        check_experts(expert.model, model)
+        if not 0 <= int(expert.switch_t) < model.num_timesteps:
+            raise ValueError(f"expert switch_t={expert.switch_t} must lie in [0, {model.num_timesteps - 1}]")
+        if scale != 1.0 and expert.uncond is None:
+            raise ValueError(f"guidance scale {scale} needs the expert's unconditional conditioning too")
     device = model.alphas_cumprod.device
     sigmas = noise_levels(model, sampler, steps).to(device)
     if not 0 <= first_step < len(sigmas) - 1:
@@ -100,6 +141,13 @@ def sample_latents(
     denoiser: Any = CompVisDenoiser(model)
     if scale != 1.0:
         denoiser = ClassifierFreeGuidance(denoiser, scale=scale, uncond=uncond)
+    if expert is not None:
+        high: Any = CompVisDenoiser(expert.model)
+        if scale != 1.0:
+            high = ClassifierFreeGuidance(high, scale=scale, uncond=expert.uncond)
+        ac = model.alphas_cumprod.double()[int(expert.switch_t)]
+        denoiser = NoiseLevelExperts(high, denoiser, float(((1 - ac) / ac).sqrt()),
+                                     high_args={"cond": expert.cond}, low_args={"cond": cond})
     z = initial_noise(tuple(shape), generator, device) if x_T is None else x_T.to(device)
     if tuple(z.shape) != tuple(shape):
         raise ValueError(f"x_T has shape {tuple(z.shape)}, expected {tuple(shape)}")
@@ -113,5 +161,9 @@ def sample_latents(
     if noise_sampler is not None and sampler in ("ddim", "ddpm", "plms"):  # the others draw no noise
         options["noise_sampler"] = noise_sampler
     fn = SAMPLERS[SAMPLER_NAMES[sampler]]
-    return sample_vp(fn, denoiser, z.float(), sigmas, cond=cond, mask=mask, x0=x0, disable=not progress,
-                     generator=generator, **options)
+    out = sample_vp(fn, denoiser, z.float(), sigmas, cond=cond, mask=mask, x0=x0, disable=not progress,
+                    generator=generator, **options)
+    if expert is not None:
+        for k in expert.calls:
+            expert.calls[k] += denoiser.calls[k]
+    return out

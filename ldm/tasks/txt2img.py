@@ -2,6 +2,12 @@
 
     ldm-txt2img -r logs/<run>_demo_ldm_text --prompt "a red circle on a blue background"
     ldm-txt2img --config model.yaml --ckpt model.ckpt --from-file prompts.txt --scale 5
+    ldm-txt2img -r logs/<eps run> --high-noise-expert logs/<x0 run> --switch-t 600 --prompt "..."
+
+With --high-noise-expert a second text model denoises the noise levels above timestep
+--switch-t's and the -r model the rest (an ensemble of expert denoisers, Balaji et al. 2022,
+eDiff-I), each with its own text encoder and the same guidance scale. Both must share the first
+stage and the noise schedule.
 
 Each prompt gets <outdir>/samples/<prompt as a safe folder name>/NNNNN.png and a grid
 <outdir>/grid-<prompt>-NNNN.png with one row per --n_iter. The same --seed gives the same images.
@@ -15,7 +21,8 @@ from typing import Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from ldm.inference import generate, initial_noise, latent_size, prompt_conditioning
+from ldm.inference import (HighNoiseExpert, check_experts, find_run, generate, initial_noise, latent_size,
+                           load_model, model_kind, prompt_conditioning)
 from ldm.inference.cli import add_model_args, add_output_args, add_sampling_args, start_task
 
 
@@ -32,6 +39,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--fixed_code", action="store_true",
                    help="use the same starting noise for every iteration and prompt")
     add_model_args(p)
+    g = p.add_argument_group("noise-level experts")
+    g.add_argument("--high-noise-expert", metavar="RUN_OR_CKPT", default=None,
+                   help="a second text model (run directory or checkpoint) that denoises the noisiest levels")
+    g.add_argument("--switch-t", type=int, default=None,
+                   help="with --high-noise-expert: it answers above this timestep's noise level, the -r model "
+                        "at and below it (0 <= T < the schedule's length)")
     add_sampling_args(p, samplers=("ddim", "plms", "dpm", "unipc"), steps=50, scale=5.0, eta=0.0)
     add_output_args(p, outdir="outputs/txt2img-samples")
     return p
@@ -49,6 +62,33 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return [args.prompt]
 
 
+def load_expert(args: argparse.Namespace, model: torch.nn.Module) -> Optional[HighNoiseExpert]:
+    """The --high-noise-expert model on the sampled model's device, checked against it."""
+    if args.high_noise_expert is None:
+        if args.switch_t is not None:
+            raise SystemExit("--switch-t needs --high-noise-expert")
+        return None
+    flag = f"--high-noise-expert {args.high_noise_expert}"
+    if args.switch_t is None:
+        raise SystemExit(f"{flag}: give --switch-t T (the expert answers above timestep T's noise level)")
+    if not 0 <= args.switch_t < model.num_timesteps:
+        raise SystemExit(f"--switch-t {args.switch_t}: must lie in [0, {model.num_timesteps - 1}]")
+    try:
+        run = find_run(args.high_noise_expert)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"{flag}: {exc}") from exc
+    if not run.configs:
+        raise SystemExit(f"{flag}: {run.logdir}/configs has no saved configs for {run.ckpt}")
+    expert = load_model(run.configs, run.ckpt, device=model.alphas_cumprod.device, prefer_ema=args.prefer_ema)
+    if model_kind(expert) != "text":
+        raise SystemExit(f"{flag}: not a text-conditioned model ({model_kind(expert)})")
+    try:
+        check_experts(expert, model)
+    except ValueError as exc:
+        raise SystemExit(f"{flag}: {exc}") from exc
+    return HighNoiseExpert(expert, args.switch_t)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
     args = parser().parse_args(argv)
     prompts = read_prompts(args)
@@ -56,18 +96,24 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
         raise SystemExit("--n_samples and --n_iter must be positive")
     task = start_task(args, "txt2img.py", ["text"], "a text-conditioned model")
     model, opts, out, generator = task.model, task.options, task.out, task.generator
+    expert = load_expert(args, model)
     h, w = latent_size(model, args.H, args.W)
     shape = (args.n_samples, model.channels, h, w)
     fixed = initial_noise(shape, generator, model.alphas_cumprod.device) if args.fixed_code else None
     for prompt in tqdm(prompts, desc="prompts", disable=not args.progress or len(prompts) == 1):
         cond, uncond = prompt_conditioning(model, [prompt] * args.n_samples)
+        if expert is not None:
+            expert.cond, expert.uncond = prompt_conditioning(expert.model, [prompt] * args.n_samples)
         rows = []
         for _ in range(args.n_iter):
             images = generate(model, args.n_samples, opts, cond=cond, uncond=uncond, size=(h, w),
-                              generator=generator, x_T=fixed).cpu()
+                              generator=generator, x_T=fixed, expert=expert).cpu()
             out.samples(images, "samples", prompt)
             rows.append(images)
         out.grid(torch.cat(rows), f"grid-{prompt}", nrow=args.n_samples)
+    if expert is not None:
+        print(f"--high-noise-expert answered {expert.calls['high']} of "
+              f"{expert.calls['high'] + expert.calls['low']} network calls (above t = {expert.switch_t})")
     print(f"{len(out.written)} files in {out.root}")
     return out.written
 
