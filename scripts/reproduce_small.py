@@ -281,7 +281,7 @@ def exp_fsweep(r: Runner) -> dict[str, Any]:
         if m["ae_dir"] is not None:
             entry["reconstruction"] = r.reconstruction(m["ae_dir"])
         out["f"][str(f)] = entry
-    out["verdict"] = rp.fsweep_verdict({int(f): e["points"] for f, e in out["f"].items()})
+    out["verdict"] = rp.fsweep_verdict({int(f): e["points"] for f, e in out["f"].items()}, r.budget.n_samples)
     return out
 
 

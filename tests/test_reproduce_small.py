@@ -142,6 +142,18 @@ def test_fsweep_verdict_at_equal_compute():
     assert rp.fsweep_verdict({4: _pts((1, 1.0, 1.0))})["lines"][0].startswith("Not enough runs")
 
 
+def test_fsweep_verdict_ignores_accuracy_differences_within_sampling_noise():
+    assert rp.accuracy_noise(0.5, 0.5, 100) == pytest.approx(2 * math.sqrt(0.5 / 100))
+    curves = {1: _pts((700, 92.25, 0.148)), 8: _pts((690, 61.56, 0.141)), 16: _pts((650, 62.65, 0.040))}
+    exact = rp.fsweep_verdict(curves)
+    assert exact["beats_f1"] == {8: False, 16: False}  # without a sample count every point counts
+    v = rp.fsweep_verdict(curves, n_samples=128)
+    # 0.7 points lower is noise at 128 samples (±8.8); 10.8 points lower is not (±7.2)
+    assert v["beats_f1"] == {8: True, 16: False}
+    assert "accuracy 14.1 % vs 14.8 % (lower by 0.7 points, within the sampling noise of ±8.8)." in v["lines"][0]
+    assert v["lines"][1].endswith("accuracy 4.0 % vs 14.8 %.")
+
+
 def test_samplers_matching_tolerances():
     ref = {"accuracy": 0.80, "fid_like": 10.0}
     runs = {"dpm": {5: {"accuracy": 0.70, "fid_like": 10.5}, 10: {"accuracy": 0.76, "fid_like": 10.9},

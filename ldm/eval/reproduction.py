@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["ANALYSIS_BEGIN", "ANALYSIS_END", "DEFAULT_ANALYSIS", "F_VALUES", "LATENT_CHANNELS",
-           "EVAL_SCALE", "RESULTS_VERSION", "WIDTH_CANDIDATES", "autoencoder_config", "checkpoint_step", "closest_width",
+           "EVAL_SCALE", "RESULTS_VERSION", "WIDTH_CANDIDATES", "accuracy_noise", "autoencoder_config", "checkpoint_step", "closest_width",
            "extract_analysis", "fsweep_verdict", "guidance_verdict", "ldm_config", "load_points", "load_results",
            "quality_at_compute", "samplers_matching", "save_points", "save_results", "unet_params", "vq_autoencoder_config",
            "write_markdown"]
@@ -249,13 +249,21 @@ def quality_at_compute(points: Sequence[Mapping[str, float]], budget_s: float, k
     return dict(max(within, key=lambda p: p["wall_s"])) if within else None
 
 
-def fsweep_verdict(curves: Mapping[int, Sequence[Mapping[str, float]]]) -> dict[str, Any]:
+def accuracy_noise(a: float, b: float, n: int) -> float:
+    """Two standard errors of the difference of two accuracies, each measured on ``n`` samples
+    (binomial): a smaller difference is not evidence that one is lower."""
+    return 2.0 * math.sqrt((a * (1 - a) + b * (1 - b)) / n)
+
+
+def fsweep_verdict(curves: Mapping[int, Sequence[Mapping[str, float]]],
+                   n_samples: Optional[int] = None) -> dict[str, Any]:
     """Compare every f with f = 1 at equal training wall time: the budget is the pixel-space run's
     final wall time (the slowest per step: the question is what the latent models reach in the time
     it took), each run is scored by its last checkpoint within it (a run that stopped earlier by its
     step limit got less compute, which only favours f = 1). A factor "beats" f = 1 when its
-    FID-like score is lower and its accuracy not lower. Returns the budget, the per-f points and the
-    sentences for the document (no claim the numbers do not show)."""
+    FID-like score is lower and its accuracy not lower; with ``n_samples`` (the samples behind each
+    accuracy), lower only by more than ``accuracy_noise``. Returns the budget, the per-f points and
+    the sentences for the document (no claim the numbers do not show)."""
     curves = {int(f): list(pts) for f, pts in curves.items() if pts}
     out: dict[str, Any] = {"budget_s": None, "at_budget": {}, "beats_f1": {}, "lines": []}
     if 1 not in curves or len(curves) < 2:
@@ -274,12 +282,16 @@ def fsweep_verdict(curves: Mapping[int, Sequence[Mapping[str, float]]]) -> dict[
         if p is None or ref is None:
             out["lines"].append(f"f={f}: no checkpoint within f=1's training time of {budget:.0f} s; not compared.")
             continue
-        beats = p["fid_like"] < ref["fid_like"] and p["accuracy"] >= ref["accuracy"]
+        tol = 0.0 if n_samples is None else accuracy_noise(p["accuracy"], ref["accuracy"], n_samples)
+        lower = ref["accuracy"] - p["accuracy"]
+        beats = p["fid_like"] < ref["fid_like"] and lower <= tol
         out["beats_f1"][f] = beats
+        noise = (f" (lower by {100 * lower:.1f} points, within the sampling noise of ±{100 * tol:.1f})"
+                 if 0 < lower <= tol else "")
         out["lines"].append(
             f"f={f} {'beats' if beats else 'does not beat'} f=1 at equal training wall time ({budget:.0f} s): "
             f"FID-like {p['fid_like']:.2f} vs {ref['fid_like']:.2f}, accuracy {100 * p['accuracy']:.1f} % vs "
-            f"{100 * ref['accuracy']:.1f} %.")
+            f"{100 * ref['accuracy']:.1f} %{noise}.")
     mid = [f for f in (4, 8, 16) if f in out["beats_f1"]]
     if mid:
         if all(out["beats_f1"][f] for f in mid):
