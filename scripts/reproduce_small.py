@@ -2,6 +2,8 @@
 
     python scripts/reproduce_small.py                                  # everything, default budget
     python scripts/reproduce_small.py --experiments guidance --budget smoke
+    python scripts/reproduce_small.py --budget long --experiments fsweep klvq \
+        --out docs/reproduction_long --doc docs/reproduction_long.md  # the sweep trained twice as long
     python scripts/reproduce_small.py --budget full --reuse            # continue after a crash
 
 Experiments (paper sections in brackets):
@@ -336,6 +338,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def regenerate_command(args: argparse.Namespace, experiments: Sequence[str]) -> str:
+    """The command that rewrites this document: the budget, and the experiments, results folder and
+    document when they are not the defaults (--logdir and --reuse do not change the results)."""
+    defaults = parser().parse_args([])
+    cmd = ["python", "scripts/reproduce_small.py", "--budget", args.budget]
+    if list(experiments) != list(EXPERIMENTS):
+        cmd += ["--experiments", *experiments]
+    for flag, value, default in (("--out", args.out, defaults.out), ("--doc", args.doc, defaults.doc)):
+        if (ROOT / value).resolve() != (ROOT / default).resolve():  # both relative to the repository
+            cmd += [flag, _relative([str((ROOT / value).resolve())])[0]]
+    return shlex.join(cmd)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     args = parser().parse_args(argv)
     budget = BUDGETS[args.budget]
@@ -358,6 +373,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         results["commands"] = list(dict.fromkeys(runner.commands))
         meta["experiments"] = [e for e in EXPERIMENTS if e in results]
         rp.save_results(out / "results.json", results)
+    meta["command"] = regenerate_command(args, meta["experiments"])
+    rp.save_results(out / "results.json", results)
     write_plots(results, out)
     doc = (ROOT / args.doc).resolve()
     plot_dir = os.path.relpath(out, doc.parent)

@@ -268,6 +268,9 @@ def test_smoke_run_of_the_runner(tmp_path):
     assert (tmp_path / "out" / "guidance_fid_like.png").is_file()
     text = doc.read_text()
     assert "## 3. Classifier-free guidance" in text and "Smoke budget" in text
+    # the document names the command that regenerates it, with its non-default settings
+    assert (f"python scripts/reproduce_small.py --budget smoke --experiments guidance --out {tmp_path / 'out'} "
+            f"--doc {doc}\n") in text
     assert any(c.startswith("python main.py --base") for c in results["commands"])
     # --reuse: nothing is trained or sampled again
     again = mod.main(["--budget", "smoke", "--experiments", "guidance", "--out", str(tmp_path / "out"),

@@ -65,7 +65,7 @@ def render(results: dict[str, Any], plot_dir: str, analysis: str) -> str:
         "Regenerate everything (training, scores, plots, this file):",
         "",
         "```bash",
-        f"python scripts/reproduce_small.py --budget {b['name']}",
+        meta.get("command", f"python scripts/reproduce_small.py --budget {b['name']}"),
         "```",
         "",
         f"- Budget `{b['name']}`: autoencoders {b['ae_batches']} batches, diffusion models {b['ldm_steps']} steps "
