@@ -372,9 +372,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         results[name] = json.loads(json.dumps(results[name], default=str))  # paths as strings
         results["commands"] = list(dict.fromkeys(runner.commands))
         meta["experiments"] = [e for e in EXPERIMENTS if e in results]
+        meta["command"] = regenerate_command(args, meta["experiments"])
         rp.save_results(out / "results.json", results)
-    meta["command"] = regenerate_command(args, meta["experiments"])
-    rp.save_results(out / "results.json", results)
     write_plots(results, out)
     doc = (ROOT / args.doc).resolve()
     plot_dir = os.path.relpath(out, doc.parent)

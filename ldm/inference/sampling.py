@@ -20,7 +20,8 @@ from typing import Any, Callable, Optional
 import torch
 
 from ldm.models.diffusion.sampling import (SAMPLERS, ClassifierFreeGuidance, CompVisDenoiser, NoiseLevelExperts,
-                                           ddim_sigmas, ddpm_sigmas, dpm_solver_sigmas, sample_vp, ve_to_vp)
+                                           ddim_sigmas, ddpm_sigmas, dpm_solver_sigmas, sample_vp,
+                                           sigmas_from_alphas_cumprod, ve_to_vp)
 
 __all__ = ["SAMPLER_NAMES", "HighNoiseExpert", "check_experts", "initial_noise", "noise_levels", "noise_to_level",
            "sample_latents"]
@@ -59,6 +60,8 @@ class HighNoiseExpert:
     uncond: Any = None
     # how often each model answered, added up by every sampling call: shows where the switch fell
     calls: dict = field(default_factory=lambda: {"high": 0, "low": 0})
+    # the model ``check_experts`` passed against: later calls with it skip the first-stage comparison
+    checked_with: Any = field(default=None, repr=False, compare=False)
 
 
 def check_experts(high: Any, low: Any) -> None:
@@ -128,7 +131,9 @@ def sample_latents(
     if scale != 1.0 and uncond is None:
         raise ValueError(f"guidance scale {scale} needs an unconditional conditioning")
     if expert is not None:
-        check_experts(expert.model, model)
+        if expert.checked_with is not model:
+            check_experts(expert.model, model)
+            expert.checked_with = model
         if not 0 <= int(expert.switch_t) < model.num_timesteps:
             raise ValueError(f"expert switch_t={expert.switch_t} must lie in [0, {model.num_timesteps - 1}]")
         if scale != 1.0 and expert.uncond is None:
@@ -145,9 +150,9 @@ def sample_latents(
         high: Any = CompVisDenoiser(expert.model)
         if scale != 1.0:
             high = ClassifierFreeGuidance(high, scale=scale, uncond=expert.uncond)
-        ac = model.alphas_cumprod.double()[int(expert.switch_t)]
-        denoiser = NoiseLevelExperts(high, denoiser, float(((1 - ac) / ac).sqrt()),
-                                     high_args={"cond": expert.cond}, low_args={"cond": cond})
+        sigma_switch = float(sigmas_from_alphas_cumprod(model.alphas_cumprod)[int(expert.switch_t)])
+        denoiser = NoiseLevelExperts(high, denoiser, sigma_switch, high_args={"cond": expert.cond},
+                                     low_args={"cond": cond})
     z = initial_noise(tuple(shape), generator, device) if x_T is None else x_T.to(device)
     if tuple(z.shape) != tuple(shape):
         raise ValueError(f"x_T has shape {tuple(z.shape)}, expected {tuple(shape)}")
