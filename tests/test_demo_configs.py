@@ -103,6 +103,16 @@ def _without(node, keys: set[str]) -> dict:
     return {k: v for k, v in OmegaConf.to_container(node).items() if k not in keys}
 
 
+@pytest.mark.parametrize("stage", [s.name for s in LDM_STAGES])
+def test_demo_diffusion_configs_build_the_demo_autoencoder(stage):
+    # the residual shortcut is parameter-free: a first stage built without it would decode the demo
+    # autoencoder's latents wrongly (its shortcut_factor buffer makes loading fail instead)
+    ae = OmegaConf.load(DEMO / "autoencoder_kl.yaml").model.params
+    first = OmegaConf.load(DEMO / f"{stage}.yaml").model.params.first_stage_config.params
+    assert first.ddconfig == ae.ddconfig and first.embed_dim == ae.embed_dim
+    assert first.get("residual_shortcut", False) == ae.get("residual_shortcut", False) is True
+
+
 @pytest.mark.parametrize("name", ["ldm_sr", "ldm_semantic", "ldm_layout", "ldm_inpaint"])
 def test_task_configs_differ_from_the_demo_only_in_conditioning(name):
     base, task = OmegaConf.load(DEMO / "ldm_uncond.yaml"), OmegaConf.load(DEMO / f"{name}.yaml")

@@ -362,6 +362,11 @@ def test_unsupported_models_are_clear_errors(tmp_path):
     with pytest.raises(ConversionError, match=r"first_stage_config\.params\.ddconfig\.attn_resolutions=\[8\]"):
         export(tmp_path, "attn", cfg)
     cfg = model_config("uncond")
+    cfg["params"]["first_stage_config"]["params"]["residual_shortcut"] = True
+    with pytest.raises(ConversionError, match=r"first_stage_config\.params\.residual_shortcut: diffusers' autoencoders "
+                                              "have no pixel-latent shortcut"):
+        export(tmp_path, "shortcut", cfg)
+    cfg = model_config("uncond")
     cfg["params"]["unet_config"]["params"]["resblock_updown"] = True
     with pytest.raises(ConversionError, match=r"unet_config\.params\.resblock_updown=True"):
         export(tmp_path, "updown", cfg)

@@ -25,15 +25,25 @@ def test_autoencoder_config_per_f(f, mult, c):
 
 def test_autoencoder_config_stretches_the_decay_to_the_run():
     base = OmegaConf.load(AE)
-    assert base.model.params.scheduler_config.params.max_decay_steps == 1300  # the demo's own length
+    assert base.model.params.scheduler_config.params.max_decay_steps == 600  # the demo's own length
     for make in (lambda b: rp.autoencoder_config(base, 4, b), lambda b: rp.vq_autoencoder_config(base, f=4, batches=b)):
         assert make(2600).model.params.scheduler_config.params.max_decay_steps == 2600
-        assert make(None).model.params.scheduler_config.params.max_decay_steps == 1300
+        assert make(None).model.params.scheduler_config.params.max_decay_steps == 600
         short = make(4).model.params.scheduler_config.params  # shorter than the 50-batch warm-up
         assert (short.warm_up_steps, short.max_decay_steps) == (3, 4)
         with pytest.raises(ValueError, match="batches must be positive"):
             make(0)
-    assert base.model.params.scheduler_config.params.max_decay_steps == 1300  # the base is not modified
+    assert base.model.params.scheduler_config.params.max_decay_steps == 600  # the base is not modified
+
+
+def test_sweep_autoencoders_are_the_papers():
+    # the demo's residual shortcut and squared error are ours; the sweep keeps the paper's L1 and plain E/D
+    base = OmegaConf.load(AE)
+    assert base.model.params.residual_shortcut and base.model.params.lossconfig.params.pixel_loss == "l2"
+    for cfg in (rp.autoencoder_config(base, 2), rp.vq_autoencoder_config(base, f=4)):
+        assert "residual_shortcut" not in cfg.model.params and "pixel_loss" not in cfg.model.params.lossconfig.params
+    ldm = rp.ldm_config(OmegaConf.load(REPO / "configs/demo/ldm_class.yaml"), 2, 64, rp.autoencoder_config(base, 2))
+    assert "residual_shortcut" not in ldm.model.params.first_stage_config.params
 
 
 def test_autoencoder_config_refuses_pixel_space_and_unknown_f():

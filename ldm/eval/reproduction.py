@@ -51,7 +51,8 @@ def ch_mult(f: int) -> list[int]:
 
 
 def autoencoder_config(base: DictConfig, f: int, batches: Optional[int] = None) -> DictConfig:
-    """The KL autoencoder config ``base`` (configs/demo/autoencoder_kl.yaml) for factor ``f`` > 1.
+    """The KL autoencoder config ``base`` (configs/demo/autoencoder_kl.yaml) for factor ``f`` > 1, as
+    the paper's: the demo's residual shortcut and squared pixel error are dropped.
 
     ``batches``: the run's length; a learning-rate decay in ``base`` is stretched to end there (the
     demo's decays over its own 1300 batches and would leave a longer run at its floor rate)."""
@@ -61,6 +62,9 @@ def autoencoder_config(base: DictConfig, f: int, batches: Optional[int] = None) 
     c = LATENT_CHANNELS[f]
     cfg = OmegaConf.merge(base, {"model": {"params": {"embed_dim": c, "ddconfig": {
         "ch_mult": ch_mult(f), "z_channels": c}}}})
+    # The paper's autoencoder: an L1 pixel term and no pixel-latent shortcut (the demo's are ours).
+    cfg.model.params.pop("residual_shortcut", None)
+    cfg.model.params.lossconfig.params.pop("pixel_loss", None)
     sched = cfg.model.params.get("scheduler_config")
     if batches is not None and sched is not None and "max_decay_steps" in sched.get("params", {}):
         if batches < 1:

@@ -290,6 +290,9 @@ def first_stage_component(model: torch.nn.Module, params: Mapping[str, Any], sca
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
 
     dd = dict(params["ddconfig"])
+    if params.get("residual_shortcut"):
+        raise ConversionError(f"{where}.residual_shortcut: diffusers' autoencoders have no pixel-latent shortcut; "
+                              "the converted model would decode wrongly")
     if dd.get("attn_resolutions"):
         raise ConversionError(f"{where}.ddconfig.attn_resolutions={list(dd['attn_resolutions'])}: diffusers' "
                               "autoencoders attend only in the middle block; only [] converts")

@@ -23,6 +23,7 @@ from torch import nn
 from ldm import checkpoint as ckpt_io
 from ldm.config.errors import ConfigError
 from ldm.modules.diffusionmodules.model import Decoder, Encoder
+from ldm.modules.diffusionmodules.shortcut import channel_to_space_duplicate, check_shortcut, space_to_channel_average
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.modules.ema import LitEma, ema_weights_in
 from ldm.modules.vqvae.quantize import VectorQuantizer2 as VectorQuantizer
@@ -222,6 +223,7 @@ class AutoencoderKL(_FirstStage):
         colorize_nlabels: Optional[int] = None,
         monitor: Optional[str] = None,         # metric for checkpoint selection, e.g. val/rec_loss
         scheduler_config: Optional[dict] = None,  # LambdaLR schedule (target with .schedule), as VQModel's
+        residual_shortcut: bool = False,       # parameter-free pixel <-> latent paths (DC-AE); see shortcut.py
     ):
         if not _check_ddconfig(ddconfig).get("double_z", True):
             raise ConfigError("ddconfig.double_z", "AutoencoderKL needs double_z: true (mean and log-variance)")
@@ -231,14 +233,38 @@ class AutoencoderKL(_FirstStage):
         self.quant_conv = nn.Conv2d(2 * z_channels, 2 * embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
         self.scheduler_config = scheduler_config
+        self.residual_shortcut = bool(residual_shortcut)
+        if self.residual_shortcut:
+            dd = _check_ddconfig(ddconfig)
+            factor = 2 ** (len(dd.get("ch_mult", (1, 2, 4, 8))) - 1)
+            for key in ("give_pre_end", "tanh_out"):
+                if dd.get(key):
+                    raise ConfigError("residual_shortcut", f"does not combine with ddconfig.{key}: true (the shortcut "
+                                      "adds to the decoder's image output)")
+            for key in ("in_channels", "out_ch"):
+                try:
+                    check_shortcut(int(dd[key]), embed_dim, factor)
+                except ValueError as e:
+                    raise ConfigError("residual_shortcut", f"ddconfig.{key}={dd[key]}, embed_dim={embed_dim}: {e}") from None
+            # Parameter-free, so a checkpoint would not show it: this buffer makes a model built with
+            # and a checkpoint trained without the shortcut (or the reverse) fail to load by name.
+            self.register_buffer("shortcut_factor", torch.tensor(factor))
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
-        return DiagonalGaussianDistribution(self.quant_conv(self.encoder(x)))
+        moments = self.quant_conv(self.encoder(x))
+        if self.residual_shortcut:  # the mean learns a residual around the downsampled image
+            mean, logvar = moments.chunk(2, dim=1)
+            mean = mean + space_to_channel_average(x, int(self.shortcut_factor), mean.shape[1])
+            moments = torch.cat([mean, logvar], dim=1)
+        return DiagonalGaussianDistribution(moments)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(z))
+        dec = self.decoder(self.post_quant_conv(z))
+        if self.residual_shortcut:
+            dec = dec + channel_to_space_duplicate(z, int(self.shortcut_factor), dec.shape[1])
+        return dec
 
     def forward(self, input: torch.Tensor, sample_posterior: bool = True) -> tuple[torch.Tensor, DiagonalGaussianDistribution]:
         posterior = self.encode(input)

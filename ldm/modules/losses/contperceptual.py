@@ -1,6 +1,7 @@
 """Objective of the KL-regularised autoencoder (paper Sec. 3.1, "KL-reg.").
 
 L = sum(|x - x~| + w_p LPIPS(x, x~)) / exp(s) + s   (Gaussian/Laplace NLL with a learned scale s = logvar)
+  (|x - x~|^2 with pixel_loss "l2", which optimises PSNR directly)
   + kl_weight * KL(q(z|x) || N(0, I)) + lambda * disc_factor * L_GAN,   lambda adaptive (VQGAN Eq. 7).
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
-from ldm.modules.losses.vqperceptual import PatchGANLossBase
+from ldm.modules.losses.vqperceptual import PatchGANLossBase, pixel_loss_fn
 
 __all__ = ["DummyLoss", "LPIPSWithDiscriminator"]
 
@@ -35,9 +36,12 @@ class LPIPSWithDiscriminator(PatchGANLossBase):
         disc_start: int,                  # global step at which the GAN term switches on
         logvar_init: float = 0.0,         # initial learned log-scale s of the reconstruction NLL
         kl_weight: float = 1.0,           # weight of the KL term (1e-6 in the released models)
+        pixel_loss: str = "l1",           # "l1" (the paper's) or "l2", as VQLPIPSWithDiscriminator's
         **kwargs: Any,                    # PatchGANLossBase's parameters
     ):
+        pixel = pixel_loss_fn(pixel_loss)
         super().__init__(disc_start, **kwargs)
+        self.pixel_loss = pixel
         self.kl_weight = kl_weight
         self.logvar = nn.Parameter(torch.ones(size=()) * logvar_init)
 
@@ -55,7 +59,7 @@ class LPIPSWithDiscriminator(PatchGANLossBase):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if optimizer_idx != 0:
             return self.discriminator_step(optimizer_idx, inputs, reconstructions, cond, global_step, split)
-        rec_loss, _ = self.reconstruction_loss(inputs, reconstructions)
+        rec_loss, _ = self.reconstruction_loss(inputs, reconstructions, self.pixel_loss)
 
         batch = inputs.shape[0]
         nll_loss = rec_loss / torch.exp(self.logvar) + self.logvar

@@ -88,6 +88,13 @@ def _pixel_l2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x - y) ** 2
 
 
+def pixel_loss_fn(name: str) -> PixelLoss:
+    """The per-pixel reconstruction term named by a loss config's ``pixel_loss``: "l1" or "l2"."""
+    if name not in ("l1", "l2"):
+        raise ValueError(f"pixel_loss={name!r} is not supported; choose 'l1' or 'l2'")
+    return _pixel_l1 if name == "l1" else _pixel_l2
+
+
 class PatchGANLossBase(nn.Module):
     """What the KL and VQ objectives share: the pixel + LPIPS reconstruction term, the PatchGAN
     discriminator, its loss and the adaptive weighting. Its parameters are accepted by both
@@ -205,11 +212,10 @@ class VQLPIPSWithDiscriminator(PatchGANLossBase):
     ):
         if perceptual_loss != "lpips":
             raise ValueError(f"perceptual_loss={perceptual_loss!r} is not supported; only 'lpips' is")
-        if pixel_loss not in ("l1", "l2"):
-            raise ValueError(f"pixel_loss={pixel_loss!r} is not supported; choose 'l1' or 'l2'")
+        pixel = pixel_loss_fn(pixel_loss)
         super().__init__(disc_start, **kwargs)
         self.codebook_weight = codebook_weight
-        self.pixel_loss = _pixel_l1 if pixel_loss == "l1" else _pixel_l2
+        self.pixel_loss = pixel
         self.n_classes = n_classes
 
     def forward(
