@@ -55,7 +55,7 @@ def autoencoder_config(base: DictConfig, f: int, batches: Optional[int] = None) 
     the paper's: the demo's residual shortcut and squared pixel error are dropped.
 
     ``batches``: the run's length; a learning-rate decay in ``base`` is stretched to end there (the
-    demo's decays over its own 1300 batches and would leave a longer run at its floor rate)."""
+    demo's decays over its own 600 batches and would leave a longer run at its floor rate)."""
     if f == 1:
         raise ValueError("f=1 is pixel space: there is no autoencoder to train (IdentityFirstStage)")
     _check_f(f)

@@ -249,6 +249,7 @@ class AutoencoderKL(_FirstStage):
             # Parameter-free, so a checkpoint would not show it: this buffer makes a model built with
             # and a checkpoint trained without the shortcut (or the reverse) fail to load by name.
             self.register_buffer("shortcut_factor", torch.tensor(factor))
+            self._factor = factor  # a Python int: reading the buffer would synchronise with the device on every call
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
 
@@ -256,14 +257,14 @@ class AutoencoderKL(_FirstStage):
         moments = self.quant_conv(self.encoder(x))
         if self.residual_shortcut:  # the mean learns a residual around the downsampled image
             mean, logvar = moments.chunk(2, dim=1)
-            mean = mean + space_to_channel_average(x, int(self.shortcut_factor), mean.shape[1])
+            mean = mean + space_to_channel_average(x, self._factor, mean.shape[1])
             moments = torch.cat([mean, logvar], dim=1)
         return DiagonalGaussianDistribution(moments)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         dec = self.decoder(self.post_quant_conv(z))
         if self.residual_shortcut:
-            dec = dec + channel_to_space_duplicate(z, int(self.shortcut_factor), dec.shape[1])
+            dec = dec + channel_to_space_duplicate(z, self._factor, dec.shape[1])
         return dec
 
     def forward(self, input: torch.Tensor, sample_posterior: bool = True) -> tuple[torch.Tensor, DiagonalGaussianDistribution]:
