@@ -38,6 +38,8 @@ VQ_FIRST_STAGE = [  # a VQ first stage (4x4x3 latents from 8 codes) and a frozen
 
 def setup_model(overrides=()):
     config = load_experiment([DEMO], [*TINY, *overrides])
+    if config.model.params.first_stage_config.target.endswith("VQModelInterface"):
+        config.model.params.first_stage_config.params.pop("residual_shortcut")  # the demo's KL first stage's
     pl.seed_everything(0)
     model = instantiate_from_config(config.model, path="model")
     with torch.no_grad():  # the UNet's output conv starts at zero: perturb it so the loss sees every weight
