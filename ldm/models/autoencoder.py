@@ -225,18 +225,18 @@ class AutoencoderKL(_FirstStage):
         scheduler_config: Optional[dict] = None,  # LambdaLR schedule (target with .schedule), as VQModel's
         residual_shortcut: bool = False,       # parameter-free pixel <-> latent paths (DC-AE); see shortcut.py
     ):
-        if not _check_ddconfig(ddconfig).get("double_z", True):
+        dd = _check_ddconfig(ddconfig)
+        if not dd.get("double_z", True):
             raise ConfigError("ddconfig.double_z", "AutoencoderKL needs double_z: true (mean and log-variance)")
-        super().__init__(ddconfig, lossconfig, image_key, colorize_nlabels, monitor)
-        z_channels = _check_ddconfig(ddconfig)["z_channels"]
+        super().__init__(dd, lossconfig, image_key, colorize_nlabels, monitor)
+        z_channels = dd["z_channels"]
         self.embed_dim = embed_dim
         self.quant_conv = nn.Conv2d(2 * z_channels, 2 * embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
         self.scheduler_config = scheduler_config
-        self.residual_shortcut = bool(residual_shortcut)
-        if self.residual_shortcut:
-            dd = _check_ddconfig(ddconfig)
-            factor = 2 ** (len(dd.get("ch_mult", (1, 2, 4, 8))) - 1)
+        self._shortcut: Optional[int] = None  # the downsampling factor f when residual_shortcut
+        if residual_shortcut:
+            factor = 2 ** (self.encoder.num_resolutions - 1)
             for key in ("give_pre_end", "tanh_out"):
                 if dd.get(key):
                     raise ConfigError("residual_shortcut", f"does not combine with ddconfig.{key}: true (the shortcut "
@@ -249,22 +249,22 @@ class AutoencoderKL(_FirstStage):
             # Parameter-free, so a checkpoint would not show it: this buffer makes a model built with
             # and a checkpoint trained without the shortcut (or the reverse) fail to load by name.
             self.register_buffer("shortcut_factor", torch.tensor(factor))
-            self._factor = factor  # a Python int: reading the buffer would synchronise with the device on every call
+            self._shortcut = factor  # a Python int: reading the buffer would synchronise with the device
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
         moments = self.quant_conv(self.encoder(x))
-        if self.residual_shortcut:  # the mean learns a residual around the downsampled image
+        if self._shortcut:  # the mean learns a residual around the downsampled image
             mean, logvar = moments.chunk(2, dim=1)
-            mean = mean + space_to_channel_average(x, self._factor, mean.shape[1])
+            mean = mean + space_to_channel_average(x, self._shortcut, mean.shape[1])
             moments = torch.cat([mean, logvar], dim=1)
         return DiagonalGaussianDistribution(moments)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         dec = self.decoder(self.post_quant_conv(z))
-        if self.residual_shortcut:
-            dec = dec + channel_to_space_duplicate(z, self._factor, dec.shape[1])
+        if self._shortcut:
+            dec = dec + channel_to_space_duplicate(z, self._shortcut, dec.shape[1])
         return dec
 
     def forward(self, input: torch.Tensor, sample_posterior: bool = True) -> tuple[torch.Tensor, DiagonalGaussianDistribution]:
