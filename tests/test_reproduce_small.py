@@ -72,10 +72,15 @@ def test_ldm_config_pixel_space_and_latent():
     assert base.model.params.unet_config.params.model_channels == 64  # the base is not modified
     # the paper's uniform loss weights, although the demo config trains with Min-SNR
     assert base.model.params.snr_gamma == 5.0 and "snr_gamma" not in lat.model.params and "snr_gamma" not in px.model.params
-    # ... and a constant learning rate, although the demo config decays it over its 600 steps
+    # ... and a constant learning rate, although the demo config decays it over its 1000 steps
     assert "scheduler_config" in base.model.params
     assert "scheduler_config" not in lat.model.params and "scheduler_config" not in px.model.params
     assert "scheduler_config" not in fs.params  # the autoencoder's training schedule is not a first-stage parameter
+    # ... and eps-prediction on the LDM-4 schedule, although the demo config predicts v on a less noisy one
+    assert (base.model.params.parameterization, base.model.params.linear_start) == ("v", 0.00085)
+    for cfg in (lat, px):
+        assert cfg.model.params.parameterization == "eps"
+        assert (cfg.model.params.linear_start, cfg.model.params.linear_end) == (0.0015, 0.0195)
 
     vq = rp.ldm_config(base, 4, 64, rp.vq_autoencoder_config(OmegaConf.load(AE)), "v.ckpt")
     assert vq.model.params.first_stage_config.target == "ldm.models.autoencoder.VQModelInterface"

@@ -29,6 +29,7 @@ LATENT_CHANNELS: dict[int, int] = {1: 3, 2: 3, 4: 3, 8: 4, 16: 8}
 # attention heads need.
 WIDTH_CANDIDATES = (32, 64, 96, 128, 160, 192)
 IMAGE_SIZE = 32
+PAPER_SCHEDULE = (0.0015, 0.0195)  # linear_start/linear_end of the paper's LDMs but the 1.45B text-to-image one
 EVAL_SCALE = 3.0  # guidance scale of the f-sweep and KL/VQ scores (the demo's)
 RESULTS_VERSION = 1
 ANALYSIS_BEGIN = "<!-- analysis -->"
@@ -97,16 +98,19 @@ def ldm_config(base: DictConfig, f: int, model_channels: int, first_stage: Optio
     """The class-conditional LDM config ``base`` (configs/demo/ldm_class.yaml) on a first stage of
     factor ``f``: ``first_stage`` is the autoencoder's config (``model`` section's target/params;
     None for f = 1, pixel space); the UNet gets latent size 32/f, the latent channels and
-    ``model_channels``, and the paper's loss (no ``snr_gamma``/``snr_floor``) at a constant
-    learning rate (no ``scheduler_config``)."""
+    ``model_channels``, and the paper's loss (eps-prediction on ``PAPER_SCHEDULE``, no
+    ``snr_gamma``/``snr_floor``) at a constant learning rate (no ``scheduler_config``)."""
     _check_f(f)
     cfg = OmegaConf.create(OmegaConf.to_container(base, resolve=True))
     p = cfg.model.params
-    # The paper's objective and optimiser: uniform timestep weights, constant rate (the demo's are
-    # ours). A decay over a fixed step count would also favour the models that reach more steps
-    # within the sweep's equal wall time.
+    # The paper's objective and optimiser: eps-prediction on its schedule, uniform timestep
+    # weights, constant rate (the demo's v-prediction, schedule, Min-SNR and decay are ours). A decay
+    # over a fixed step count would also favour the models that reach more steps within the
+    # sweep's equal wall time.
     for key in ("snr_gamma", "snr_floor", "scheduler_config"):
         p.pop(key, None)
+    p.parameterization = "eps"
+    p.linear_start, p.linear_end = PAPER_SCHEDULE
     size = IMAGE_SIZE // f
     if f == 1:
         if first_stage is not None:
