@@ -253,9 +253,9 @@ def test_steps_factor_scales_every_step_count_of_a_stage():
     assert 2 * sched.max_decay_steps == scaled.lightning.trainer.max_steps
     assert scaled.model.params.lossconfig.params.disc_start > scaled.lightning.trainer.max_steps
     overrides = demo.step_overrides("configs/demo/ldm_class.yaml", 2)
-    assert overrides == ["lightning.trainer.max_steps=1200", "lightning.trainer.val_check_interval=1200",
-                         "lightning.callbacks.image_logger.params.batch_frequency=1200",
-                         "model.params.scheduler_config.params.max_decay_steps=1200"]
+    assert overrides == ["lightning.trainer.max_steps=2000", "lightning.trainer.val_check_interval=2000",
+                         "lightning.callbacks.image_logger.params.batch_frequency=2000",
+                         "model.params.scheduler_config.params.max_decay_steps=2000"]
     cls = OmegaConf.load(REPO / "configs/demo/ldm_class.yaml")  # its decay ends at the last step too
     assert cls.model.params.scheduler_config.params.max_decay_steps == cls.lightning.trainer.max_steps
     assert demo.step_overrides("configs/demo/ldm_class.yaml", 1) == []

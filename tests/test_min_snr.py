@@ -79,8 +79,8 @@ def test_latent_diffusion_takes_it_from_the_config():
 
     config = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "demo" / "ldm_class.yaml")
     model = instantiate_from_config(config.model)
-    expected = min_snr_weights(model.alphas_cumprod.double().numpy(), "eps", 5.0)
-    assert model.snr_gamma == 5.0
+    expected = min_snr_weights(model.alphas_cumprod.double().numpy(), "v", 5.0)
+    assert model.snr_gamma == 5.0 and model.parameterization == "v"
     torch.testing.assert_close(model.snr_weights, expected)
 
 
