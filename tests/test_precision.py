@@ -118,10 +118,32 @@ def test_compile_switch_rejects_other_values():
         perf.configure_denoiser(tiny_unet(), compile="yes")
 
 
-def test_fused_adamw_only_for_cuda_parameters():
-    assert perf.adamw_options(tiny_unet().parameters()) == {}  # CPU: the default for-each loop
+def test_fused_adamw_for_cpu_and_cuda_parameters_alike():
+    assert perf.adamw_options(tiny_unet().parameters()) == {"fused": True}
     if torch.cuda.is_available():
         assert perf.adamw_options(tiny_unet().cuda().parameters()) == {"fused": True}
+        mixed = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2, device="cuda"))]
+        assert perf.adamw_options(mixed) == {}
+    assert perf.adamw_options([]) == {}
+    assert perf.adamw_options([torch.nn.Parameter(torch.zeros(2, dtype=torch.int64), requires_grad=False)]) == {}
+
+
+def test_fused_adamw_steps_like_the_default_loop():
+    # the same three AdamW steps (weight decay, bias correction) from the same weights and gradients
+    models = [tiny_unet(), tiny_unet()]
+    opts = [torch.optim.AdamW(models[0].parameters(), lr=1e-2, weight_decay=0.1, **perf.adamw_options(
+        models[0].parameters())), torch.optim.AdamW(models[1].parameters(), lr=1e-2, weight_decay=0.1)]
+    assert opts[0].defaults["fused"] and not opts[1].defaults["fused"]
+    for step in range(3):
+        grads = [torch.randn(p.shape, generator=torch.Generator().manual_seed(100 * step + i))
+                 for i, p in enumerate(models[0].parameters())]
+        for model, opt in zip(models, opts):
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(next(models[0].parameters()), next(tiny_unet().parameters()))  # they moved
 
 
 class CountingModel:

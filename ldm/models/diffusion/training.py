@@ -29,7 +29,7 @@ def configure_optimizers(model: Any, params: Iterable[nn.Parameter]):
         raise AttributeError(f"{type(model).__name__}.learning_rate is not set; the trainer sets it from "
                              "model.base_learning_rate (set it yourself when training without it)")
     params = list(params)
-    opt = torch.optim.AdamW(params, lr=lr, **adamw_options(params))  # fused on CUDA (ldm.perf)
+    opt = torch.optim.AdamW(params, lr=lr, **adamw_options(params))  # fused on CUDA and CPU (ldm.perf)
     if model.scheduler_config is None:
         return opt
     multiplier = instantiate_from_config(model.scheduler_config, path="model.params.scheduler_config")
