@@ -45,8 +45,8 @@ def adamw_options(params: Iterable[nn.Parameter]) -> dict[str, Any]:
     floating-point tensor and all are on CUDA or all on the CPU (torch's fused kernels), else
     none (the default loop)."""
     params = list(params)
-    kinds = {p.device.type for p in params}
-    if params and len(kinds) == 1 and kinds <= {"cuda", "cpu"} and all(p.is_floating_point() for p in params):
+    devices = {p.device.type for p in params}  # empty for no parameters
+    if devices in ({"cuda"}, {"cpu"}) and all(p.is_floating_point() for p in params):
         return {"fused": True}
     return {}
 

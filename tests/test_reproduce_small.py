@@ -76,7 +76,7 @@ def test_ldm_config_pixel_space_and_latent():
     assert "scheduler_config" in base.model.params
     assert "scheduler_config" not in lat.model.params and "scheduler_config" not in px.model.params
     assert "scheduler_config" not in fs.params  # the autoencoder's training schedule is not a first-stage parameter
-    # ... and eps-prediction on the LDM-4 schedule, although the demo config predicts v on a less noisy one
+    # ... and eps-prediction on the paper's schedule, although the demo config predicts v on a less noisy one
     assert (base.model.params.parameterization, base.model.params.linear_start) == ("v", 0.00085)
     for cfg in (lat, px):
         assert cfg.model.params.parameterization == "eps"
