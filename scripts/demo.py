@@ -13,7 +13,8 @@ diffusion model is sampled with its script (scripts/sample_diffusion.py, txt2img
     python scripts/demo.py --fast          # a short smoke run (also LDM_DEMO_FAST=1)
     python scripts/demo.py --steps-factor 8 --stages autoencoder ldm_class   # 8x the training steps
 
-Default stages: autoencoder, ldm_class, ldm_text: the stages with targets, within 15 minutes.
+Default stages: autoencoder, ldm_class, ldm_text: the stages with targets, 11 to 22 minutes on 2 CPU
+cores (the speed of the host decides; README).
 Opt-in: ldm_uncond (an unconditional model, about 1.5 minutes more) and the task stages ldm_sr
 (super-resolution, Sec. 4.4), ldm_semantic (semantic synthesis, Sec. 4.3.2), ldm_layout
 (layout-to-image, Sec. 4.3.1), ldm_inpaint (inpainting, Sec. 4.5). Their sampling inputs (a
@@ -58,7 +59,7 @@ class Stage(NamedTuple):
 
 STAGES = [
     Stage("autoencoder", "configs/demo/autoencoder_kl.yaml", False, "default"),
-    # Opt-in so that the default demo fits its 15 minutes with the stages that have targets.
+    # Opt-in so that the default demo is only the stages that have targets (15 minutes on a fast host).
     Stage("ldm_uncond", "configs/demo/ldm_uncond.yaml", True, "extra"),
     Stage("ldm_class", "configs/demo/ldm_class.yaml", True, "default"),
     Stage("ldm_text", "configs/demo/ldm_text.yaml", True, "default"),
@@ -421,7 +422,7 @@ def parser() -> argparse.ArgumentParser:
                    help="a short smoke run (also LDM_DEMO_FAST=1)")
     p.add_argument("--steps-factor", type=int, default=1, metavar="K",
                    help="train every stage K times as many steps (its learning-rate schedule, validation and "
-                        "image logging scaled alike); the default stages take about K x 11 minutes on 2 CPU cores")
+                        "image logging scaled alike); the default stages take about K x 11 to 22 minutes on 2 CPU cores")
     p.add_argument("-l", "--logdir", default="logs", help="where run directories go")
     p.add_argument("--no-report", action="store_true",
                    help="skip the figures and <logdir>/demo_report.html at the end")
