@@ -160,6 +160,23 @@ def test_resume_then_tries_the_step_checkpoints_newest_first(tmp_path, capsys):
         resume_run(str(run_dir), [])
 
 
+def test_resume_takes_a_numbered_last_checkpoint_of_an_earlier_version_only_when_it_has_more_steps(tmp_path, capsys):
+    # Earlier versions numbered the ModelCheckpoint's saves (last-v1.ckpt, ...) when last.ckpt was
+    # already there: an extended run could leave its newest state in one of them.
+    run_dir = make_run(tmp_path, 4)
+    ckpts = run_dir / "checkpoints"
+    torch.save(training_state(4), ckpts / "last-v1.ckpt")  # the same step: last.ckpt stays first
+    assert resume_run(str(run_dir), []).resume_ckpt == ckpts / "last.ckpt"
+    assert capsys.readouterr().err == ""
+    for name, step in (("last-v2.ckpt", 7), ("last-v3.ckpt", 6), ("last-vx.ckpt", 9), ("last-v4.ckpt", 8)):
+        torch.save(training_state(step), ckpts / name)
+    truncate(ckpts / "last-v4.ckpt")  # damaged: passed over
+    assert resume_run(str(run_dir), []).resume_ckpt == ckpts / "last-v2.ckpt"
+    assert capsys.readouterr().err == (f"WARNING: {ckpts / 'last-v2.ckpt'} holds 7 steps, {ckpts / 'last.ckpt'} only "
+                                       "4 (a run directory written by an earlier version); resuming from "
+                                       f"{ckpts / 'last-v2.ckpt'}.\n")
+
+
 def test_resume_from_a_named_damaged_file_is_an_error_naming_it(tmp_path):
     run_dir = make_run(tmp_path, 1, 2)
     truncate(run_dir / "checkpoints" / "last.ckpt")

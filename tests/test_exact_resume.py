@@ -172,6 +172,29 @@ def test_sigusr1_saves_and_stops_in_process_then_handlers_are_restored(reference
     assert_same_training_state(reference("autoencoder"), final_state(rundir))
 
 
+@pytest.mark.slow
+def test_a_finished_run_extended_and_killed_resumes_from_its_newest_state_exactly(reference, tmp_path):
+    # The first run ends at an epoch end (step 4) without a ModelCheckpoint save before: Lightning's
+    # own end-of-training save would hold the epoch as complete, and a run limited by max_steps
+    # resumed from it starts an epoch too far on. The extension's saves then went to last-v1.ckpt,
+    # last-v2.ckpt behind the first run's last.ckpt, which a resume after a kill picked up.
+    logdir = tmp_path / "logs"
+    assert train("ldm", logdir, "--max_steps", "4", "lightning.modelcheckpoint.params.every_n_train_steps=100") == 0
+    rundir = the_run(logdir)
+    ckpts = rundir / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("last*.ckpt")) == ["last.ckpt"]
+    first = torch.load(ckpts / "last.ckpt", weights_only=True)
+    assert (first["global_step"], first["epoch"]) == (4, 0)  # saved at the last batch's end
+    # The run's checkpoint callback keeps a plain ModelCheckpoint's state key (older runs resume their state).
+    assert sum(k.startswith("ModelCheckpoint{'monitor': None") for k in first["callbacks"]) == 2
+    # Extended to 10 steps (last.ckpt every 2 steps), killed when step 8 starts: last.ckpt holds step 6.
+    assert in_child(resume, rundir, *signal_at([7], tmp_path), stderr=tmp_path / "kill.err") == -signal.SIGKILL
+    assert sorted(p.name for p in ckpts.glob("last*.ckpt")) == ["last-previous.ckpt", "last.ckpt"]
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert resume(rundir) == 0
+    assert_same_training_state(reference("ldm"), final_state(rundir))
+
+
 def test_loader_resumes_at_the_saved_batch_with_the_same_items():
     """The data position alone: a loader restored from state_dict serves the rest of the epoch's
     batches, identical to the uninterrupted loader's, and the next epoch as well."""

@@ -321,6 +321,32 @@ class FinalCheckpoint(pl.Callback):
         self.save(trainer)
 
 
+class RunCheckpoint(pl.callbacks.ModelCheckpoint):
+    """The run's ModelCheckpoint (numbered files, top-k, `last.ckpt` after validation), which leaves
+    the end-of-training `last.ckpt` to FinalCheckpoint.
+
+    Lightning's ModelCheckpoint also writes `last.ckpt` when training ends, after the fit loop has
+    marked the epoch complete. A run limited by `max_steps` that resumes from that state starts one
+    epoch too far on (another data order): FinalCheckpoint's save at the last batch end resumes
+    exactly, so it must stay the newest `last.ckpt`. With the version counter off, the saves of
+    both callbacks go to that one file, never to `last-v1.ckpt` behind an older `last.ckpt`.
+    """
+
+    def __init__(self, **kwargs: Any):
+        kwargs.setdefault("enable_version_counter", False)
+        super().__init__(**kwargs)
+
+    @property
+    def state_key(self) -> str:
+        # A plain ModelCheckpoint's key: runs saved before this class existed keep their state on resume.
+        key = super().state_key
+        return "ModelCheckpoint" + key[len(type(self).__qualname__):]
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not any(isinstance(cb, FinalCheckpoint) for cb in trainer.callbacks):
+            super().on_train_end(trainer, pl_module)
+
+
 def save_last_checkpoint(trainer: pl.Trainer, ckptdir: Path) -> Path:
     """Write `last.ckpt` now, through the run's FinalCheckpoint when there is one (one write per step)."""
     final = next((cb for cb in trainer.callbacks if isinstance(cb, FinalCheckpoint)), None)

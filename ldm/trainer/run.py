@@ -18,7 +18,7 @@ from ldm.checkpoint import allow_missing_checkpoints
 from ldm.perf import enable_tf32
 from ldm.config import ConfigError, check_config_tree, set_trust_all_targets
 from ldm.config.loading import load_experiment
-from ldm.trainer.callbacks import FinalCheckpoint
+from ldm.trainer.callbacks import FinalCheckpoint, RunCheckpoint
 from ldm.trainer.checkpoint_io import AtomicCheckpointIO
 from ldm.trainer.cli import parse_args
 from ldm.trainer.distributed import RUN_NOW_ENV, BatchNormStats, RankSeeds, shared_now
@@ -60,13 +60,15 @@ def default_callbacks(run: RunDir, config: DictConfig, lightning_config: DictCon
 
 
 def checkpoint_callback(run: RunDir, model: pl.LightningModule, lightning_config: DictConfig) -> pl.Callback:
+    # No version counter (RunCheckpoint): FinalCheckpoint writes last.ckpt too; numbered files are
+    # named by epoch and step, so the same name is the same state.
     params: dict[str, Any] = {"dirpath": str(run.ckptdir), "filename": "{epoch:06}-{step:09}", "verbose": True,
                               "save_last": True}
     monitor = getattr(model, "monitor", None)
     if monitor:
         params.update(monitor=monitor, save_top_k=3)
     params.update(_section(lightning_config, "modelcheckpoint", "params"))
-    return pl.callbacks.ModelCheckpoint(**params)
+    return RunCheckpoint(**params)
 
 
 def _section(config: DictConfig, *keys: str) -> dict:

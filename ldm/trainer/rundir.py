@@ -111,9 +111,31 @@ def newest_intact_checkpoint(ckptdir: Path, resume: str = "") -> Path:
             if problems:
                 print("WARNING: " + "; ".join(problems) + f". RESUMING FROM THE OLDER CHECKPOINT {ckpt} instead.",
                       file=sys.stderr, flush=True)
-            return ckpt
+            return _versioned_last_ahead(ckptdir, ckpt) or ckpt
         problems.append(f"skipping {problem}")
     raise ConfigError("--resume", f"no intact checkpoint to resume from in {ckptdir}: " + "; ".join(problems))
+
+
+def _versioned_last_ahead(ckptdir: Path, chosen: Path) -> Optional[Path]:
+    """An intact ``last-v<N>.ckpt`` with more steps than ``chosen``, announced on stderr; else None.
+
+    Runs written before the run's ModelCheckpoint stopped numbering its saves can hold an older
+    ``last.ckpt`` (the state saved when a run ended) next to newer ``last-v<N>.ckpt`` files (the
+    saves of the run that extended it)."""
+    def steps(ckpt: Path) -> int:
+        return int(load_training_checkpoint(ckpt, mmap=True)["global_step"])
+
+    versioned = [p for p in ckptdir.glob("last-v*.ckpt") if re.fullmatch(r"last-v\d+\.ckpt", p.name)]
+    ahead = [(steps(p), p.name, p) for p in versioned if _checkpoint_problem(p) is None]
+    if not ahead:
+        return None
+    best_steps, _, best = max(ahead)
+    chosen_steps = steps(chosen)
+    if best_steps <= chosen_steps:
+        return None
+    print(f"WARNING: {best} holds {best_steps} steps, {chosen} only {chosen_steps} (a run directory written by "
+          f"an earlier version); resuming from {best}.", file=sys.stderr, flush=True)
+    return best
 
 
 def _checkpoint_problem(ckpt: Path) -> Optional[str]:
