@@ -177,6 +177,23 @@ def test_resume_takes_a_numbered_last_checkpoint_of_an_earlier_version_only_when
                                        f"{ckpts / 'last-v2.ckpt'}.\n")
 
 
+def test_loading_a_run_for_sampling_takes_its_newest_numbered_last_checkpoint_too(tmp_path, capsys):
+    from ldm.inference import find_run
+    run_dir = make_run(tmp_path, 4)
+    ckpts = run_dir / "checkpoints"
+    assert find_run(run_dir).ckpt == ckpts / "last.ckpt"
+    torch.save(training_state(3), ckpts / "last-v1.ckpt")  # older than last.ckpt: not taken
+    assert find_run(run_dir).ckpt == ckpts / "last.ckpt" and capsys.readouterr().err == ""
+    torch.save(training_state(6), ckpts / "last-v2.ckpt")
+    torch.save(training_state(9), ckpts / "last-v3.ckpt")
+    truncate(ckpts / "last-v3.ckpt")  # damaged: passed over
+    assert find_run(run_dir).ckpt == ckpts / "last-v2.ckpt"
+    assert capsys.readouterr().err == (f"WARNING: {ckpts / 'last-v2.ckpt'} holds 6 steps, {ckpts / 'last.ckpt'} only "
+                                       "4 (a run directory written by an earlier version); loading "
+                                       f"{ckpts / 'last-v2.ckpt'}.\n")
+    assert find_run(ckpts / "last.ckpt").ckpt == ckpts / "last.ckpt"  # a file named by the user is the file
+
+
 def test_resume_from_a_named_damaged_file_is_an_error_naming_it(tmp_path):
     run_dir = make_run(tmp_path, 1, 2)
     truncate(run_dir / "checkpoints" / "last.ckpt")

@@ -25,7 +25,7 @@ from ldm.checkpoint import ema_weights, load_into, load_state_dict
 from ldm.config.errors import ConfigError
 from ldm.config.loading import merge_configs
 from ldm.inference.runtime import select_device
-from ldm.trainer.rundir import config_order
+from ldm.trainer.rundir import config_order, versioned_last_ahead
 from ldm.util import instantiate_from_config
 
 __all__ = ["RunFiles", "ema_weights", "find_run", "load_model", "load_run", "model_config", "strip_ckpt_paths"]
@@ -65,7 +65,9 @@ def find_run(run_dir_or_ckpt: Union[str, os.PathLike]) -> RunFiles:
     else:
         logdir = path
         ckpt = path / "checkpoints" / "last.ckpt"
-        if not ckpt.is_file():
+        if ckpt.is_file():
+            ckpt = versioned_last_ahead(ckpt.parent, ckpt, action="loading") or ckpt
+        else:
             found = sorted((path / "checkpoints").glob("*")) if (path / "checkpoints").is_dir() else []
             found = [p for p in found if p.suffix in CHECKPOINT_SUFFIXES]
             if len(found) != 1:

@@ -111,31 +111,45 @@ def newest_intact_checkpoint(ckptdir: Path, resume: str = "") -> Path:
             if problems:
                 print("WARNING: " + "; ".join(problems) + f". RESUMING FROM THE OLDER CHECKPOINT {ckpt} instead.",
                       file=sys.stderr, flush=True)
-            return _versioned_last_ahead(ckptdir, ckpt) or ckpt
+            return versioned_last_ahead(ckptdir, ckpt) or ckpt
         problems.append(f"skipping {problem}")
     raise ConfigError("--resume", f"no intact checkpoint to resume from in {ckptdir}: " + "; ".join(problems))
 
 
-def _versioned_last_ahead(ckptdir: Path, chosen: Path) -> Optional[Path]:
+def versioned_last_ahead(ckptdir: Path, chosen: Path, action: str = "resuming from") -> Optional[Path]:
     """An intact ``last-v<N>.ckpt`` with more steps than ``chosen``, announced on stderr; else None.
 
     Runs written before the run's ModelCheckpoint stopped numbering its saves can hold an older
     ``last.ckpt`` (the state saved when a run ended) next to newer ``last-v<N>.ckpt`` files (the
-    saves of the run that extended it)."""
-    def steps(ckpt: Path) -> int:
-        return int(load_training_checkpoint(ckpt, mmap=True)["global_step"])
+    saves of the run that extended it). Resuming and loading a run for sampling both take the
+    newest; ``action`` words the warning."""
+    def steps(ckpt: Path) -> Optional[int]:
+        try:
+            state = load_training_checkpoint(ckpt, mmap=True)
+        except (DamagedCheckpointError, UnsafeCheckpointError):  # the caller's own load reports it
+            return None
+        step = state.get("global_step") if isinstance(state, dict) else None
+        return int(step) if isinstance(step, int) else None
 
     versioned = [p for p in ckptdir.glob("last-v*.ckpt") if re.fullmatch(r"last-v\d+\.ckpt", p.name)]
-    ahead = [(steps(p), p.name, p) for p in versioned if _checkpoint_problem(p) is None]
+    ahead = [(steps(p), p.name, p) for p in versioned if _intact(p)]
     if not ahead:
         return None
     best_steps, _, best = max(ahead)
     chosen_steps = steps(chosen)
-    if best_steps <= chosen_steps:
+    if chosen_steps is None or best_steps <= chosen_steps:
         return None
     print(f"WARNING: {best} holds {best_steps} steps, {chosen} only {chosen_steps} (a run directory written by "
-          f"an earlier version); resuming from {best}.", file=sys.stderr, flush=True)
+          f"an earlier version); {action} {best}.", file=sys.stderr, flush=True)
     return best
+
+
+def _intact(ckpt: Path) -> bool:
+    """A resumable training state; a file that would run code is passed over (never loaded)."""
+    try:
+        return _checkpoint_problem(ckpt) is None
+    except ConfigError:
+        return False
 
 
 def _checkpoint_problem(ckpt: Path) -> Optional[str]:
