@@ -220,9 +220,9 @@ def sample_commands(runs: dict[str, Path], outdir: Path, inputs: Optional[dict[s
         cmds.append([py, "scripts/sample_diffusion.py", "-r", str(runs["ldm_class"]), "-n", "16",
                      "--classes", *map(str, range(8)), "--scale", "3.0", "-c", n_steps(50), "-l", dest("ldm_class")])
     if "ldm_text" in runs:
-        cmds.append([py, "scripts/txt2img.py", "-r", str(runs["ldm_text"]), "--prompt",
-                     TEXT_PROMPT.text, "--sampler", "unipc", "--steps", n_steps(20), "--scale", "3.0",
-                     "--n_samples", "16", "--outdir", dest("ldm_text")])
+        cmds += [[py, "scripts/txt2img.py", "-r", str(runs["ldm_text"]), "--prompt", prompt.text, "--sampler",
+                  "unipc", "--steps", n_steps(20), "--scale", "3.0", "--n_samples", "16", "--outdir", dest("ldm_text")]
+                 for prompt in TEXT_PROMPTS]
     if "ldm_sr" in runs:
         cmds.append([py, "scripts/superres.py", "-r", str(runs["ldm_sr"]), "--input", *paths("lr"),
                      "--n_samples", "4", "--steps", n_steps(100), "--outdir", dest("ldm_sr")])
@@ -259,7 +259,10 @@ class Prompt(NamedTuple):
     shape: str                # its first shape: synthetic captions name the largest object first
 
 
-TEXT_PROMPT = Prompt("a red circle and a blue square", ("red", "blue"), "circle")
+# The first prompt names no background, which every synthetic caption does ("... on a <colour>
+# background"); the second asks for the same colours and shape in the captions' own words.
+TEXT_PROMPTS = (Prompt("a red circle and a blue square", ("red", "blue"), "circle"),
+                Prompt("a red circle on a blue background", ("red", "blue"), "circle"))
 
 
 FULL = Sizes(real_images=1000, class_samples=256, class_steps=20)
@@ -343,27 +346,32 @@ def class_figures(run_dir: Path, classifier: Path, sizes: Sizes, grid: Path) -> 
 
 
 def text_figures(samples_dir: Path, classifier: Path, n_real: int) -> list["Figure"]:
-    """Whether the text model's samples of TEXT_PROMPT show its colours and its first shape."""
+    """Whether the text model's samples of each of TEXT_PROMPTS show its colours and its first shape."""
     import numpy as np
     from PIL import Image
 
     from ldm.eval.html_report import Figure
     from ldm.eval.synthetic_scores import text_sample_scores
+    from ldm.inference.images import safe_name
 
-    files = sorted(samples_dir.rglob("*.png"))
-    if not files:
-        raise SystemExit(f"demo: no text samples under {samples_dir}")
-    samples = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
-    t = text_sample_scores(samples, TEXT_PROMPT.colours, TEXT_PROMPT.shape, classifier, n_real=n_real,
-                           size=DEMO_SIZE)
-    colours = " and ".join(t.colours)
-    return [
-        Figure(f"Text samples showing {colours} ('{TEXT_PROMPT.text}')", 100 * t.shows_colours, unit="%", digits=1,
-               note=f"{t.n} samples; each colour on at least 2 % of the pixels; real scenes of any caption: "
-                    f"{100 * t.real_shows_colours:.1f} % ({t.n_real} validation images)"),
-        Figure(f"Text samples whose largest shape the classifier calls a {t.shape}", 100 * t.shape_accuracy, unit="%",
-               digits=1, note="the caption names the largest object first; chance 12.5 %"),
-    ]
+    figures = []
+    for prompt in TEXT_PROMPTS:
+        folder = samples_dir / safe_name(prompt.text)
+        files = sorted(folder.glob("*.png"))
+        if not files:
+            raise SystemExit(f"demo: no text samples under {folder}")
+        samples = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+        t = text_sample_scores(samples, prompt.colours, prompt.shape, classifier, n_real=n_real, size=DEMO_SIZE)
+        colours = " and ".join(t.colours)
+        figures += [
+            Figure(f"Text samples showing {colours} ('{prompt.text}')", 100 * t.shows_colours, unit="%", digits=1,
+                   note=f"{t.n} samples; each colour on at least 2 % of the pixels; real scenes of any caption: "
+                        f"{100 * t.real_shows_colours:.1f} % ({t.n_real} validation images)"),
+            Figure(f"Text samples whose largest shape the classifier calls a {t.shape} ('{prompt.text}')",
+                   100 * t.shape_accuracy, unit="%", digits=1,
+                   note="the caption names the largest object first; chance 12.5 %"),
+        ]
+    return figures
 
 
 def first_png(folder: Path, pattern: str) -> Optional[Path]:
@@ -376,6 +384,7 @@ def write_demo_report(runs: dict[str, Path], logdir: Path, fast: bool, commands:
     """Figures of the models trained in this invocation, printed and written with the grids and
     commands to ``<logdir>/demo_report.html``."""
     from ldm.eval.html_report import format_figures, write_report
+    from ldm.inference.images import safe_name
 
     if not runs.keys() & {"autoencoder", "ldm_class", "ldm_text"}:
         return None
@@ -396,8 +405,10 @@ def write_demo_report(runs: dict[str, Path], logdir: Path, fast: bool, commands:
     if "ldm_text" in runs:
         figures += text_figures(samples_dir(outdir, "ldm_text", runs["ldm_text"]) / "samples", classifier,
                                 sizes.real_images)
-    for name, pattern, caption in (("ldm_uncond", "grid-*.png", "Unconditional samples"),
-                                   ("ldm_text", "grid-*.png", f"Text samples: '{TEXT_PROMPT.text}'")):
+    grids = [("ldm_uncond", "grid-*.png", "Unconditional samples")]
+    grids += [("ldm_text", f"grid-{safe_name(prompt.text)}-*.png", f"Text samples: '{prompt.text}'")
+              for prompt in TEXT_PROMPTS]
+    for name, pattern, caption in grids:
         png = first_png(samples_dir(outdir, name, runs[name]), pattern) if name in runs else None
         if png is not None:
             images.append((caption, png))

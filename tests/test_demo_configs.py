@@ -76,12 +76,13 @@ def pngs(folder: Path) -> dict[str, tuple[int, ...]]:
 
 
 RGB = (SIZE, SIZE, 3)
+TEXT_FOLDERS = ("a_red_circle_and_a_blue_square", "a_red_circle_on_a_blue_background")  # the demo's prompts
 # Every PNG the stage's sampling command writes, with its shape (inputs: 2 validation examples).
 EXPECTED = {
     "ldm_uncond": {**{f"img/{i:05d}.png": RGB for i in range(16)}, "grid-0000.png": (2 + 4 * 18, 2 + 4 * 18, 3)},
     "ldm_class": {**{f"img/{i:05d}.png": RGB for i in range(16)}, "grid-0000.png": (2 + 4 * 18, 2 + 4 * 18, 3)},
-    "ldm_text": {**{f"samples/a_red_circle_and_a_blue_square/{i:05d}.png": RGB for i in range(16)},
-                 "grid-a_red_circle_and_a_blue_square-0000.png": (2 + 18, 2 + 16 * 18, 3)},
+    "ldm_text": {**{f"samples/{p}/{i:05d}.png": RGB for p in TEXT_FOLDERS for i in range(16)},
+                 **{f"grid-{p}-0000.png": (2 + 18, 2 + 16 * 18, 3) for p in TEXT_FOLDERS}},
     "ldm_sr": {**{f"shapes{j}_lr_x{demo.DEMO_F}_{k}.png": RGB for j in range(2) for k in range(4)},
                **{f"grid-shapes{j}_lr-0000.png": (2 + 18, 2 + 5 * 18, 3) for j in range(2)}},
     "ldm_semantic": {**{f"shapes{j}_seg/{k:05d}.png": RGB for j in range(2) for k in range(4)},
@@ -294,5 +295,40 @@ def test_demo_trains_the_latent_stages_on_the_new_autoencoder(tmp_path, monkeypa
     demo.main(["--no-report", "-l", str(tmp_path)])
     ae = tmp_path / "run_autoencoder" / "checkpoints" / "last.ckpt"
     assert calls[0] == ("stage", "autoencoder", None)
-    assert calls[1:3] == [("stage", n, ae) for n in ("ldm_class", "ldm_text")] and len(calls) == 5
-    assert [c[1] for c in calls if c[0] == "sample"] == ["scripts/sample_diffusion.py", "scripts/txt2img.py"]
+    assert calls[1:3] == [("stage", n, ae) for n in ("ldm_class", "ldm_text")] and len(calls) == 6
+    assert [c[1] for c in calls if c[0] == "sample"] == ["scripts/sample_diffusion.py", *["scripts/txt2img.py"] * 2]
+
+
+def test_text_figures_judge_each_prompts_own_samples(tmp_path, monkeypatch):
+    from ldm.data.synthetic import COLOURS
+    from ldm.eval.classifier import save_classifier, train_classifier
+    from ldm.eval.synthetic_scores import text_sample_scores
+    from tests.test_synthetic_classifier import TINY
+
+    assert [p.text for p in demo.TEXT_PROMPTS] == ["a red circle and a blue square", "a red circle on a blue background"]
+    assert all(p.colours == ("red", "blue") and p.shape == "circle" for p in demo.TEXT_PROMPTS)
+    monkeypatch.setattr(demo, "DEMO_SIZE", 16)
+    clf = save_classifier(*train_classifier(steps=2, seed=3, **TINY), tmp_path / "clf")
+    red_blue = np.zeros((16, 16, 3), np.uint8)
+    red_blue[:, :8], red_blue[:, 8:] = COLOURS["red"], COLOURS["blue"]
+    green = np.full((16, 16, 3), COLOURS["green"], np.uint8)
+    samples = tmp_path / "samples"
+    for folder, images in zip(TEXT_FOLDERS, ([red_blue] * 3, [red_blue, green, green, green])):
+        (samples / folder).mkdir(parents=True)
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(samples / folder / f"{i:05d}.png")
+    figures = demo.text_figures(samples, clf, n_real=8)
+    assert [f.name for f in figures] == [
+        "Text samples showing red and blue ('a red circle and a blue square')",
+        "Text samples whose largest shape the classifier calls a circle ('a red circle and a blue square')",
+        "Text samples showing red and blue ('a red circle on a blue background')",
+        "Text samples whose largest shape the classifier calls a circle ('a red circle on a blue background')"]
+    assert [figures[0].value, figures[2].value] == [100.0, 25.0]  # each prompt's samples judged on their own
+    second = text_sample_scores(np.stack([red_blue, green, green, green]), ("red", "blue"), "circle", clf, n_real=8,
+                                size=16)
+    assert figures[3].value == 100 * second.shape_accuracy and figures[2].note.startswith("4 samples;")
+    (samples / TEXT_FOLDERS[1] / "00000.png").unlink()
+    for i in range(1, 4):
+        (samples / TEXT_FOLDERS[1] / f"{i:05d}.png").unlink()
+    with pytest.raises(SystemExit, match=f"no text samples under {samples / TEXT_FOLDERS[1]}"):
+        demo.text_figures(samples, clf, n_real=8)
