@@ -167,10 +167,13 @@ def test_demo_stage_trains_and_its_script_samples(stage, autoencoder, inputs, tm
     ckpt = torch.load(rundir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 2
 
-    (cmd,) = demo.sample_commands({stage.name: rundir}, tmp_path / "samples", inputs, steps=2)
-    assert cmd[0] == sys.executable and cmd[1].startswith("scripts/")
-    script = _module(REPO / cmd[1], f"script_{Path(cmd[1]).stem}")
-    written = script.main([*cmd[2:], "--device", "cpu", "--no-progress"])
+    cmds = demo.sample_commands({stage.name: rundir}, tmp_path / "samples", inputs, steps=2)
+    assert len(cmds) == (len(demo.TEXT_PROMPTS) if stage.name == "ldm_text" else 1)  # one per prompt
+    written = []
+    for cmd in cmds:
+        assert cmd[0] == sys.executable and cmd[1].startswith("scripts/")
+        script = _module(REPO / cmd[1], f"script_{Path(cmd[1]).stem}")
+        written += script.main([*cmd[2:], "--device", "cpu", "--no-progress"])
     (folder,) = (tmp_path / "samples").iterdir()
     (outdir,) = folder.iterdir()
     assert outdir == demo.samples_dir(tmp_path / "samples", stage.name, rundir)  # one folder per run
