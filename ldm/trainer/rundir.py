@@ -123,16 +123,15 @@ def versioned_last_ahead(ckptdir: Path, chosen: Path, action: str = "resuming fr
     ``last.ckpt`` (the state saved when a run ended) next to newer ``last-v<N>.ckpt`` files (the
     saves of the run that extended it). Resuming and loading a run for sampling both take the
     newest; ``action`` words the warning."""
-    def steps(ckpt: Path) -> Optional[int]:
+    def steps(ckpt: Path) -> Optional[int]:  # one read per file; None: not a training state to take
         try:
-            state = load_training_checkpoint(ckpt, mmap=True)
-        except (DamagedCheckpointError, UnsafeCheckpointError):  # the caller's own load reports it
+            state, _ = _resumable_state(ckpt)
+        except ConfigError:  # a file that would run code is passed over, never loaded
             return None
-        step = state.get("global_step") if isinstance(state, dict) else None
-        return int(step) if isinstance(step, int) else None
+        return None if state is None else int(state["global_step"])
 
     versioned = [p for p in ckptdir.glob("last-v*.ckpt") if re.fullmatch(r"last-v\d+\.ckpt", p.name)]
-    ahead = [(steps(p), p.name, p) for p in versioned if _intact(p)]
+    ahead = [(n, p.name, p) for p in versioned if (n := steps(p)) is not None]
     if not ahead:
         return None
     best_steps, _, best = max(ahead)
@@ -144,28 +143,25 @@ def versioned_last_ahead(ckptdir: Path, chosen: Path, action: str = "resuming fr
     return best
 
 
-def _intact(ckpt: Path) -> bool:
-    """A resumable training state; a file that would run code is passed over (never loaded)."""
-    try:
-        return _checkpoint_problem(ckpt) is None
-    except ConfigError:
-        return False
-
-
 def _checkpoint_problem(ckpt: Path) -> Optional[str]:
     """None when ``ckpt`` can be resumed from; else what is wrong, starting with its path.
 
     Raises ConfigError for a checkpoint that would run code: that is not damage to route around.
     """
+    return _resumable_state(ckpt)[1]
+
+
+def _resumable_state(ckpt: Path) -> tuple[Optional[dict], Optional[str]]:
+    """(the training state, None), or (None, what is wrong); ConfigError for a file that would run code."""
     try:
         state = load_training_checkpoint(ckpt, mmap=True)
     except UnsafeCheckpointError as exc:
         raise ConfigError("--resume", str(exc)) from None
     except DamagedCheckpointError as exc:
-        return f"damaged checkpoint {exc}"
+        return None, f"damaged checkpoint {exc}"
     if not isinstance(state, dict) or "optimizer_states" not in state or "global_step" not in state:
-        return f"checkpoint {ckpt}: holds weights only, not a training state to resume"
-    return None
+        return None, f"checkpoint {ckpt}: holds weights only, not a training state to resume"
+    return state, None
 
 
 _CONFIG_NAME = re.compile(r"^(?P<now>.*?)(?:\.(?P<n>\d+))?-(?P<kind>project|lightning)\.yaml$")
