@@ -48,6 +48,8 @@ _ENCODERS = (
     "ldm.modules.encoders.modules.FrozenCLIPEmbedder",
     # Factory, not a class: WordLevelTokenizer's `word_vocab` names it; it returns a list of words.
     "ldm.data.synthetic.caption_vocabulary",
+    # The frozen teacher of the REPA term (representation_alignment.teacher_config); reads safetensors/JSON only.
+    "ldm.models.diffusion.alignment.ClassifierTeacher",
 )
 
 _LOSSES = (

@@ -99,7 +99,8 @@ def ldm_config(base: DictConfig, f: int, model_channels: int, first_stage: Optio
     factor ``f``: ``first_stage`` is the autoencoder's config (``model`` section's target/params;
     None for f = 1, pixel space); the UNet gets latent size 32/f, the latent channels and
     ``model_channels``, and the paper's loss (eps-prediction on ``PAPER_SCHEDULE``, no
-    ``snr_gamma``/``snr_floor``) at a constant learning rate (no ``scheduler_config``)."""
+    ``snr_gamma``/``snr_floor``, no ``representation_alignment``) at a constant learning rate (no
+    ``scheduler_config``)."""
     _check_f(f)
     cfg = OmegaConf.create(OmegaConf.to_container(base, resolve=True))
     p = cfg.model.params
@@ -107,7 +108,7 @@ def ldm_config(base: DictConfig, f: int, model_channels: int, first_stage: Optio
     # weights, constant rate (the demo's v-prediction, schedule, Min-SNR and decay are ours). A decay
     # over a fixed step count would also favour the models that reach more steps within the
     # sweep's equal wall time.
-    for key in ("snr_gamma", "snr_floor", "scheduler_config"):
+    for key in ("snr_gamma", "snr_floor", "scheduler_config", "representation_alignment"):
         p.pop(key, None)
     p.parameterization = "eps"
     p.linear_start, p.linear_end = PAPER_SCHEDULE

@@ -9,6 +9,7 @@ names and read as the training step: get input -> encode first stage -> loss.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
@@ -22,6 +23,7 @@ from torch import nn
 from ldm import perf
 from ldm.data import latent_cache
 from ldm.models.diffusion import ancestral, image_logging, training
+from ldm.models.diffusion.alignment import make_alignment
 from ldm.models.diffusion import parameterization as P
 from ldm.models.diffusion.conditioning import (  # noqa: F401  (DiffusionWrapper, disabled_train: original paths)
     ConditioningKey, DiffusionWrapper, NullCondition, check_rate, default_null_class, disabled_train, encode_condition,
@@ -82,6 +84,8 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
         logvar_init: float = 0.0,                # their initial value
         compile_denoiser: Union[bool, Mapping[str, Any]] = False,  # torch.compile the UNet (ldm.perf)
         channels_last: bool = False,             # NHWC memory format for the UNet (ldm.perf)
+        representation_alignment: Optional[Mapping[str, Any]] = None,  # REPA term (ldm.models.diffusion.alignment):
+                                                 # teacher_config, block, weight, hidden; None: off (the paper)
     ):
         super().__init__()
         P.check_parameterization(parameterization)
@@ -98,6 +102,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
         self.channels = channels
         self.use_positional_encodings = use_positional_encodings
         self.model = DiffusionWrapper(unet_config, conditioning_key)
+        self.alignment = make_alignment(self.model.diffusion_model, representation_alignment)
         self.use_ema = use_ema
         if use_ema:
             self.model_ema = LitEma(self.model)
@@ -161,18 +166,34 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
     def get_loss(self, pred, target, mean=True):
         return get_loss(pred, target, self.loss_type, mean=mean)
 
-    def _diffusion_loss(self, x_start, cond, t, noise=None):
-        """Paper Eq. (1)-(3): noise x_0 to x_t, predict, regress the parameterisation's target."""
+    def _diffusion_loss(self, x_start, cond, t, noise=None, align_to=None):
+        """Paper Eq. (1)-(3): noise x_0 to x_t, predict, regress the parameterisation's target;
+        with ``align_to`` (the teacher's features of the clean images) plus the REPA term."""
         noise = default(noise, lambda: training_noise(x_start, self.noise_offset))
         x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
-        model_output = self.apply_model(x_noisy, t, cond)
+        aligning = align_to is not None
+        with self.alignment.capture() if aligning else contextlib.nullcontext({}) as hidden:
+            model_output = self.apply_model(x_noisy, t, cond)
         target = P.training_target(self, self.parameterization, x_start, noise, t)
         loss_fn = DiffusionLoss(self.loss_type, self.l_simple_weight, self.original_elbo_weight, self.learn_logvar)
-        return loss_fn(model_output, target, t, self.logvar, self.lvlb_weights,
-                       prefix="train" if self.training else "val", timestep_weights=self.snr_weights)
+        prefix = "train" if self.training else "val"
+        loss, log = loss_fn(model_output, target, t, self.logvar, self.lvlb_weights,
+                            prefix=prefix, timestep_weights=self.snr_weights)
+        if aligning:
+            align = self.alignment.loss(hidden["h"], align_to)
+            loss = loss + self.alignment.weight * align
+            log[f"{prefix}/align_similarity"] = -align.detach()  # mean cosine similarity, at most 1
+            log[f"{prefix}/loss"] = loss
+        return loss, log
 
-    def p_losses(self, x_start, t, noise=None):
-        return self._diffusion_loss(x_start, None, t, noise)
+    def alignment_target(self, images: torch.Tensor) -> Optional[torch.Tensor]:
+        """The teacher's features of the clean images for the REPA term, in training only."""
+        if self.alignment is None or not self.training:
+            return None
+        return self.alignment.teacher_features(images.to(self.device))
+
+    def p_losses(self, x_start, t, noise=None, align_to=None):
+        return self._diffusion_loss(x_start, None, t, noise, align_to)
 
     def sample_timesteps(self, batch_size: int) -> torch.Tensor:
         """t ~ U{0, ..., T-1} (paper Eq. (1)), or U{lo, ..., hi-1} for a ``timestep_range`` expert."""
@@ -215,7 +236,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
 
     def shared_step(self, batch):
         x = self.get_input(batch, self.first_stage_key)
-        return self(x)
+        return self(x, align_to=self.alignment_target(x))
 
     def training_step(self, batch, batch_idx):
         loss, loss_dict = self.shared_step(batch)
@@ -245,6 +266,8 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         params = list(self.model.parameters())
+        if self.alignment is not None:
+            params.extend(self.alignment.parameters_to_train())
         if self.learn_logvar:
             params.append(self.logvar)
         return params
@@ -456,7 +479,13 @@ class LatentDiffusion(ancestral.LatentSamplingMethods, DDPM):
 
     def shared_step(self, batch, **kwargs):
         x, c = self.get_input(batch, self.first_stage_key)
-        return self(x, c)
+        align_to = None
+        if self.alignment is not None and self.training:
+            if latent_cache.cached_latent(batch) is not None:
+                raise ValueError("representation_alignment needs the images: the teacher sees the clean image, and a "
+                                 "latent-cache batch holds latents only (train without the cache)")
+            align_to = self.alignment_target(DDPM.get_input(self, batch, self.first_stage_key))
+        return self(x, c, align_to=align_to)
 
     def forward(self, x, c, *args, **kwargs):
         t = self.sample_timesteps(x.shape[0])
@@ -470,8 +499,8 @@ class LatentDiffusion(ancestral.LatentSamplingMethods, DDPM):
                 c = self.q_sample(x_start=c, t=tc, noise=torch.randn_like(c.float()))
         return self.p_losses(x, c, t, *args, **kwargs)
 
-    def p_losses(self, x_start, cond, t, noise=None):
-        return self._diffusion_loss(x_start, cond, t, noise)
+    def p_losses(self, x_start, cond, t, noise=None, align_to=None):
+        return self._diffusion_loss(x_start, cond, t, noise, align_to)
 
     def trainable_parameters(self):
         params = super().trainable_parameters()
