@@ -322,7 +322,8 @@ def latent_cache_commands(args, workdir: Path, device: torch.device) -> tuple[li
     data = [f"data.params.train.params.size={size}", f"data.params.validation.params.size={size}",
             f"data.params.train.params.length={args.run_steps * 16}",
             f"model.params.first_stage_config.params.ddconfig.resolution={size}",
-            f"model.params.image_size={latent}", f"model.params.unet_config.params.image_size={latent}"]
+            f"model.params.image_size={latent}", f"model.params.unet_config.params.image_size={latent}",
+            "model.params.representation_alignment=null"]  # its teacher sees images, which a cached batch lacks
     quiet = ["lightning.callbacks.image_logger=null", "lightning.trainer.limit_val_batches=0",
              "lightning.trainer.enable_progress_bar=false", "lightning.trainer.enable_model_summary=false"]
     cache = [sys.executable, "scripts/cache_latents.py", "--base", str(DEMO_CLASS), *data,

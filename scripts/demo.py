@@ -14,7 +14,9 @@ diffusion model is sampled with its script (scripts/sample_diffusion.py, txt2img
     python scripts/demo.py --steps-factor 8 --stages autoencoder ldm_class   # 8x the training steps
 
 Default stages: autoencoder, ldm_class, ldm_text: the stages with targets, 11 to 23 minutes on 2 CPU
-cores (the speed of the host decides; README).
+cores (the speed of the host decides; README). Before the class stage the demo trains its REPA
+teacher (ldm.models.diffusion.alignment), a classifier of the synthetic data with seed 1, into
+<logdir>/demo_teacher/: the classifier that judges the samples (seed 0) is another network.
 Opt-in: ldm_uncond (an unconditional model, about 1.5 minutes more) and the task stages ldm_sr
 (super-resolution, Sec. 4.4), ldm_semantic (semantic synthesis, Sec. 4.3.2), ldm_layout
 (layout-to-image, Sec. 4.3.1), ldm_inpaint (inpainting, Sec. 4.5). Their sampling inputs (a
@@ -138,11 +140,13 @@ def step_overrides(config: str | Path, factor: int) -> list[str]:
 
 
 def run_stage(name: str, config: str, ae_ckpt: Path | None, logdir: Path, fast: bool,
-              commands: list[list[str]], steps_factor: int = 1) -> Path:
+              commands: list[list[str]], steps_factor: int = 1, teacher: Path | None = None) -> Path:
     cmd = [sys.executable, "main.py", "--base", config, "-t", "--accelerator", "cpu", "--logger", "csv",
            "-n", f"demo_{name}", "-l", str(logdir)]
     if ae_ckpt is not None:
         cmd.append(f"model.params.first_stage_config.params.ckpt_path={ae_ckpt}")
+    if teacher is not None:
+        cmd.append(f"{TEACHER_KEY}={teacher}")
     cmd += step_overrides(config, steps_factor)
     if fast:
         cmd += ["lightning.trainer.max_steps=40", "lightning.trainer.val_check_interval=20",
@@ -271,23 +275,43 @@ CLASS_SCALE = 3.0  # classifier-free guidance scale of the class samples (as sam
 SEED = 0
 
 
-def classifier_command(folder: Path, fast: bool) -> list[str]:
+# The REPA teacher of a diffusion config (ldm.models.diffusion.alignment): a classifier of the synthetic
+# data like the judge, but trained with another seed, so that the network scoring the samples is not
+# the one the denoiser's features were pulled towards.
+TEACHER_KEY = "model.params.representation_alignment.teacher_config.params.ckpt_path"
+TEACHER_SEED = 1
+
+
+def classifier_command(folder: Path, fast: bool, seed: int = SEED) -> list[str]:
     cmd = [sys.executable, "scripts/train_classifier.py", "--out", str(folder), "--no-progress"]
+    cmd += ["--seed", str(seed)] if seed != SEED else []
     return cmd + (["--steps", "60", "--train-images", "1024", "--val-images", "200"] if fast else [])
 
 
-def ensure_classifier(logdir: Path, fast: bool, commands: list[list[str]]) -> Path:
-    """The judge: ``<logdir>/demo_classifier`` (``_fast`` for --fast), trained on first use and
-    reused while it matches the synthetic data."""
+def ensure_classifier(logdir: Path, fast: bool, commands: list[list[str]], teacher: bool = False) -> Path:
+    """The judge: ``<logdir>/demo_classifier`` (``_fast`` for --fast), or with ``teacher`` the REPA
+    teacher ``<logdir>/demo_teacher`` (seed ``TEACHER_SEED``); trained on first use and reused while
+    it matches the synthetic data."""
     from ldm.eval.classifier import usable_classifier
 
-    folder = logdir / ("demo_classifier_fast" if fast else "demo_classifier")
+    what = "teacher" if teacher else "classifier"
+    folder = logdir / (f"demo_{what}_fast" if fast else f"demo_{what}")
+    cmd = classifier_command(folder, fast, TEACHER_SEED if teacher else SEED)
     if usable_classifier(folder, size=DEMO_SIZE):
-        print(f"\n==> classifier: reusing {folder}", flush=True)
-        commands.append(classifier_command(folder, fast))
+        print(f"\n==> {what}: reusing {folder}", flush=True)
+        commands.append(cmd)
     else:
-        run(classifier_command(folder, fast), commands, "classifier")
+        run(cmd, commands, what)
     return folder
+
+
+def needs_teacher(config: str | Path) -> bool:
+    """Whether ``config`` aligns its UNet with a teacher whose weights the demo has to provide."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(ROOT / config)
+    return OmegaConf.select(cfg, "model.params.representation_alignment") is not None and \
+        OmegaConf.select(cfg, TEACHER_KEY) is None
 
 
 def _uint8_to_tensor(images: "np.ndarray") -> "torch.Tensor":
@@ -455,11 +479,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ae_ckpt = None
     runs: dict[str, Path] = {}
     commands: list[list[str]] = []
+    teacher = None
     for name, config, needs_ae, _ in stages:
         if needs_ae and ae_ckpt is None:
             ae_ckpt = latest_run(logdir, "demo_autoencoder") / "checkpoints" / "last.ckpt"
+        if teacher is None and needs_teacher(config):
+            teacher = ensure_classifier(logdir, args.fast, commands, teacher=True)
         run_dir = run_stage(name, config, ae_ckpt if needs_ae else None, logdir, args.fast, commands,
-                            args.steps_factor)
+                            args.steps_factor, teacher if needs_teacher(config) else None)
         runs[name] = run_dir
         if name == "autoencoder":
             ae_ckpt = run_dir / "checkpoints" / "last.ckpt"

@@ -66,6 +66,16 @@ def autoencoder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    """A REPA teacher of the class config's width (24) at the tests' image size, barely trained."""
+    from ldm.eval.classifier import save_classifier, train_classifier
+
+    model, config = train_classifier(size=SIZE, width=24, steps=2, seed=1, batch_size=8, train_images=16, val_images=8,
+                                     progress=False)
+    return save_classifier(model, config, tmp_path_factory.mktemp("teacher"))
+
+
+@pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, list[Path]]:
     return demo.write_inputs(tmp_path_factory.mktemp("inputs"), size=SIZE)
 
@@ -161,9 +171,11 @@ def test_task_configs_match_the_synthetic_data():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", LDM_STAGES, ids=[s.name for s in LDM_STAGES])
-def test_demo_stage_trains_and_its_script_samples(stage, autoencoder, inputs, tmp_path):
+def test_demo_stage_trains_and_its_script_samples(stage, autoencoder, teacher, inputs, tmp_path):
+    extra = [f"{demo.TEACHER_KEY}={teacher}", f"{demo.TEACHER_KEY.rsplit('.', 1)[0]}.size={SIZE}"] \
+        if demo.needs_teacher(stage.config) else []
     rundir = train(tmp_path / "logs", str(REPO / stage.config), f"demo_{stage.name}",
-                   f"model.params.first_stage_config.params.ckpt_path={autoencoder}", *LDM)
+                   f"model.params.first_stage_config.params.ckpt_path={autoencoder}", *LDM, *extra)
     ckpt = torch.load(rundir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 2
 
@@ -289,17 +301,39 @@ def test_demo_help_runs_as_a_script():
 def test_demo_trains_the_latent_stages_on_the_new_autoencoder(tmp_path, monkeypatch):
     calls = []
 
-    def fake_run_stage(name, config, ae_ckpt, logdir, fast, commands, steps_factor=1):
-        calls.append(("stage", name, ae_ckpt))
+    def fake_run_stage(name, config, ae_ckpt, logdir, fast, commands, steps_factor=1, teacher=None):
+        calls.append(("stage", name, ae_ckpt, teacher))
         return tmp_path / f"run_{name}"
 
     monkeypatch.setattr(demo, "run_stage", fake_run_stage)
-    monkeypatch.setattr(demo, "run", lambda cmd, commands, what: calls.append(("sample", cmd[1])))
+    monkeypatch.setattr(demo, "run", lambda cmd, commands, what: calls.append(("run", cmd[1], cmd[cmd.index("--out") + 1]
+                                                                                 if "--out" in cmd else None)))
     demo.main(["--no-report", "-l", str(tmp_path)])
     ae = tmp_path / "run_autoencoder" / "checkpoints" / "last.ckpt"
-    assert calls[0] == ("stage", "autoencoder", None)
-    assert calls[1:3] == [("stage", n, ae) for n in ("ldm_class", "ldm_text")] and len(calls) == 6
-    assert [c[1] for c in calls if c[0] == "sample"] == ["scripts/sample_diffusion.py", *["scripts/txt2img.py"] * 2]
+    teacher = tmp_path.resolve() / "demo_teacher"
+    assert calls[0] == ("stage", "autoencoder", None, None)
+    # the class model's REPA teacher is trained (seed 1) before the stage that needs it, and passed to it
+    assert calls[1] == ("run", "scripts/train_classifier.py", str(teacher))
+    assert calls[2:4] == [("stage", "ldm_class", ae, teacher), ("stage", "ldm_text", ae, None)] and len(calls) == 7
+    assert [c[1] for c in calls[4:]] == ["scripts/sample_diffusion.py", *["scripts/txt2img.py"] * 2]
+
+
+def test_the_teacher_is_another_seed_than_the_judge(tmp_path):
+    commands = []
+    ran = []
+    demo_run = demo.run
+    try:
+        demo.run = lambda cmd, commands, what: (commands.append(cmd), ran.append(what))
+        folder = demo.ensure_classifier(tmp_path, False, commands, teacher=True)
+        judge = demo.ensure_classifier(tmp_path, False, commands)
+    finally:
+        demo.run = demo_run
+    assert (folder, judge) == (tmp_path / "demo_teacher", tmp_path / "demo_classifier") and ran == ["teacher", "classifier"]
+    assert commands[0][commands[0].index("--seed") + 1] == str(demo.TEACHER_SEED) != str(demo.SEED)
+    assert "--seed" not in commands[1]  # the judge keeps train_classifier.py's default seed (0)
+    assert demo.needs_teacher("configs/demo/ldm_class.yaml") and not demo.needs_teacher("configs/demo/ldm_uncond.yaml")
+    cls = OmegaConf.load(REPO / "configs/demo/ldm_class.yaml")
+    assert OmegaConf.select(cls, demo.TEACHER_KEY, default="missing") is None  # the key the demo sets exists
 
 
 def test_text_figures_judge_each_prompts_own_samples(tmp_path, monkeypatch):

@@ -27,6 +27,7 @@ TINY = [
     "model.params.image_size=4", "model.params.unet_config.params.image_size=4",
     "model.params.unet_config.params.model_channels=32", "model.params.unet_config.params.num_head_channels=16",
     "model.params.unet_config.params.context_dim=16", "model.params.cond_stage_config.params.embed_dim=16",
+    "model.params.representation_alignment=null",  # its teacher sees images; a cached batch has latents only
 ]
 VQ_FIRST_STAGE = [  # a VQ first stage (4x4x3 latents from 8 codes) and a frozen class embedder
     "model.params.first_stage_config.target=ldm.models.autoencoder.VQModelInterface",
