@@ -13,7 +13,7 @@ diffusion model is sampled with its script (scripts/sample_diffusion.py, txt2img
     python scripts/demo.py --fast          # a short smoke run (also LDM_DEMO_FAST=1)
     python scripts/demo.py --steps-factor 8 --stages autoencoder ldm_class   # 8x the training steps
 
-Default stages: autoencoder, ldm_class, ldm_text: the stages with targets, 11 to 23 minutes on 2 CPU
+Default stages: autoencoder, ldm_class, ldm_text: the stages with targets, 12 to 24 minutes on 2 CPU
 cores (the speed of the host decides; README). Before the class stage the demo trains its REPA
 teacher (ldm.models.diffusion.alignment), a classifier of the synthetic data with seed 1, into
 <logdir>/demo_teacher/: the classifier that judges the samples (seed 0) is another network.
@@ -457,7 +457,7 @@ def parser() -> argparse.ArgumentParser:
                    help="a short smoke run (also LDM_DEMO_FAST=1)")
     p.add_argument("--steps-factor", type=int, default=1, metavar="K",
                    help="train every stage K times as many steps (its learning-rate schedule, validation and "
-                        "image logging scaled alike); the default stages take about K x 11 to 23 minutes on 2 CPU cores")
+                        "image logging scaled alike); the default stages take about K x 12 to 24 minutes on 2 CPU cores")
     p.add_argument("-l", "--logdir", default="logs", help="where run directories go")
     p.add_argument("--no-report", action="store_true",
                    help="skip the figures and <logdir>/demo_report.html at the end")
