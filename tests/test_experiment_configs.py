@@ -161,7 +161,14 @@ def env(data_root, monkeypatch, tmp_path):
 
 def _small_config(rel: str, tmp_path: Path) -> Path:
     cfg = _plain(rel)
-    shrink(cfg, fake_data_trees.write_wordpiece_vocab(tmp_path / "vocab.txt"))
+    px = shrink(cfg, fake_data_trees.write_wordpiece_vocab(tmp_path / "vocab.txt"))
+    alignment = cfg["model"]["params"].get("representation_alignment")
+    if alignment:  # a REPA teacher at the shrunk size, barely trained (the demo trains a real one)
+        from ldm.eval.classifier import save_classifier, train_classifier
+
+        teacher = save_classifier(*train_classifier(size=px, width=4, steps=1, batch_size=2, train_images=4,
+                                                    val_images=2, progress=False), tmp_path / "teacher")
+        alignment["teacher_config"]["params"].update(width=4, size=px, ckpt_path=str(teacher))
     lightning = cfg.setdefault("lightning", {})
     lightning.setdefault("trainer", {}).update(accumulate_grad_batches=1, fast_dev_run=1)
     lightning.setdefault("callbacks", {})
