@@ -1,7 +1,8 @@
 """Encode a latent diffusion config's data once with its frozen first stage, then train from it.
 
     python scripts/cache_latents.py --base configs/demo/ldm_class.yaml [key=value ...] --out cache/demo
-    python main.py --base configs/demo/ldm_class.yaml [the same key=value ...] -t --latent-cache cache/demo
+    python main.py --base configs/demo/ldm_class.yaml [the same key=value ...] -t --latent-cache cache/demo \
+        model.params.representation_alignment=null   # REPA's teacher needs the images a cache lacks
 
 KL first stages are stored as the posterior's mean and std (training still draws z ~ q(z|x) every
 step); VQ first stages as the encoder output LatentDiffusion trains on. A frozen conditioning
