@@ -14,9 +14,8 @@ diffusion model is sampled with its script (scripts/sample_diffusion.py, txt2img
     python scripts/demo.py --steps-factor 8 --stages autoencoder ldm_class   # 8x the training steps
 
 Default stages: autoencoder, ldm_class, ldm_text: the stages with targets, 12 to 24 minutes on 2 CPU
-cores (the speed of the host decides; README). Before the class stage the demo trains its REPA
-teacher (ldm.models.diffusion.alignment), a classifier of the synthetic data with seed 1, into
-<logdir>/demo_teacher/: the classifier that judges the samples (seed 0) is another network.
+cores (the speed of the host decides; README). The class stage's REPA teacher, a classifier of seed 1
+(the judge's is 0), is trained first into <logdir>/demo_teacher/ (ldm.models.diffusion.alignment).
 Opt-in: ldm_uncond (an unconditional model, about 1.5 minutes more) and the task stages ldm_sr
 (super-resolution, Sec. 4.4), ldm_semantic (semantic synthesis, Sec. 4.3.2), ldm_layout
 (layout-to-image, Sec. 4.3.1), ldm_inpaint (inpainting, Sec. 4.5). Their sampling inputs (a
@@ -275,9 +274,8 @@ CLASS_SCALE = 3.0  # classifier-free guidance scale of the class samples (as sam
 SEED = 0
 
 
-# The REPA teacher of a diffusion config (ldm.models.diffusion.alignment): a classifier of the synthetic
-# data like the judge, but trained with another seed, so that the network scoring the samples is not
-# the one the denoiser's features were pulled towards.
+# The REPA teacher (ldm.models.diffusion.alignment): a classifier like the judge but of another seed,
+# so that the network scoring the samples is not the one the denoiser's features were pulled towards.
 TEACHER_KEY = "model.params.representation_alignment.teacher_config.params.ckpt_path"
 TEACHER_SEED = 1
 
@@ -289,9 +287,8 @@ def classifier_command(folder: Path, fast: bool, seed: int = SEED) -> list[str]:
 
 
 def ensure_classifier(logdir: Path, fast: bool, commands: list[list[str]], teacher: bool = False) -> Path:
-    """The judge: ``<logdir>/demo_classifier`` (``_fast`` for --fast), or with ``teacher`` the REPA
-    teacher ``<logdir>/demo_teacher`` (seed ``TEACHER_SEED``); trained on first use and reused while
-    it matches the synthetic data."""
+    """The judge ``<logdir>/demo_classifier`` (``_fast`` for --fast), or the REPA ``teacher`` ``demo_teacher``
+    (seed ``TEACHER_SEED``); trained on first use and reused while it matches the synthetic data."""
     from ldm.eval.classifier import usable_classifier
 
     what = "teacher" if teacher else "classifier"
@@ -309,9 +306,8 @@ def needs_teacher(config: str | Path) -> bool:
     """Whether ``config`` aligns its UNet with a teacher whose weights the demo has to provide."""
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(ROOT / config)
-    return OmegaConf.select(cfg, "model.params.representation_alignment") is not None and \
-        OmegaConf.select(cfg, TEACHER_KEY) is None
+    cfg = OmegaConf.load(ROOT / config)  # a set ckpt_path is the config's own teacher
+    return OmegaConf.select(cfg, TEACHER_KEY, default="absent") is None
 
 
 def _uint8_to_tensor(images: "np.ndarray") -> "torch.Tensor":
@@ -479,14 +475,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ae_ckpt = None
     runs: dict[str, Path] = {}
     commands: list[list[str]] = []
-    teacher = None
     for name, config, needs_ae, _ in stages:
         if needs_ae and ae_ckpt is None:
             ae_ckpt = latest_run(logdir, "demo_autoencoder") / "checkpoints" / "last.ckpt"
-        if teacher is None and needs_teacher(config):
-            teacher = ensure_classifier(logdir, args.fast, commands, teacher=True)
+        teacher = ensure_classifier(logdir, args.fast, commands, teacher=True) if needs_teacher(config) else None
         run_dir = run_stage(name, config, ae_ckpt if needs_ae else None, logdir, args.fast, commands,
-                            args.steps_factor, teacher if needs_teacher(config) else None)
+                            args.steps_factor, teacher)
         runs[name] = run_dir
         if name == "autoencoder":
             ae_ckpt = run_dir / "checkpoints" / "last.ckpt"

@@ -318,16 +318,12 @@ def test_demo_trains_the_latent_stages_on_the_new_autoencoder(tmp_path, monkeypa
     assert [c[1] for c in calls[4:]] == ["scripts/sample_diffusion.py", *["scripts/txt2img.py"] * 2]
 
 
-def test_the_teacher_is_another_seed_than_the_judge(tmp_path):
+def test_the_teacher_is_another_seed_than_the_judge(tmp_path, monkeypatch):
     commands = []
     ran = []
-    demo_run = demo.run
-    try:
-        demo.run = lambda cmd, commands, what: (commands.append(cmd), ran.append(what))
-        folder = demo.ensure_classifier(tmp_path, False, commands, teacher=True)
-        judge = demo.ensure_classifier(tmp_path, False, commands)
-    finally:
-        demo.run = demo_run
+    monkeypatch.setattr(demo, "run", lambda cmd, commands, what: (commands.append(cmd), ran.append(what)))
+    folder = demo.ensure_classifier(tmp_path, False, commands, teacher=True)
+    judge = demo.ensure_classifier(tmp_path, False, commands)
     assert (folder, judge) == (tmp_path / "demo_teacher", tmp_path / "demo_classifier") and ran == ["teacher", "classifier"]
     assert commands[0][commands[0].index("--seed") + 1] == str(demo.TEACHER_SEED) != str(demo.SEED)
     assert "--seed" not in commands[1]  # the judge keeps train_classifier.py's default seed (0)

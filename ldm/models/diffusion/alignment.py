@@ -33,8 +33,8 @@ from torch import nn
 
 from ldm.config.errors import ConfigError
 
-__all__ = ["ALIGNMENT_KEYS", "ClassifierTeacher", "RepresentationAlignment", "alignment_loss", "block_channels",
-           "make_alignment"]
+__all__ = ["ALIGNMENT_KEYS", "ClassifierTeacher", "RepresentationAlignment", "add_term", "alignment_loss",
+           "block_channels", "capture", "make_alignment"]
 
 
 class ClassifierTeacher(nn.Module):
@@ -94,7 +94,7 @@ class ClassifierTeacher(nn.Module):
 
 def block_channels(block: nn.Module) -> int:
     """Channels of a UNet block's output: those of its last layer that names them."""
-    layers = list(block.children()) if len(list(block.children())) else [block]
+    layers = list(block.children()) or [block]
     for layer in reversed(layers):
         for attr in ("out_channels", "in_channels"):  # SpatialTransformer keeps its input's channels
             if isinstance(getattr(layer, attr, None), int):
@@ -130,7 +130,7 @@ class RepresentationAlignment(nn.Module):
             raise ConfigError(f"{path}.weight", f"must be a number > 0, got {weight!r}")
         if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
             raise ConfigError(f"{path}.hidden", f"must be an integer >= 1, got {hidden!r}")
-        self.block, self.weight = block, float(weight)
+        self.weight = float(weight)
         self.teacher = instantiate_from_config(teacher_config, path=f"{path}.teacher_config")
         out = getattr(self.teacher, "out_channels", None)
         if not isinstance(out, int):
@@ -150,7 +150,13 @@ class RepresentationAlignment(nn.Module):
     def parameters_to_train(self) -> list[nn.Parameter]:
         return list(self.projector.parameters())
 
-    def teacher_features(self, images: torch.Tensor) -> torch.Tensor:
+    def teacher_features(self, batch: Mapping, images: torch.Tensor) -> torch.Tensor:
+        """e(x) of the batch's clean ``images``; a latent-cache batch has none to give."""
+        from ldm.data import latent_cache
+
+        if latent_cache.cached_latent(batch) is not None:
+            raise ValueError("representation_alignment needs the images: the teacher sees the clean image, and a "
+                             "latent-cache batch holds latents only (train without the cache)")
         self.check_teacher()
         return self.teacher(images)
 
@@ -167,6 +173,24 @@ class RepresentationAlignment(nn.Module):
     def loss(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """-cos similarity (to be weighted by ``weight`` and added to the diffusion loss)."""
         return -alignment_loss(self.projector(hidden), target)
+
+
+def capture(alignment: Optional[RepresentationAlignment], target: Optional[torch.Tensor]):
+    """Around the denoiser's forward pass: records the aligned block's output when there is a ``target``."""
+    return alignment.capture() if target is not None else contextlib.nullcontext({})
+
+
+def add_term(alignment: Optional[RepresentationAlignment], hidden: Mapping[str, torch.Tensor],
+             target: Optional[torch.Tensor], loss: torch.Tensor, log: dict, prefix: str) -> torch.Tensor:
+    """The diffusion ``loss`` plus λ times the REPA term (unchanged without a ``target``); logs the
+    mean cosine similarity and the total."""
+    if target is None:
+        return loss
+    align = alignment.loss(hidden["h"], target)
+    loss = loss + alignment.weight * align
+    log[f"{prefix}/align_similarity"] = -align.detach()  # at most 1
+    log[f"{prefix}/loss"] = loss
+    return loss
 
 
 ALIGNMENT_KEYS = ("teacher_config", "block", "weight", "hidden")

@@ -9,7 +9,6 @@ names and read as the training step: get input -> encode first stage -> loss.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
@@ -23,7 +22,7 @@ from torch import nn
 from ldm import perf
 from ldm.data import latent_cache
 from ldm.models.diffusion import ancestral, image_logging, training
-from ldm.models.diffusion.alignment import make_alignment
+from ldm.models.diffusion import alignment as repa
 from ldm.models.diffusion import parameterization as P
 from ldm.models.diffusion.conditioning import (  # noqa: F401  (DiffusionWrapper, disabled_train: original paths)
     ConditioningKey, DiffusionWrapper, NullCondition, check_rate, default_null_class, disabled_train, encode_condition,
@@ -35,7 +34,7 @@ from ldm.models.diffusion.losses import (
     min_snr_weights, training_noise)
 from ldm.models.diffusion.parameterization import Parameterization
 from ldm.models.diffusion.schedule import (
-    BETA_SCHEDULES, BetaSchedule, buffer_device, make_beta_schedule, register_schedule_buffers, schedule_arrays)
+    BetaSchedule, buffer_device, make_beta_schedule, register_schedule_buffers, schedule_arrays)
 from ldm.modules.ema import LitEma
 from ldm.util import default, instantiate_from_config
 
@@ -84,8 +83,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
         logvar_init: float = 0.0,                # their initial value
         compile_denoiser: Union[bool, Mapping[str, Any]] = False,  # torch.compile the UNet (ldm.perf)
         channels_last: bool = False,             # NHWC memory format for the UNet (ldm.perf)
-        representation_alignment: Optional[Mapping[str, Any]] = None,  # REPA term (ldm.models.diffusion.alignment):
-                                                 # teacher_config, block, weight, hidden; None: off (the paper)
+        representation_alignment: Optional[Mapping[str, Any]] = None,  # REPA term (alignment.py); None: off (the paper)
     ):
         super().__init__()
         P.check_parameterization(parameterization)
@@ -102,7 +100,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
         self.channels = channels
         self.use_positional_encodings = use_positional_encodings
         self.model = DiffusionWrapper(unet_config, conditioning_key)
-        self.alignment = make_alignment(self.model.diffusion_model, representation_alignment)
+        self.alignment = repa.make_alignment(self.model.diffusion_model, representation_alignment)
         self.use_ema = use_ema
         if use_ema:
             self.model_ema = LitEma(self.model)
@@ -140,12 +138,8 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
         linear_end: float = 2e-2,
         cosine_s: float = 8e-3,
     ) -> None:
-        if given_betas is not None:
-            betas = np.asarray(given_betas, dtype=np.float64)
-        else:
-            if beta_schedule not in BETA_SCHEDULES:
-                raise ValueError(f"beta_schedule {beta_schedule!r} unknown; expected one of {BETA_SCHEDULES}")
-            betas = make_beta_schedule(beta_schedule, timesteps, linear_start, linear_end, cosine_s)
+        betas = np.asarray(given_betas, dtype=np.float64) if given_betas is not None else \
+            make_beta_schedule(beta_schedule, timesteps, linear_start, linear_end, cosine_s)  # refuses unknown names
         arrays = schedule_arrays(betas, self.v_posterior)
         self.num_timesteps = int(betas.shape[0])
         self.linear_start, self.linear_end = linear_start, linear_end
@@ -171,26 +165,20 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
         with ``align_to`` (the teacher's features of the clean images) plus the REPA term."""
         noise = default(noise, lambda: training_noise(x_start, self.noise_offset))
         x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
-        aligning = align_to is not None
-        with self.alignment.capture() if aligning else contextlib.nullcontext({}) as hidden:
+        with repa.capture(self.alignment, align_to) as hidden:
             model_output = self.apply_model(x_noisy, t, cond)
         target = P.training_target(self, self.parameterization, x_start, noise, t)
         loss_fn = DiffusionLoss(self.loss_type, self.l_simple_weight, self.original_elbo_weight, self.learn_logvar)
         prefix = "train" if self.training else "val"
         loss, log = loss_fn(model_output, target, t, self.logvar, self.lvlb_weights,
                             prefix=prefix, timestep_weights=self.snr_weights)
-        if aligning:
-            align = self.alignment.loss(hidden["h"], align_to)
-            loss = loss + self.alignment.weight * align
-            log[f"{prefix}/align_similarity"] = -align.detach()  # mean cosine similarity, at most 1
-            log[f"{prefix}/loss"] = loss
-        return loss, log
+        return repa.add_term(self.alignment, hidden, align_to, loss, log, prefix), log
 
-    def alignment_target(self, images: torch.Tensor) -> Optional[torch.Tensor]:
-        """The teacher's features of the clean images for the REPA term, in training only."""
+    def alignment_target(self, batch) -> Optional[torch.Tensor]:
+        """The teacher's features of the batch's clean images for the REPA term, in training only."""
         if self.alignment is None or not self.training:
             return None
-        return self.alignment.teacher_features(images.to(self.device))
+        return self.alignment.teacher_features(batch, DDPM.get_input(self, batch, self.first_stage_key).to(self.device))
 
     def p_losses(self, x_start, t, noise=None, align_to=None):
         return self._diffusion_loss(x_start, None, t, noise, align_to)
@@ -236,7 +224,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
 
     def shared_step(self, batch):
         x = self.get_input(batch, self.first_stage_key)
-        return self(x, align_to=self.alignment_target(x))
+        return self(x, align_to=self.alignment_target(batch))
 
     def training_step(self, batch, batch_idx):
         loss, loss_dict = self.shared_step(batch)
@@ -479,13 +467,7 @@ class LatentDiffusion(ancestral.LatentSamplingMethods, DDPM):
 
     def shared_step(self, batch, **kwargs):
         x, c = self.get_input(batch, self.first_stage_key)
-        align_to = None
-        if self.alignment is not None and self.training:
-            if latent_cache.cached_latent(batch) is not None:
-                raise ValueError("representation_alignment needs the images: the teacher sees the clean image, and a "
-                                 "latent-cache batch holds latents only (train without the cache)")
-            align_to = self.alignment_target(DDPM.get_input(self, batch, self.first_stage_key))
-        return self(x, c, align_to=align_to)
+        return self(x, c, align_to=self.alignment_target(batch))
 
     def forward(self, x, c, *args, **kwargs):
         t = self.sample_timesteps(x.shape[0])
