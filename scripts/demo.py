@@ -12,6 +12,8 @@ diffusion model is sampled with its script (scripts/sample_diffusion.py, txt2img
     python scripts/demo.py --stages ldm_sr ldm_inpaint   # task stages on the latest autoencoder
     python scripts/demo.py --fast          # a short smoke run (also LDM_DEMO_FAST=1)
     python scripts/demo.py --steps-factor 8 --stages autoencoder ldm_class   # 8x the training steps
+    python scripts/demo.py --stages ldm_class --steps-factor 2 --class-scale 5   # the class target, on the
+                                                                             # latest autoencoder
 
 Default stages: autoencoder, ldm_class, ldm_text: the stages with targets, 12 to 24 minutes on 2 CPU
 cores (the speed of the host decides; README). The class stage's REPA teacher, a classifier of seed 1
@@ -198,10 +200,10 @@ def samples_dir(outdir: Path, stage: str, run_dir: Path) -> Path:
 
 
 def sample_commands(runs: dict[str, Path], outdir: Path, inputs: Optional[dict[str, list[Path]]] = None,
-                    steps: Optional[int] = None) -> list[list[str]]:
+                    steps: Optional[int] = None, class_scale: float = 3.0) -> list[list[str]]:
     """Sampling-script calls on the trained demo models (those whose stage ran), each into its
     :func:`samples_dir`. ``inputs`` (from :func:`write_inputs`) feed the task scripts; ``steps``
-    overrides every sampler's steps."""
+    overrides every sampler's steps; ``class_scale`` is the class samples' guidance scale."""
     py = sys.executable
 
     def dest(stage: str) -> str:
@@ -221,7 +223,7 @@ def sample_commands(runs: dict[str, Path], outdir: Path, inputs: Optional[dict[s
                      "-l", dest("ldm_uncond")])
     if "ldm_class" in runs:
         cmds.append([py, "scripts/sample_diffusion.py", "-r", str(runs["ldm_class"]), "-n", "16",
-                     "--classes", *map(str, range(8)), "--scale", "3.0", "-c", n_steps(50), "-l", dest("ldm_class")])
+                     "--classes", *map(str, range(8)), "--scale", f"{class_scale:g}", "-c", n_steps(50), "-l", dest("ldm_class")])
     if "ldm_text" in runs:
         cmds += [[py, "scripts/txt2img.py", "-r", str(runs["ldm_text"]), "--prompt", prompt.text, "--sampler",
                   "unipc", "--steps", n_steps(20), "--scale", "3.0", "--n_samples", "16", "--outdir", dest("ldm_text")]
@@ -270,7 +272,7 @@ TEXT_PROMPTS = (Prompt("a red circle and a blue square", ("red", "blue"), "circl
 
 FULL = Sizes(real_images=1000, class_samples=256, class_steps=20)
 FAST = Sizes(real_images=64, class_samples=16, class_steps=10)
-CLASS_SCALE = 3.0  # classifier-free guidance scale of the class samples (as sample_commands uses)
+CLASS_SCALE = 3.0  # default guidance scale of the class samples (--class-scale)
 SEED = 0
 
 
@@ -341,7 +343,8 @@ def autoencoder_figures(run_dir: Path, n: int, grid: Path, classifier: Optional[
     return figures
 
 
-def class_figures(run_dir: Path, classifier: Path, sizes: Sizes, grid: Path) -> list["Figure"]:
+def class_figures(run_dir: Path, classifier: Path, sizes: Sizes, grid: Path,
+                  scale: float = CLASS_SCALE) -> list["Figure"]:
     """How often guided class samples are recognised as their class by the classifier, relative
     to real validation images, and an FID-like score of the classifier's features."""
     from ldm.eval.html_report import Figure
@@ -350,9 +353,9 @@ def class_figures(run_dir: Path, classifier: Path, sizes: Sizes, grid: Path) -> 
 
     model = load_run(run_dir, device="cpu")
     scores = class_sample_scores(model, classifier, sizes.class_samples, sampler="ddim", steps=sizes.class_steps,
-                                 scale=CLASS_SCALE, seed=SEED, n_real=sizes.real_images, size=DEMO_SIZE)
+                                 scale=scale, seed=SEED, n_real=sizes.real_images, size=DEMO_SIZE)
     save_grid(_uint8_to_tensor(scores.samples[:64]), grid, nrow=8)  # column k: class k
-    how = f"{sizes.class_samples} samples (class i mod 8), DDIM {sizes.class_steps} steps, guidance scale {CLASS_SCALE:g}"
+    how = f"{sizes.class_samples} samples (class i mod 8), DDIM {sizes.class_steps} steps, guidance scale {scale:g}"
     return [
         Figure(f"Classifier accuracy on {scores.n_real} real validation images", 100 * scores.real_accuracy,
                unit="%", digits=1, note=scores.extractor),
@@ -400,7 +403,7 @@ def first_png(folder: Path, pattern: str) -> Optional[Path]:
 
 
 def write_demo_report(runs: dict[str, Path], logdir: Path, fast: bool, commands: list[list[str]],
-                      argv: Sequence[str]) -> Optional[Path]:
+                      argv: Sequence[str], class_scale: float = CLASS_SCALE) -> Optional[Path]:
     """Figures of the models trained in this invocation, printed and written with the grids and
     commands to ``<logdir>/demo_report.html``."""
     from ldm.eval.html_report import format_figures, write_report
@@ -419,9 +422,9 @@ def write_demo_report(runs: dict[str, Path], logdir: Path, fast: bool, commands:
         images.append(("Autoencoder: validation inputs (top) and reconstructions (bottom)", grid))
     if "ldm_class" in runs:
         grid = outdir / "class_samples_eval.png"
-        figures += class_figures(runs["ldm_class"], classifier, sizes, grid)
+        figures += class_figures(runs["ldm_class"], classifier, sizes, grid, class_scale)
         images.append((f"Guided class samples, column k = class k (circle, square, triangle, diamond, hexagon, "
-                       f"star, cross, ring), scale {CLASS_SCALE:g}", grid))
+                       f"star, cross, ring), scale {class_scale:g}", grid))
     if "ldm_text" in runs:
         figures += text_figures(samples_dir(outdir, "ldm_text", runs["ldm_text"]) / "samples", classifier,
                                 sizes.real_images)
@@ -454,6 +457,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-factor", type=int, default=1, metavar="K",
                    help="train every stage K times as many steps (its learning-rate schedule, validation and "
                         "image logging scaled alike); the default stages take about K x 12 to 24 minutes on 2 CPU cores")
+    p.add_argument("--class-scale", type=float, default=CLASS_SCALE, metavar="S",
+                   help=f"classifier-free guidance scale of the class samples and their figures (default "
+                        f"{CLASS_SCALE:g}; 5 was the better one after 2000 and more steps, docs/reproduction.md)")
     p.add_argument("-l", "--logdir", default="logs", help="where run directories go")
     p.add_argument("--no-report", action="store_true",
                    help="skip the figures and <logdir>/demo_report.html at the end")
@@ -469,6 +475,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         p.error(str(exc))
     if args.steps_factor < 1:
         p.error(f"--steps-factor must be at least 1, got {args.steps_factor}")
+    if not 0 < args.class_scale < float("inf"):
+        p.error(f"--class-scale must be a positive number, got {args.class_scale:g}")
     if args.fast and args.steps_factor != 1:
         p.error("--steps-factor and --fast do not go together: --fast sets its own step counts")
     logdir = (ROOT / args.logdir).resolve()
@@ -489,11 +497,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             print(f"    {g.relative_to(ROOT) if g.is_relative_to(ROOT) else g}")
     outdir = logdir / "demo_samples"
     inputs = write_inputs(outdir / "inputs") if runs.keys() & set(TASK_STAGES) else None
-    for cmd in sample_commands(runs, outdir, inputs):
+    for cmd in sample_commands(runs, outdir, inputs, class_scale=args.class_scale):
         run(cmd, commands, "sampling")
     print(f"\nDemo done. Training grids are under each run's images/ folder; samples under {outdir}.")
     if not args.no_report:
-        write_demo_report(runs, logdir, args.fast, commands, list(argv if argv is not None else sys.argv[1:]))
+        write_demo_report(runs, logdir, args.fast, commands, list(argv if argv is not None else sys.argv[1:]),
+                          args.class_scale)
 
 
 if __name__ == "__main__":

@@ -281,7 +281,9 @@ def test_steps_factor_scales_every_step_count_of_a_stage():
 
 
 @pytest.mark.parametrize("argv, message", [(["--steps-factor", "0"], "--steps-factor must be at least 1"),
-                                           (["--steps-factor", "2", "--fast"], "do not go together")])
+                                           (["--steps-factor", "2", "--fast"], "do not go together"),
+                                           (["--class-scale", "0"], "--class-scale must be a positive number, got 0"),
+                                           (["--class-scale", "nan"], "--class-scale must be a positive number")])
 def test_demo_rejects_bad_steps_factor_before_training(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         demo.main([*argv, "-l", str(tmp_path)])
@@ -316,6 +318,17 @@ def test_demo_trains_the_latent_stages_on_the_new_autoencoder(tmp_path, monkeypa
     assert calls[1] == ("run", "scripts/train_classifier.py", str(teacher))
     assert calls[2:4] == [("stage", "ldm_class", ae, teacher), ("stage", "ldm_text", ae, None)] and len(calls) == 7
     assert [c[1] for c in calls[4:]] == ["scripts/sample_diffusion.py", *["scripts/txt2img.py"] * 2]
+
+
+def test_class_scale_reaches_the_class_samples_only(tmp_path, monkeypatch):
+    sampled = []
+    monkeypatch.setattr(demo, "run_stage", lambda name, *a, **k: tmp_path / f"run_{name}")
+    monkeypatch.setattr(demo, "run", lambda cmd, commands, what: sampled.append(cmd) if what == "sampling" else None)
+    demo.main(["--no-report", "--class-scale", "5", "-l", str(tmp_path)])
+    scales = {Path(cmd[1]).name: cmd[cmd.index("--scale") + 1] for cmd in sampled}
+    assert scales == {"sample_diffusion.py": "5", "txt2img.py": "3.0"}  # the text samples keep theirs
+    default = demo.sample_commands({"ldm_class": tmp_path / "run_ldm_class"}, tmp_path)[0]
+    assert default[default.index("--scale") + 1] == f"{demo.CLASS_SCALE:g}" == "3"
 
 
 def test_the_teacher_is_another_seed_than_the_judge(tmp_path, monkeypatch):
