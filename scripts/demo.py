@@ -78,6 +78,7 @@ DEMO_SIZE = 32         # image side of the demo data (configs/demo/*.yaml)
 DEMO_F = 2             # the demo autoencoder's downsampling factor: 16x16x3 latents
 LAYOUT_GRID = 16       # configs/demo/ldm_layout.yaml's corner grid (data.params.*.layout_grid)
 N_INPUTS = 2           # validation examples cut into sampling inputs
+CLASS_SCALE = 3.0      # default guidance scale of the class samples (--class-scale)
 
 
 def select_stages(names: Optional[Sequence[str]], tasks: bool = False) -> list[Stage]:
@@ -200,7 +201,7 @@ def samples_dir(outdir: Path, stage: str, run_dir: Path) -> Path:
 
 
 def sample_commands(runs: dict[str, Path], outdir: Path, inputs: Optional[dict[str, list[Path]]] = None,
-                    steps: Optional[int] = None, class_scale: float = 3.0) -> list[list[str]]:
+                    steps: Optional[int] = None, class_scale: float = CLASS_SCALE) -> list[list[str]]:
     """Sampling-script calls on the trained demo models (those whose stage ran), each into its
     :func:`samples_dir`. ``inputs`` (from :func:`write_inputs`) feed the task scripts; ``steps``
     overrides every sampler's steps; ``class_scale`` is the class samples' guidance scale."""
@@ -223,7 +224,8 @@ def sample_commands(runs: dict[str, Path], outdir: Path, inputs: Optional[dict[s
                      "-l", dest("ldm_uncond")])
     if "ldm_class" in runs:
         cmds.append([py, "scripts/sample_diffusion.py", "-r", str(runs["ldm_class"]), "-n", "16",
-                     "--classes", *map(str, range(8)), "--scale", f"{class_scale:g}", "-c", n_steps(50), "-l", dest("ldm_class")])
+                     "--classes", *map(str, range(8)), "--scale", f"{class_scale:g}", "-c", n_steps(50),
+                     "-l", dest("ldm_class")])
     if "ldm_text" in runs:
         cmds += [[py, "scripts/txt2img.py", "-r", str(runs["ldm_text"]), "--prompt", prompt.text, "--sampler",
                   "unipc", "--steps", n_steps(20), "--scale", "3.0", "--n_samples", "16", "--outdir", dest("ldm_text")]
@@ -272,7 +274,6 @@ TEXT_PROMPTS = (Prompt("a red circle and a blue square", ("red", "blue"), "circl
 
 FULL = Sizes(real_images=1000, class_samples=256, class_steps=20)
 FAST = Sizes(real_images=64, class_samples=16, class_steps=10)
-CLASS_SCALE = 3.0  # default guidance scale of the class samples (--class-scale)
 SEED = 0
 
 
