@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldm.config.errors import ConfigError
+from ldm.data import latent_cache
 
 __all__ = ["ALIGNMENT_KEYS", "ClassifierTeacher", "RepresentationAlignment", "add_term", "alignment_loss",
            "block_channels", "capture", "make_alignment"]
@@ -152,8 +153,6 @@ class RepresentationAlignment(nn.Module):
 
     def teacher_features(self, batch: Mapping, images: torch.Tensor) -> torch.Tensor:
         """e(x) of the batch's clean ``images``; a latent-cache batch has none to give."""
-        from ldm.data import latent_cache
-
         if latent_cache.cached_latent(batch) is not None:
             raise ValueError("representation_alignment needs the images: the teacher sees the clean image, and a "
                              "latent-cache batch holds latents only (train without the cache)")
