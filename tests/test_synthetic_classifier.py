@@ -217,3 +217,23 @@ def test_text_sample_scores(trained):
     assert scores.shape_accuracy == float((pred == 0).float().mean())
     with pytest.raises(ValueError, match="unknown shape 'blob'"):
         text_sample_scores(samples, ["red"], "blob", folder, n_real=30, size=16)
+
+
+def test_script_trains_on_colour_and_shape_pairs(tmp_path, capsys):
+    main = _script_main()
+    main(["--out", str(tmp_path / "c"), "--size", "16", "--steps", "2", "--width", "4", "--n-classes", "88",
+          "--batch-size", "8", "--train-images", "32", "--val-images", "16", "--no-progress"])
+    assert "(88 classes, chance 1.1%)" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "c" / CONFIG_FILE).read_text())
+    assert saved["n_classes"] == 88 and len(saved["class_names"]) == 88
+    assert saved["data_fingerprint"] == data_fingerprint(16, 88)
+    model, _ = load_classifier(tmp_path / "c", size=16)
+    assert model.head.out_features == 88
+
+
+@pytest.mark.parametrize("value, message", [("1", "--n-classes must be >= 2, got 1"),
+                                            ("89", "--n-classes must be <= 88 (8 shapes x 11 colours), got 89")])
+def test_script_rejects_bad_class_counts(tmp_path, capsys, value, message):
+    with pytest.raises(SystemExit):
+        _script_main()(["--out", str(tmp_path), "--n-classes", value])
+    assert message in capsys.readouterr().err
