@@ -79,6 +79,7 @@ DEMO_F = 2             # the demo autoencoder's downsampling factor: 16x16x3 lat
 LAYOUT_GRID = 16       # configs/demo/ldm_layout.yaml's corner grid (data.params.*.layout_grid)
 N_INPUTS = 2           # validation examples cut into sampling inputs
 CLASS_SCALE = 3.0      # default guidance scale of the class samples (--class-scale)
+CLASS_GUIDE_WEIGHT = 2.0  # autoguidance by the class run's half-way snapshot (--class-guide-weight)
 
 
 def select_stages(names: Optional[Sequence[str]], tasks: bool = False) -> list[Stage]:
@@ -113,10 +114,12 @@ def run(cmd: list[str], commands: list[list[str]], what: str) -> None:
 # Config entries counted in training steps (or batches): --steps-factor scales them together, so
 # that a longer run keeps the same shape (the learning-rate decay ends at the last batch, one grid
 # and one validation at the end, the GAN term stays beyond the run). Warm-ups are not scaled.
+SNAPSHOT_KEY = "lightning.callbacks.step_checkpoint.params.every_n_train_steps"  # the class run's guide
 STEP_KEYS = (
     "lightning.trainer.max_steps",
     "lightning.trainer.val_check_interval",
     "lightning.callbacks.image_logger.params.batch_frequency",
+    SNAPSHOT_KEY,
     "model.params.scheduler_config.params.max_decay_steps",
     "model.params.lossconfig.params.disc_start",
 )
@@ -153,6 +156,10 @@ def run_stage(name: str, config: str, ae_ckpt: Path | None, logdir: Path, fast: 
     if fast:
         cmd += ["lightning.trainer.max_steps=40", "lightning.trainer.val_check_interval=20",
                 "lightning.callbacks.image_logger.params.batch_frequency=20"]
+        from omegaconf import OmegaConf
+
+        if OmegaConf.select(OmegaConf.load(ROOT / config), SNAPSHOT_KEY) is not None:
+            cmd.append(f"{SNAPSHOT_KEY}=20")  # the class run's half-way snapshot, its samples' guide
     start = time.time()
     run(cmd, commands, name)
     run_dir = latest_run(logdir, f"demo_{name}")
@@ -200,11 +207,23 @@ def samples_dir(outdir: Path, stage: str, run_dir: Path) -> Path:
     return outdir / SAMPLE_FOLDERS[stage] / Path(run_dir).name
 
 
+def guide_snapshot(run_dir: Path) -> Path:
+    """The first step snapshot of a class run: half-way with configs/demo/ldm_class.yaml
+    (its step_checkpoint every max_steps / 2), the weaker model that autoguides its samples."""
+    snapshots = sorted((Path(run_dir) / "checkpoints" / "trainstep_checkpoints").glob("*.ckpt"))  # zero-padded steps
+    if not snapshots:
+        raise SystemExit(f"demo: {run_dir}/checkpoints/trainstep_checkpoints has no snapshot to autoguide the class "
+                         "samples with; pass --class-guide-weight 0 to sample without one")
+    return snapshots[0]
+
+
 def sample_commands(runs: dict[str, Path], outdir: Path, inputs: Optional[dict[str, list[Path]]] = None,
-                    steps: Optional[int] = None, class_scale: float = CLASS_SCALE) -> list[list[str]]:
+                    steps: Optional[int] = None, class_scale: float = CLASS_SCALE,
+                    class_guide_weight: float = CLASS_GUIDE_WEIGHT) -> list[list[str]]:
     """Sampling-script calls on the trained demo models (those whose stage ran), each into its
     :func:`samples_dir`. ``inputs`` (from :func:`write_inputs`) feed the task scripts; ``steps``
-    overrides every sampler's steps; ``class_scale`` is the class samples' guidance scale."""
+    overrides every sampler's steps; ``class_scale`` is the class samples' guidance scale and
+    ``class_guide_weight`` their autoguidance weight (0: none)."""
     py = sys.executable
 
     def dest(stage: str) -> str:
@@ -223,8 +242,10 @@ def sample_commands(runs: dict[str, Path], outdir: Path, inputs: Optional[dict[s
         cmds.append([py, "scripts/sample_diffusion.py", "-r", str(runs["ldm_uncond"]), "-n", "16", "-c", n_steps(50),
                      "-l", dest("ldm_uncond")])
     if "ldm_class" in runs:
+        guide = ["--guide-model", str(guide_snapshot(runs["ldm_class"])), "--guide-weight",
+                 f"{class_guide_weight:g}"] if class_guide_weight else []
         cmds.append([py, "scripts/sample_diffusion.py", "-r", str(runs["ldm_class"]), "-n", "16",
-                     "--classes", *map(str, range(8)), "--scale", f"{class_scale:g}", "-c", n_steps(50),
+                     "--classes", *map(str, range(8)), "--scale", f"{class_scale:g}", *guide, "-c", n_steps(50),
                      "-l", dest("ldm_class")])
     if "ldm_text" in runs:
         cmds += [[py, "scripts/txt2img.py", "-r", str(runs["ldm_text"]), "--prompt", prompt.text, "--sampler",
@@ -344,19 +365,23 @@ def autoencoder_figures(run_dir: Path, n: int, grid: Path, classifier: Optional[
     return figures
 
 
-def class_figures(run_dir: Path, classifier: Path, sizes: Sizes, grid: Path,
-                  scale: float = CLASS_SCALE) -> list["Figure"]:
+def class_figures(run_dir: Path, classifier: Path, sizes: Sizes, grid: Path, scale: float = CLASS_SCALE,
+                  guide_weight: float = CLASS_GUIDE_WEIGHT) -> list["Figure"]:
     """How often guided class samples are recognised as their class by the classifier, relative
     to real validation images, and an FID-like score of the classifier's features."""
     from ldm.eval.html_report import Figure
     from ldm.eval.synthetic_scores import class_sample_scores
-    from ldm.inference import load_run, save_grid
+    from ldm.inference import GuideModel, load_run, save_grid
 
     model = load_run(run_dir, device="cpu")
+    snapshot = guide_snapshot(run_dir) if guide_weight else None
+    guide = GuideModel(load_run(snapshot, device="cpu"), guide_weight) if snapshot else None
     scores = class_sample_scores(model, classifier, sizes.class_samples, sampler="ddim", steps=sizes.class_steps,
-                                 scale=scale, seed=SEED, n_real=sizes.real_images, size=DEMO_SIZE)
+                                 scale=scale, seed=SEED, n_real=sizes.real_images, size=DEMO_SIZE, guide=guide)
     save_grid(_uint8_to_tensor(scores.samples[:64]), grid, nrow=8)  # column k: class k
     how = f"{sizes.class_samples} samples (class i mod 8), DDIM {sizes.class_steps} steps, guidance scale {scale:g}"
+    if snapshot:
+        how += f", autoguidance weight {guide_weight:g} by {snapshot.name}"
     return [
         Figure(f"Classifier accuracy on {scores.n_real} real validation images", 100 * scores.real_accuracy,
                unit="%", digits=1, note=scores.extractor),
@@ -404,7 +429,8 @@ def first_png(folder: Path, pattern: str) -> Optional[Path]:
 
 
 def write_demo_report(runs: dict[str, Path], logdir: Path, fast: bool, commands: list[list[str]],
-                      argv: Sequence[str], class_scale: float = CLASS_SCALE) -> Optional[Path]:
+                      argv: Sequence[str], class_scale: float = CLASS_SCALE,
+                      class_guide_weight: float = CLASS_GUIDE_WEIGHT) -> Optional[Path]:
     """Figures of the models trained in this invocation, printed and written with the grids and
     commands to ``<logdir>/demo_report.html``."""
     from ldm.eval.html_report import format_figures, write_report
@@ -423,9 +449,10 @@ def write_demo_report(runs: dict[str, Path], logdir: Path, fast: bool, commands:
         images.append(("Autoencoder: validation inputs (top) and reconstructions (bottom)", grid))
     if "ldm_class" in runs:
         grid = outdir / "class_samples_eval.png"
-        figures += class_figures(runs["ldm_class"], classifier, sizes, grid, class_scale)
+        figures += class_figures(runs["ldm_class"], classifier, sizes, grid, class_scale, class_guide_weight)
+        guided = f", autoguidance weight {class_guide_weight:g}" if class_guide_weight else ""
         images.append((f"Guided class samples, column k = class k (circle, square, triangle, diamond, hexagon, "
-                       f"star, cross, ring), scale {class_scale:g}", grid))
+                       f"star, cross, ring), scale {class_scale:g}{guided}", grid))
     if "ldm_text" in runs:
         figures += text_figures(samples_dir(outdir, "ldm_text", runs["ldm_text"]) / "samples", classifier,
                                 sizes.real_images)
@@ -461,6 +488,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--class-scale", type=float, default=CLASS_SCALE, metavar="S",
                    help=f"classifier-free guidance scale of the class samples and their figures (default "
                         f"{CLASS_SCALE:g}; 5 was the better one after 2000 and more steps, docs/reproduction.md)")
+    p.add_argument("--class-guide-weight", type=float, default=CLASS_GUIDE_WEIGHT, metavar="A",
+                   help=f"autoguidance of the class samples by the class run's half-way snapshot (Karras et al. "
+                        f"2024): the weight of (model - snapshot) added at every step (default {CLASS_GUIDE_WEIGHT:g}; "
+                        "0: classifier-free guidance alone)")
     p.add_argument("-l", "--logdir", default="logs", help="where run directories go")
     p.add_argument("--no-report", action="store_true",
                    help="skip the figures and <logdir>/demo_report.html at the end")
@@ -478,6 +509,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         p.error(f"--steps-factor must be at least 1, got {args.steps_factor}")
     if not 0 < args.class_scale < float("inf"):
         p.error(f"--class-scale must be a positive number, got {args.class_scale:g}")
+    if not 0 <= args.class_guide_weight < float("inf"):
+        p.error(f"--class-guide-weight must be a finite number >= 0, got {args.class_guide_weight:g}")
     if args.fast and args.steps_factor != 1:
         p.error("--steps-factor and --fast do not go together: --fast sets its own step counts")
     logdir = (ROOT / args.logdir).resolve()
@@ -498,12 +531,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             print(f"    {g.relative_to(ROOT) if g.is_relative_to(ROOT) else g}")
     outdir = logdir / "demo_samples"
     inputs = write_inputs(outdir / "inputs") if runs.keys() & set(TASK_STAGES) else None
-    for cmd in sample_commands(runs, outdir, inputs, class_scale=args.class_scale):
+    for cmd in sample_commands(runs, outdir, inputs, class_scale=args.class_scale,
+                               class_guide_weight=args.class_guide_weight):
         run(cmd, commands, "sampling")
     print(f"\nDemo done. Training grids are under each run's images/ folder; samples under {outdir}.")
     if not args.no_report:
         write_demo_report(runs, logdir, args.fast, commands, list(argv if argv is not None else sys.argv[1:]),
-                          args.class_scale)
+                          args.class_scale, args.class_guide_weight)
 
 
 if __name__ == "__main__":

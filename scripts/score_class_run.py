@@ -2,12 +2,16 @@
 
     python scripts/score_class_run.py -r logs/<run> --classifier logs/demo_classifier
     python scripts/score_class_run.py -r logs/<run> --classifier logs/demo_classifier --scales 1 3 8 -n 256
+    python scripts/score_class_run.py -r logs/<run> --classifier logs/demo_classifier --out logs/<run>/eval/ag2 \
+        --guide-model logs/<run>/checkpoints/trainstep_checkpoints/<first>.ckpt --guide-weight 2
 
 For each snapshot in <run>/checkpoints/trainstep_checkpoints/ (main.py writes one every
 `lightning.callbacks.step_checkpoint.params.every_n_train_steps` steps) and a later last.ckpt,
 and each guidance scale: guided class samples (class i mod 8, noise seeded per sample), how often
 the classifier recognises their class (also relative to real validation images) and the FID-like
 score of its features (not Inception FID; ldm.eval.synthetic_scores.class_sample_scores).
+With --guide-model the samples are autoguided by that weaker model (Karras et al. 2024; sample_diffusion.py's
+flags); when it is one of the run's snapshots, only the later checkpoints are scored.
 
 Writes <out>/scores.json (default <run>/eval/class_scores/) after every checkpoint: a rerun with
 the same settings skips what is already scored, so a long scoring job can be stopped and resumed.
@@ -28,8 +32,11 @@ SCORES_VERSION = 1
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     """What a score depends on besides the checkpoint and the scale: a change starts a new file."""
-    return {"version": SCORES_VERSION, "classifier": str(Path(args.classifier).resolve()), "n_samples": args.n,
-            "sampler": args.sampler, "steps": args.steps, "seed": args.seed, "n_real": args.n_real}
+    out = {"version": SCORES_VERSION, "classifier": str(Path(args.classifier).resolve()), "n_samples": args.n,
+           "sampler": args.sampler, "steps": args.steps, "seed": args.seed, "n_real": args.n_real}
+    if args.guide_model is not None:  # files scored without a guide keep their settings
+        out.update(guide_model=str(Path(args.guide_model).resolve()), guide_weight=args.guide_weight)
+    return out
 
 
 def markdown(points: list[dict[str, Any]]) -> str:
@@ -66,6 +73,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-real", type=int, default=500, help="real validation images for the reference (default 500)")
     p.add_argument("--out", default=None, help="output folder (default <run>/eval/class_scores)")
+    p.add_argument("--guide-model", default=None, metavar="CKPT",
+                   help="autoguide the samples by this weaker model of the same latents (e.g. an early snapshot)")
+    p.add_argument("--guide-weight", type=float, default=1.0, help="with --guide-model: its weight (default 1)")
     return p
 
 
@@ -82,6 +92,15 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
         raise SystemExit(f"--run {run}: no checkpoints in {run / 'checkpoints'}")
     if args.n < 2:
         raise SystemExit(f"-n {args.n}: the FID-like score needs at least 2 samples")
+    guide_step = None
+    if args.guide_model is not None:
+        if not 0 <= args.guide_weight < float("inf"):
+            raise SystemExit(f"--guide-weight {args.guide_weight}: must be a finite number >= 0")
+        guide_path = Path(args.guide_model).resolve()
+        guide_step = next((step for step, ckpt in ckpts if ckpt.resolve() == guide_path), None)
+        ckpts = [(step, ckpt) for step, ckpt in ckpts if guide_step is None or step > guide_step]
+        if not ckpts:
+            raise SystemExit(f"--guide-model {args.guide_model}: the run has no checkpoint after it to guide")
     out = Path(args.out) if args.out else run / "eval" / "class_scores"
     wanted = settings(args)
     path = out / "scores.json"
@@ -91,8 +110,15 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
         raise SystemExit(str(exc)) from exc
 
     from ldm.eval.synthetic_scores import class_sample_scores
-    from ldm.inference import load_run
+    from ldm.inference import GuideModel, check_experts, load_run
     from ldm.inference.checks import downsampling_factor
+
+    guide = None
+    if args.guide_model is not None:
+        try:
+            guide = GuideModel(load_run(args.guide_model), args.guide_weight)
+        except (FileNotFoundError, ValueError) as exc:
+            raise SystemExit(f"--guide-model {args.guide_model}: {exc}") from exc
 
     checked_size = None  # the classifier is checked once per image size, not per checkpoint
     for step, ckpt in ckpts:
@@ -105,9 +131,15 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
             raise SystemExit(f"--classifier {args.classifier}: not a classifier of the synthetic data at {size} px "
                              "(train one with scripts/train_classifier.py)")
         checked_size = size
+        if guide is not None:
+            try:
+                check_experts(guide.model, model, what="the model and its guide")
+            except ValueError as exc:
+                raise SystemExit(f"--guide-model {args.guide_model}: {exc}") from exc
         for scale in todo:
             s = class_sample_scores(model, args.classifier, args.n, sampler=args.sampler, steps=args.steps,
-                                    scale=scale, seed=args.seed, n_real=args.n_real, size=size, progress=False)
+                                    scale=scale, seed=args.seed, n_real=args.n_real, size=size, progress=False,
+                                    guide=guide)
             points.append({"step": step, "scale": scale, "checkpoint": ckpt.name, "accuracy": s.accuracy,
                            "relative_accuracy": s.relative_accuracy, "fid_like": s.fid_like,
                            "real_accuracy": s.real_accuracy})

@@ -174,6 +174,8 @@ def test_task_configs_match_the_synthetic_data():
 def test_demo_stage_trains_and_its_script_samples(stage, autoencoder, teacher, inputs, tmp_path):
     extra = [f"{demo.TEACHER_KEY}={teacher}", f"{demo.TEACHER_KEY.rsplit('.', 1)[0]}.size={SIZE}"] \
         if demo.needs_teacher(stage.config) else []
+    if stage.name == "ldm_class":  # a snapshot after the first of its 2 steps: the samples' autoguidance guide
+        extra.append(f"{demo.SNAPSHOT_KEY}=1")
     rundir = train(tmp_path / "logs", str(REPO / stage.config), f"demo_{stage.name}",
                    f"model.params.first_stage_config.params.ckpt_path={autoencoder}", *LDM, *extra)
     ckpt = torch.load(rundir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -192,9 +194,13 @@ def test_demo_stage_trains_and_its_script_samples(stage, autoencoder, teacher, i
     assert pngs(outdir) == EXPECTED[stage.name]
     assert {p for p in written if p.suffix == ".png"} == {outdir / k for k in EXPECTED[stage.name]}
 
-    if stage.name == "ldm_class":  # the labels cycle over --classes 0..7
+    if stage.name == "ldm_class":  # the labels cycle over --classes 0..7; the step-1 snapshot guides
         (npz,) = outdir.glob("samples_16x16x16x3.npz")
         assert np.load(npz)["labels"].tolist() == list(range(8)) * 2
+        (cmd,) = cmds
+        guide = cmd[cmd.index("--guide-model") + 1]
+        assert Path(guide).name.endswith("step=000000001.ckpt") and Path(guide).parent.name == "trainstep_checkpoints"
+        assert cmd[cmd.index("--guide-weight") + 1] == f"{demo.CLASS_GUIDE_WEIGHT:g}" == "2"
     if stage.name == "ldm_inpaint":  # known pixels are the input's
         for image, mask in zip(inputs["image"], inputs["mask"]):
             keep = np.asarray(Image.open(mask)) < 128
@@ -261,8 +267,10 @@ def test_demo_rejects_unknown_stages_before_training(tmp_path, capsys):
 def test_steps_factor_scales_every_step_count_of_a_stage():
     ae = OmegaConf.load(REPO / "configs/demo/autoencoder_kl.yaml")
     scaled = OmegaConf.merge(ae, OmegaConf.from_dotlist(demo.step_overrides("configs/demo/autoencoder_kl.yaml", 3)))
-    for key in demo.STEP_KEYS:  # the autoencoder has all of them
-        assert OmegaConf.select(scaled, key) == 3 * OmegaConf.select(ae, key), key
+    for key in demo.STEP_KEYS:  # the autoencoder has all of them but the class run's snapshot interval
+        if key != demo.SNAPSHOT_KEY:
+            assert OmegaConf.select(scaled, key) == 3 * OmegaConf.select(ae, key), key
+    assert OmegaConf.select(scaled, demo.SNAPSHOT_KEY) is None
     # the warm-up stays; the decay still ends at the last batch (max_steps counts both optimizers)
     sched = scaled.model.params.scheduler_config.params
     assert sched.warm_up_steps == ae.model.params.scheduler_config.params.warm_up_steps
@@ -271,6 +279,7 @@ def test_steps_factor_scales_every_step_count_of_a_stage():
     overrides = demo.step_overrides("configs/demo/ldm_class.yaml", 2)
     assert overrides == ["lightning.trainer.max_steps=2000", "lightning.trainer.val_check_interval=2000",
                          "lightning.callbacks.image_logger.params.batch_frequency=2000",
+                         "lightning.callbacks.step_checkpoint.params.every_n_train_steps=1000",
                          "model.params.scheduler_config.params.max_decay_steps=2000"]
     cls = OmegaConf.load(REPO / "configs/demo/ldm_class.yaml")  # its decay ends at the last step too
     assert cls.model.params.scheduler_config.params.max_decay_steps == cls.lightning.trainer.max_steps
@@ -280,10 +289,32 @@ def test_steps_factor_scales_every_step_count_of_a_stage():
             demo.step_overrides("configs/demo/ldm_class.yaml", bad)
 
 
+def test_class_samples_are_autoguided_by_the_half_way_snapshot(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run_ldm_class"
+    with pytest.raises(SystemExit, match="no snapshot to autoguide the class samples with; pass --class-guide-weight 0"):
+        demo.sample_commands({"ldm_class": run_dir}, tmp_path)
+    unguided = demo.sample_commands({"ldm_class": run_dir}, tmp_path, class_guide_weight=0)[0]
+    assert "--guide-model" not in unguided and "--guide-weight" not in unguided
+    half, _ = fake_snapshots(run_dir, 1000, 2000)  # --steps-factor 2: snapshots every 1000 of 2000 steps
+    cmd = demo.sample_commands({"ldm_class": run_dir}, tmp_path, class_guide_weight=1.5)[0]
+    assert cmd[cmd.index("--guide-model") + 1] == str(half) and cmd[cmd.index("--guide-weight") + 1] == "1.5"
+    cfg = OmegaConf.load(REPO / "configs/demo/ldm_class.yaml")  # the snapshot falls half-way, also when scaled
+    assert 2 * OmegaConf.select(cfg, demo.SNAPSHOT_KEY) == cfg.lightning.trainer.max_steps
+    assert f"{demo.SNAPSHOT_KEY}=1000" in demo.step_overrides("configs/demo/ldm_class.yaml", 2)
+    sampled = []
+    monkeypatch.setattr(demo, "run_stage", lambda name, *a, **k: tmp_path / f"run_{name}")
+    monkeypatch.setattr(demo, "run", lambda cmd, commands, what: sampled.append(cmd) if what == "sampling" else None)
+    demo.main(["--no-report", "--class-guide-weight", "0", "-l", str(tmp_path)])
+    assert "--guide-model" not in sampled[0]
+
+
 @pytest.mark.parametrize("argv, message", [(["--steps-factor", "0"], "--steps-factor must be at least 1"),
                                            (["--steps-factor", "2", "--fast"], "do not go together"),
                                            (["--class-scale", "0"], "--class-scale must be a positive number, got 0"),
-                                           (["--class-scale", "nan"], "--class-scale must be a positive number")])
+                                           (["--class-scale", "nan"], "--class-scale must be a positive number"),
+                                           (["--class-guide-weight", "-1"],
+                                            "--class-guide-weight must be a finite number >= 0, got -1"),
+                                           (["--class-guide-weight", "inf"], "--class-guide-weight must be a finite")])
 def test_demo_rejects_bad_steps_factor_before_training(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         demo.main([*argv, "-l", str(tmp_path)])
@@ -307,6 +338,7 @@ def test_demo_trains_the_latent_stages_on_the_new_autoencoder(tmp_path, monkeypa
         calls.append(("stage", name, ae_ckpt, teacher))
         return tmp_path / f"run_{name}"
 
+    fake_snapshots(tmp_path / "run_ldm_class", 500, 1000)
     monkeypatch.setattr(demo, "run_stage", fake_run_stage)
     monkeypatch.setattr(demo, "run", lambda cmd, commands, what: calls.append(("run", cmd[1], cmd[cmd.index("--out") + 1]
                                                                                  if "--out" in cmd else None)))
@@ -320,8 +352,18 @@ def test_demo_trains_the_latent_stages_on_the_new_autoencoder(tmp_path, monkeypa
     assert [c[1] for c in calls[4:]] == ["scripts/sample_diffusion.py", *["scripts/txt2img.py"] * 2]
 
 
+def fake_snapshots(run_dir: Path, *steps: int) -> list[Path]:
+    folder = run_dir / "checkpoints" / "trainstep_checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"epoch={s // 1000:06}-step={s:09}.ckpt" for s in steps]
+    for p in paths:
+        p.touch()
+    return paths
+
+
 def test_class_scale_reaches_the_class_samples_only(tmp_path, monkeypatch):
     sampled = []
+    fake_snapshots(tmp_path / "run_ldm_class", 500, 1000)
     monkeypatch.setattr(demo, "run_stage", lambda name, *a, **k: tmp_path / f"run_{name}")
     monkeypatch.setattr(demo, "run", lambda cmd, commands, what: sampled.append(cmd) if what == "sampling" else None)
     demo.main(["--no-report", "--class-scale", "5", "-l", str(tmp_path)])

@@ -98,3 +98,31 @@ def test_bad_arguments_are_named(class_run, tmp_path):
     (tmp_path / "bad" / "scores.json").write_text("{oops")
     with pytest.raises(SystemExit, match="not a scores file"):
         script.main(_argv(run, clf, tmp_path / "bad"))
+
+
+def test_autoguided_scores_start_after_the_guide(class_run, tmp_path):
+    from ldm.eval.synthetic_scores import class_sample_scores
+    from ldm.inference import GuideModel, load_run
+
+    _, clf = class_run
+    run, _ = write_run(tmp_path / "runs", "class")
+    state = lightning_checkpoint(make_model("class", 0))  # a snapshot: other denoiser, the same first stage
+    for k, v in lightning_checkpoint(make_model("class", 1))["state_dict"].items():
+        if not (k.startswith("first_stage_model.") or k == "scale_factor"):
+            state["state_dict"][k] = v
+    guide = run / "checkpoints" / "trainstep_checkpoints" / "epoch=000000-step=000000040.ckpt"
+    guide.parent.mkdir()
+    torch.save({**state, "global_step": 40}, guide)
+    points = _script().main(_argv(run, clf, tmp_path / "s", "--guide-model", str(guide), "--guide-weight", "2"))
+    assert [(p["step"], p["checkpoint"]) for p in points] == [(120, "last.ckpt")]  # not the guide itself
+    expected = class_sample_scores(load_run(run), clf, 4, sampler="ddim", steps=2, scale=3.0, seed=0, n_real=8,
+                                   size=16, progress=False, guide=GuideModel(load_run(guide), 2.0))
+    assert (points[0]["accuracy"], points[0]["fid_like"]) == (expected.accuracy, expected.fid_like)
+    saved = json.loads((tmp_path / "s" / "scores.json").read_text())["settings"]
+    assert (saved["guide_model"], saved["guide_weight"]) == (str(guide.resolve()), 2.0)
+
+    other_first_stage = class_run[0] / "checkpoints" / "trainstep_checkpoints" / "epoch=000000-step=000000040.ckpt"
+    with pytest.raises(SystemExit, match="the model and its guide have different first stages"):
+        _script().main(_argv(run, clf, tmp_path / "o", "--guide-model", str(other_first_stage)))
+    with pytest.raises(SystemExit, match="--guide-weight -1.0: must be a finite number >= 0"):
+        _script().main(_argv(run, clf, tmp_path / "o", "--guide-model", str(guide), "--guide-weight", "-1"))

@@ -25,6 +25,7 @@ from ldm.eval.shards import batch_generator, per_sample_noise, sample_noise
 from ldm.inference.conditioning import class_conditioning, model_kind, prompt_conditioning
 from ldm.inference.images import to_uint8
 from ldm.inference.pipelines import SamplingOptions, generate, inpaint, superres
+from ldm.inference.sampling import GuideModel
 from ldm.util import instantiate_from_config
 
 __all__ = ["generation_batches", "inpainting_batches", "read_captions", "reconstruction_batches",
@@ -43,8 +44,9 @@ def read_captions(path: str) -> list[str]:
 
 
 def generation_batches(model: Any, opts: SamplingOptions, seed: int,
-                       captions: Optional[Sequence[str]] = None) -> Make:
-    """Samples from noise; sample i starts from noise seeded by (seed, i)."""
+                       captions: Optional[Sequence[str]] = None, guide: Optional[GuideModel] = None) -> Make:
+    """Samples from noise; sample i starts from noise seeded by (seed, i). ``guide``: autoguidance
+    by a weaker model of the same kind, conditioned like the model on every batch."""
     kind = model_kind(model)
     if kind not in ("unconditional", "class", "text"):
         raise ValueError(f"sampling-based evaluation covers unconditional, class and text models; this one is "
@@ -55,6 +57,9 @@ def generation_batches(model: Any, opts: SamplingOptions, seed: int,
         raise ValueError(f"--captions is for text-conditioned models; this one is {kind!r}")
     if kind == "unconditional" and opts.scale != 1.0:
         raise ValueError(f"--scale {opts.scale} needs a class- or text-conditioned model; this one is unconditional")
+    if guide is not None and model_kind(guide.model) != kind:
+        raise ValueError(f"the guide model is {model_kind(guide.model)!r}, the sampled model {kind!r}; autoguidance "
+                         "needs a weaker model of the same task")
     n_classes = int(model.cond_stage_model.n_classes) if kind == "class" else 0
     shape = (model.channels, model.image_size, model.image_size)
 
@@ -66,13 +71,17 @@ def generation_batches(model: Any, opts: SamplingOptions, seed: int,
             if opts.scale != 1.0 and uncond is None:
                 raise ValueError(f"--scale {opts.scale} needs a model trained with a null class (ucg_rate > 0)")
             uncond = uncond if opts.scale != 1.0 else None
+            if guide is not None:
+                guide.cond = class_conditioning(guide.model, labels.tolist())[0]
         elif kind == "text":
             prompts = [captions[i % len(captions)] for i in indices]
             cond, uncond = prompt_conditioning(model, prompts)
             uncond = uncond if opts.scale != 1.0 else None
+            if guide is not None:
+                guide.cond = prompt_conditioning(guide.model, prompts)[0]
         # Initial and per-step noise of sample i depend on (seed, i) only: any batch size gives the same images.
         images = generate(model, len(indices), opts, cond=cond, uncond=uncond, x_T=sample_noise(seed, indices, shape),
-                          noise_sampler=per_sample_noise(seed, indices, shape, model.device))
+                          noise_sampler=per_sample_noise(seed, indices, shape, model.device), guide=guide)
         return to_uint8(images), labels
 
     return make

@@ -17,10 +17,10 @@ from ldm.inference.images import safe_join, safe_name, save_grid, save_images, t
 from ldm.inference.loading import RunFiles, find_run, load_model
 from ldm.inference.pipelines import SamplingOptions
 from ldm.inference.runtime import PRECISIONS, seed_everything, select_device
-from ldm.inference.sampling import SAMPLER_NAMES
+from ldm.inference.sampling import SAMPLER_NAMES, GuideModel, check_experts
 
-__all__ = ["CONCAT_SAMPLERS", "LoadedModel", "TaskRun", "add_concat_task_args", "add_model_args", "add_output_args",
-           "add_sampling_args", "default_scale", "model_from_args", "options_from_args", "Outputs", "start_task",
+__all__ = ["CONCAT_SAMPLERS", "LoadedModel", "TaskRun", "add_concat_task_args", "add_guide_args", "add_model_args",
+           "add_output_args", "add_sampling_args", "default_scale", "guide_from_args", "model_from_args", "options_from_args", "Outputs", "start_task",
            "timestamp"]
 
 # Samplers for concat-conditioned models, DDIM first: classifier-free guidance does not apply.
@@ -104,6 +104,43 @@ def model_from_args(args: argparse.Namespace) -> LoadedModel:
     if not (args.config and args.ckpt):
         raise SystemExit("no model given: pass -r <run dir or checkpoint>, or --config <yaml> --ckpt <checkpoint>")
     return LoadedModel(load_model(args.config, args.ckpt, device=device, prefer_ema=args.prefer_ema), None)
+
+
+def add_guide_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("autoguidance (Karras et al. 2024)")
+    g.add_argument("--guide-model", metavar="RUN_OR_CKPT", default=None,
+                   help="a weaker model of the same task and latents, e.g. an earlier snapshot of the run "
+                        "(<run>/checkpoints/trainstep_checkpoints/*.ckpt): every step adds --guide-weight times "
+                        "(model - guide) of their conditional estimates to the guided one")
+    g.add_argument("--guide-weight", type=float, default=None,
+                   help="with --guide-model: the weight a >= 0 of that difference (default 1; "
+                        "0: classifier-free guidance alone)")
+
+
+def guide_from_args(args: argparse.Namespace, model: Any) -> Optional[GuideModel]:
+    """The --guide-model on the sampled model's device, checked to share its task and latents."""
+    if args.guide_model is None:
+        if args.guide_weight is not None:
+            raise SystemExit("--guide-weight needs --guide-model")
+        return None
+    flag = f"--guide-model {args.guide_model}"
+    weight = 1.0 if args.guide_weight is None else args.guide_weight
+    if not (weight >= 0 and weight != float("inf")):
+        raise SystemExit(f"--guide-weight {weight}: must be a finite number >= 0")
+    try:
+        run = find_run(args.guide_model)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"{flag}: {exc}") from exc
+    if not run.configs:
+        raise SystemExit(f"{flag}: {run.logdir}/configs has no saved configs for {run.ckpt}")
+    guide = load_model(run.configs, run.ckpt, device=model.alphas_cumprod.device, prefer_ema=args.prefer_ema)
+    if model_kind(guide) != model_kind(model):
+        raise SystemExit(f"{flag}: a {model_kind(guide)} model cannot guide a {model_kind(model)} one")
+    try:
+        check_experts(guide, model, what="the model and its guide")
+    except ValueError as exc:
+        raise SystemExit(f"{flag}: {exc}") from exc
+    return GuideModel(guide, weight)
 
 
 def options_from_args(args: argparse.Namespace, scale: Optional[float] = None) -> SamplingOptions:

@@ -19,11 +19,11 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ldm.models.diffusion.sampling import (SAMPLERS, ClassifierFreeGuidance, CompVisDenoiser, NoiseLevelExperts,
+from ldm.models.diffusion.sampling import (SAMPLERS, AutoGuidance, ClassifierFreeGuidance, CompVisDenoiser, NoiseLevelExperts,
                                            ddim_sigmas, ddpm_sigmas, dpm_solver_sigmas, sample_vp,
                                            sigmas_from_alphas_cumprod, ve_to_vp)
 
-__all__ = ["SAMPLER_NAMES", "HighNoiseExpert", "check_experts", "initial_noise", "noise_levels", "noise_to_level",
+__all__ = ["SAMPLER_NAMES", "GuideModel", "HighNoiseExpert", "check_experts", "initial_noise", "noise_levels", "noise_to_level",
            "sample_latents"]
 
 # user-facing name -> sampler function key; "dpm" is DPM-Solver++(2M) as the original DPMSolverSampler
@@ -64,19 +64,31 @@ class HighNoiseExpert:
     checked_with: Any = field(default=None, repr=False, compare=False)
 
 
-def check_experts(high: Any, low: Any) -> None:
-    """Experts must return x0 estimates of the same latents: one noise schedule, one first stage
-    (weights and latent scale). Raises ValueError naming what differs."""
+@dataclass
+class GuideModel:
+    """A weaker model of the same task for autoguidance (Karras et al. 2024; ``AutoGuidance``):
+    each step adds ``weight`` times the sampled model's conditional x0 estimate minus the guide's.
+    An earlier snapshot of the same run is such a guide. It brings its own conditioning."""
+    model: Any
+    weight: float          # >= 0; 0 leaves the samples as classifier-free guidance alone makes them
+    cond: Any = None
+    # the model ``check_experts`` passed against: later calls with it skip the first-stage comparison
+    checked_with: Any = field(default=None, repr=False, compare=False)
+
+
+def check_experts(high: Any, low: Any, what: str = "the experts") -> None:
+    """Experts (or a model and its guide) must return x0 estimates of the same latents: one noise
+    schedule, one first stage (weights and latent scale). Raises ValueError naming what differs."""
     if not torch.equal(high.alphas_cumprod.cpu(), low.alphas_cumprod.cpu()):
-        raise ValueError("the experts have different noise schedules (alphas_cumprod); they must share one")
+        raise ValueError(f"{what} have different noise schedules (alphas_cumprod); they must share one")
     if int(high.channels) != int(low.channels):
-        raise ValueError(f"the experts' latents have {high.channels} and {low.channels} channels; they must share "
-                         "the latent space")
+        raise ValueError(f"the latents of {what} have {high.channels} and {low.channels} channels; they must "
+                         "share the latent space")
     a, b = high.first_stage_model.state_dict(), low.first_stage_model.state_dict()
     if a.keys() != b.keys() or any(not torch.equal(a[k].cpu(), b[k].cpu()) for k in a):
-        raise ValueError("the experts have different first stages; they must share the latent space")
+        raise ValueError(f"{what} have different first stages; they must share the latent space")
     if not torch.equal(torch.as_tensor(high.scale_factor).cpu(), torch.as_tensor(low.scale_factor).cpu()):
-        raise ValueError(f"the experts scale their latents differently ({float(high.scale_factor)} vs "
+        raise ValueError(f"{what} scale their latents differently ({float(high.scale_factor)} vs "
                          f"{float(low.scale_factor)}); they must share the latent space")
 
 
@@ -110,6 +122,7 @@ def sample_latents(
     first_step: int = 0,                        # start this many levels into the grid (img2img)
     noise_sampler: Optional[Callable] = None,   # (sigma, sigma_next) -> noise; default: from generator
     expert: Optional[HighNoiseExpert] = None,   # a second model for the noisiest levels
+    guide: Optional[GuideModel] = None,         # a weaker model to guide away from (autoguidance)
 ) -> torch.Tensor:
     """A latent sample of ``shape`` in the model's VP coordinates (paper Eq. (1)-(2) reversed).
 
@@ -119,6 +132,8 @@ def sample_latents(
     level ``noise_levels(...)[k]`` (see ``noise_to_level``).
     With ``expert`` its model denoises above timestep ``expert.switch_t``'s level, with its own
     conditioning (``NoiseLevelExperts``); ``model`` denoises the rest.
+    With ``guide`` every step adds ``guide.weight * (D(x|cond) - D_guide(x|guide.cond))`` to the
+    (classifier-free guided) estimate (``AutoGuidance``).
     """
     if len(shape) != 4:
         raise ValueError(f"shape must be (B, C, h, w), got {tuple(shape)}")
@@ -138,13 +153,22 @@ def sample_latents(
             raise ValueError(f"expert switch_t={expert.switch_t} must lie in [0, {model.num_timesteps - 1}]")
         if scale != 1.0 and expert.uncond is None:
             raise ValueError(f"guidance scale {scale} needs the expert's unconditional conditioning too")
+    if guide is not None:
+        if expert is not None:
+            raise ValueError("autoguidance and noise-level experts cannot be combined; use one of them")
+        if guide.checked_with is not model:
+            check_experts(guide.model, model, what="the model and its guide")
+            guide.checked_with = model
     device = model.alphas_cumprod.device
     sigmas = noise_levels(model, sampler, steps).to(device)
     if not 0 <= first_step < len(sigmas) - 1:
         raise ValueError(f"first_step must lie in [0, {len(sigmas) - 2}], got {first_step}")
     sigmas = sigmas[first_step:]
     denoiser: Any = CompVisDenoiser(model)
-    if scale != 1.0:
+    if guide is not None:
+        denoiser = AutoGuidance(denoiser, CompVisDenoiser(guide.model), guide.weight, guide_cond=guide.cond,
+                                scale=scale, uncond=uncond)
+    elif scale != 1.0:
         denoiser = ClassifierFreeGuidance(denoiser, scale=scale, uncond=uncond)
     if expert is not None:
         high: Any = CompVisDenoiser(expert.model)

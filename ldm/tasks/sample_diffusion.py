@@ -2,6 +2,8 @@
 
     ldm-sample-diffusion -r logs/<run> -n 64 --batch_size 16 -c 50 -e 1.0
     ldm-sample-diffusion -r logs/<run> -n 64 --classes 0 3 5 --scale 3.0
+    ldm-sample-diffusion -r logs/<run> --classes 0 1 --scale 3 \
+        --guide-model logs/<run>/checkpoints/trainstep_checkpoints/<earlier>.ckpt --guide-weight 2
 
 Writes <outdir>/img/NNNNN.png per sample, <outdir>/grid-0000.png (the first --grid_max samples)
 and <outdir>/samples_<N>x<H>x<W>x3.npz with the uint8 samples under ``arr_0`` (and the class
@@ -25,7 +27,7 @@ from tqdm import tqdm
 
 from ldm.eval.shards import per_sample_noise, sample_noise
 from ldm.inference import class_conditioning, generate, save_npz, to_uint8
-from ldm.inference.cli import add_model_args, add_sampling_args, start_task, timestamp
+from ldm.inference.cli import add_guide_args, add_model_args, add_sampling_args, guide_from_args, start_task, timestamp
 from ldm.inference.distributed import join_processes
 
 
@@ -43,6 +45,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--skip_save", action="store_true", help="only write the .npz and the grid")
     add_sampling_args(p, samplers=("ddim", "plms", "dpm", "unipc", "ddpm"), steps=50, scale=1.0, eta=None,
                       short_flags=True)  # eta default: 1.0 for ddim (as the original script), else 0
+    add_guide_args(p)
     return p
 
 
@@ -70,6 +73,7 @@ def _sample(args: argparse.Namespace, share) -> list[Path]:
     model, kind, opts, out, generator = task.model, task.kind, task.options, task.out, task.generator
     if kind == "unconditional" and (args.classes or opts.scale != 1.0):
         raise SystemExit("--classes/--scale need a class-conditional model; this one is unconditional")
+    guide = guide_from_args(args, model)
     labels = None
     if kind == "class":
         if args.classes:
@@ -88,9 +92,11 @@ def _sample(args: argparse.Namespace, share) -> list[Path]:
             cond, uncond = class_conditioning(model, labels[idx].tolist())
             if opts.scale != 1.0 and uncond is None:
                 raise SystemExit(f"--scale {opts.scale} needs a model trained with a null class (ucg_rate > 0)")
+            if guide is not None:
+                guide.cond = class_conditioning(guide.model, labels[idx].tolist())[0]
         images = generate(model, len(idx), opts, cond=cond, uncond=uncond, generator=generator,
                           x_T=sample_noise(args.seed, idx, latent),
-                          noise_sampler=per_sample_noise(args.seed, idx, latent, model.device)).cpu()
+                          noise_sampler=per_sample_noise(args.seed, idx, latent, model.device), guide=guide).cpu()
         out.samples(images, "img", start=int(idx[0]))
         batches.append(images)
     # uint8 travels (a quarter of the floats); rank 0 checks that every sample arrived exactly once.

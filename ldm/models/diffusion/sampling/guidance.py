@@ -1,18 +1,23 @@
-"""Classifier-free guidance (Ho & Salimans 2021) as a wrapper around any denoiser.
+"""Classifier-free guidance (Ho & Salimans 2021) and autoguidance (Karras et al. 2024) as
+wrappers around any denoiser.
 
 D_w(x) = D(x | uncond) + w * (D(x | cond) - D(x | uncond)); w = 1 is plain conditional sampling.
+Autoguidance adds a pull away from a weaker "guide" model of the same task (an earlier snapshot,
+a smaller net): D(x) = CFG_w(x) + a * (D(x | cond) - D_guide(x | cond)); where the guide errs
+more than the model, the difference points away from those errors.
 Combining x0 estimates equals combining eps or v outputs as the original samplers do, because for
 fixed (x, sigma) each is an affine function of the others with the same coefficients.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from ._common import Denoiser
 
-__all__ = ["ClassifierFreeGuidance", "cat_conditioning"]
+__all__ = ["AutoGuidance", "ClassifierFreeGuidance", "cat_conditioning"]
 
 
 def cat_conditioning(uncond: Any, cond: Any, path: str = "cond") -> Any:
@@ -68,3 +73,41 @@ class ClassifierFreeGuidance:
         out = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), cond=c_in)
         d_uncond, d_cond = out.chunk(2)
         return d_uncond + self.scale * (d_cond - d_uncond)
+
+
+class AutoGuidance:
+    """Classifier-free guidance plus autoguidance: ``cfg(x) + weight * (D(x|c) - D_guide(x|c_guide))``.
+
+    ``weight = 0`` is :class:`ClassifierFreeGuidance`; with ``scale = 1`` it is the autoguidance of
+    Karras et al. (2024), ``D_guide + (1 + weight) * (D - D_guide)`` in their notation w = 1 + weight.
+    The guide brings its own conditioning (``guide_cond``: its encoder is its own) and is called
+    once per step; the model's two branches share one forward pass as in classifier-free guidance.
+    """
+
+    def __init__(
+        self,
+        denoiser: Denoiser,      # the sampled model: D(x, sigma, cond=...) -> x0
+        guide: Denoiser,         # the weaker model of the same latents, D_guide(x, sigma, cond=...) -> x0
+        weight: float,           # a >= 0: strength of the pull away from the guide
+        guide_cond: Any = None,  # the guide's conditioning for this batch
+        scale: float = 1.0,      # classifier-free guidance weight w of the sampled model
+        uncond: Any = None,      # its unconditional input, needed when scale != 1
+    ):
+        if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"autoguidance weight must be a finite number >= 0, got {weight!r}")
+        self.cfg = ClassifierFreeGuidance(denoiser, scale, uncond)
+        self.guide, self.weight, self.guide_cond = guide, float(weight), guide_cond
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        if sigma.ndim == 0:
+            sigma = sigma.expand(x.shape[0])
+        cfg = self.cfg
+        if cfg.scale == 1.0:
+            d_cond = guided = cfg.denoiser(x, sigma, cond=cond)
+        else:
+            out = cfg.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), cond=cat_conditioning(cfg.uncond, cond))
+            d_uncond, d_cond = out.chunk(2)
+            guided = d_uncond + cfg.scale * (d_cond - d_uncond)
+        if self.weight == 0.0:
+            return guided
+        return guided + self.weight * (d_cond - self.guide(x, sigma, cond=self.guide_cond))
