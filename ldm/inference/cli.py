@@ -20,7 +20,8 @@ from ldm.inference.runtime import PRECISIONS, seed_everything, select_device
 from ldm.inference.sampling import SAMPLER_NAMES, GuideModel, check_experts
 
 __all__ = ["CONCAT_SAMPLERS", "LoadedModel", "TaskRun", "add_concat_task_args", "add_guide_args", "add_model_args",
-           "add_output_args", "add_sampling_args", "default_scale", "guide_from_args", "model_from_args", "options_from_args", "Outputs", "start_task",
+           "add_output_args", "add_sampling_args", "default_scale", "guide_from_args", "model_from_args",
+           "options_from_args", "Outputs", "start_task",
            "timestamp"]
 
 # Samplers for concat-conditioned models, DDIM first: classifier-free guidance does not apply.

@@ -19,12 +19,12 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ldm.models.diffusion.sampling import (SAMPLERS, AutoGuidance, ClassifierFreeGuidance, CompVisDenoiser, NoiseLevelExperts,
-                                           ddim_sigmas, ddpm_sigmas, dpm_solver_sigmas, sample_vp,
+from ldm.models.diffusion.sampling import (SAMPLERS, AutoGuidance, ClassifierFreeGuidance, CompVisDenoiser,
+                                           NoiseLevelExperts, ddim_sigmas, ddpm_sigmas, dpm_solver_sigmas, sample_vp,
                                            sigmas_from_alphas_cumprod, ve_to_vp)
 
-__all__ = ["SAMPLER_NAMES", "GuideModel", "HighNoiseExpert", "check_experts", "initial_noise", "noise_levels", "noise_to_level",
-           "sample_latents"]
+__all__ = ["SAMPLER_NAMES", "GuideModel", "HighNoiseExpert", "check_experts", "initial_noise", "noise_levels",
+           "noise_to_level", "sample_latents"]
 
 # user-facing name -> sampler function key; "dpm" is DPM-Solver++(2M) as the original DPMSolverSampler
 SAMPLER_NAMES = {"ddim": "ddim", "plms": "plms", "dpm": "dpmpp_2m", "unipc": "unipc", "ddpm": "ddpm"}
