@@ -20,7 +20,7 @@ from ldm.inference.runtime import PRECISIONS, seed_everything, select_device
 from ldm.inference.sampling import SAMPLER_NAMES, GuideModel, check_experts
 
 __all__ = ["CONCAT_SAMPLERS", "LoadedModel", "TaskRun", "add_concat_task_args", "add_guide_args", "add_model_args",
-           "add_output_args", "add_sampling_args", "default_scale", "guide_from_args", "model_from_args",
+           "add_output_args", "add_sampling_args", "default_scale", "guide_from_args", "load_companion", "model_from_args",
            "options_from_args", "Outputs", "start_task",
            "timestamp"]
 
@@ -118,6 +118,18 @@ def add_guide_args(p: argparse.ArgumentParser) -> None:
                         "0: classifier-free guidance alone)")
 
 
+def load_companion(path: str, flag: str, model: Any, prefer_ema: bool = True) -> Any:
+    """A second model (a guide, a noise-level expert) from a run directory or checkpoint, on
+    ``model``'s device; SystemExit naming ``flag`` when it cannot be found or has no configs."""
+    try:
+        run = find_run(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"{flag}: {exc}") from exc
+    if not run.configs:
+        raise SystemExit(f"{flag}: {run.logdir}/configs has no saved configs for {run.ckpt}")
+    return load_model(run.configs, run.ckpt, device=model.alphas_cumprod.device, prefer_ema=prefer_ema)
+
+
 def guide_from_args(args: argparse.Namespace, model: Any) -> Optional[GuideModel]:
     """The --guide-model on the sampled model's device, checked to share its task and latents."""
     if args.guide_model is None:
@@ -128,13 +140,7 @@ def guide_from_args(args: argparse.Namespace, model: Any) -> Optional[GuideModel
     weight = 1.0 if args.guide_weight is None else args.guide_weight
     if not (weight >= 0 and weight != float("inf")):
         raise SystemExit(f"--guide-weight {weight}: must be a finite number >= 0")
-    try:
-        run = find_run(args.guide_model)
-    except (FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"{flag}: {exc}") from exc
-    if not run.configs:
-        raise SystemExit(f"{flag}: {run.logdir}/configs has no saved configs for {run.ckpt}")
-    guide = load_model(run.configs, run.ckpt, device=model.alphas_cumprod.device, prefer_ema=args.prefer_ema)
+    guide = load_companion(args.guide_model, flag, model, args.prefer_ema)
     if model_kind(guide) != model_kind(model):
         raise SystemExit(f"{flag}: a {model_kind(guide)} model cannot guide a {model_kind(model)} one")
     try:

@@ -21,9 +21,9 @@ from typing import Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from ldm.inference import (HighNoiseExpert, check_experts, find_run, generate, initial_noise, latent_size,
-                           load_model, model_kind, prompt_conditioning)
-from ldm.inference.cli import add_model_args, add_output_args, add_sampling_args, start_task
+from ldm.inference import (HighNoiseExpert, check_experts, generate, initial_noise, latent_size, model_kind,
+                           prompt_conditioning)
+from ldm.inference.cli import add_model_args, add_output_args, add_sampling_args, load_companion, start_task
 
 
 def parser() -> argparse.ArgumentParser:
@@ -73,13 +73,7 @@ def load_expert(args: argparse.Namespace, model: torch.nn.Module) -> Optional[Hi
         raise SystemExit(f"{flag}: give --switch-t T (the expert answers above timestep T's noise level)")
     if not 0 <= args.switch_t < model.num_timesteps:
         raise SystemExit(f"--switch-t {args.switch_t}: must lie in [0, {model.num_timesteps - 1}]")
-    try:
-        run = find_run(args.high_noise_expert)
-    except (FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"{flag}: {exc}") from exc
-    if not run.configs:
-        raise SystemExit(f"{flag}: {run.logdir}/configs has no saved configs for {run.ckpt}")
-    expert = load_model(run.configs, run.ckpt, device=model.alphas_cumprod.device, prefer_ema=args.prefer_ema)
+    expert = load_companion(args.high_noise_expert, flag, model, args.prefer_ema)
     if model_kind(expert) != "text":
         raise SystemExit(f"{flag}: not a text-conditioned model ({model_kind(expert)})")
     try:
