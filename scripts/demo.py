@@ -41,16 +41,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence
-
-if TYPE_CHECKING:  # annotations only: --help and stage validation do not pay for loading torch
-    import numpy as np
-    import torch
-
-    from ldm.eval.html_report import Figure
+from typing import NamedTuple, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from ldm.eval.demo_figures import (FAST, FULL, SEED, TEXT_PROMPTS, Prompt, Sizes, Targets,  # noqa: E402,F401
+                                   autoencoder_figures, class_figures, text_figures)
 
 
 class Stage(NamedTuple):
@@ -74,7 +71,7 @@ STAGES = [
 STAGE_NAMES = [s.name for s in STAGES]
 DEFAULT_STAGES = [s.name for s in STAGES if s.group == "default"]
 TASK_STAGES = [s.name for s in STAGES if s.group == "task"]
-DEMO_SIZE = 32         # image side of the demo data (configs/demo/*.yaml)
+DEMO_SIZE = 32         # image side of the demo data (configs/demo/*.yaml; ldm.eval.demo_figures.SIZE)
 DEMO_F = 2             # the demo autoencoder's downsampling factor: 16x16x3 latents
 LAYOUT_GRID = 16       # configs/demo/ldm_layout.yaml's corner grid (data.params.*.layout_grid)
 N_INPUTS = 2           # validation examples cut into sampling inputs
@@ -270,34 +267,6 @@ def sample_commands(runs: dict[str, Path], outdir: Path, inputs: Optional[dict[s
 # ---------------------------------------------------------------------------------------------
 # Figures and report: what the demo's models reached, measured with ldm.eval
 
-class Targets(NamedTuple):
-    psnr_db: float = 28.0          # autoencoder reconstructions, mean per-image PSNR (8-bit)
-    relative_accuracy: float = 0.9  # class samples recognised / real validation images recognised
-
-
-class Sizes(NamedTuple):
-    real_images: int     # validation images: reconstructions, the classifier's real accuracy, FID-like reference
-    class_samples: int   # guided class samples (class i mod 8), sampled with the demo's class settings
-    class_steps: int     # DDIM steps of those samples
-
-
-class Prompt(NamedTuple):
-    text: str
-    colours: tuple[str, ...]  # the colours it names
-    shape: str                # its first shape: synthetic captions name the largest object first
-
-
-# The first prompt names no background, which every synthetic caption does ("... on a <colour>
-# background"); the second asks for the same colours and shape in the captions' own words.
-TEXT_PROMPTS = (Prompt("a red circle and a blue square", ("red", "blue"), "circle"),
-                Prompt("a red circle on a blue background", ("red", "blue"), "circle"))
-
-
-FULL = Sizes(real_images=1000, class_samples=256, class_steps=20)
-FAST = Sizes(real_images=64, class_samples=16, class_steps=10)
-SEED = 0
-
-
 # The REPA teacher (ldm.models.diffusion.alignment): a classifier like the judge but of another seed,
 # so that the network scoring the samples is not the one the denoiser's features were pulled towards.
 TEACHER_KEY = "model.params.representation_alignment.teacher_config.params.ckpt_path"
@@ -334,95 +303,6 @@ def needs_teacher(config: str | Path) -> bool:
     return OmegaConf.select(cfg, TEACHER_KEY, default="absent") is None
 
 
-def _uint8_to_tensor(images: "np.ndarray") -> "torch.Tensor":
-    import torch
-
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
-def autoencoder_figures(run_dir: Path, n: int, grid: Path, classifier: Optional[Path] = None) -> list["Figure"]:
-    """Mean per-image PSNR of D(E(x)) (posterior mode) on ``n`` synthetic validation images and, with
-    the classifier, how often it recognises the reconstructions' class relative to the originals':
-    the ceiling for any sample this autoencoder decodes. Writes a grid of the first 8 inputs (top)
-    and reconstructions (bottom)."""
-    import numpy as np
-
-    from ldm.eval.html_report import Figure
-    from ldm.eval.synthetic_scores import reconstruction_scores
-    from ldm.inference import load_run, save_grid
-
-    r = reconstruction_scores(load_run(run_dir, device="cpu"), n, size=DEMO_SIZE, classifier_folder=classifier)
-    save_grid(_uint8_to_tensor(np.concatenate([r.first_inputs, r.first_outputs])), grid, nrow=len(r.first_inputs))
-    figures = [Figure(f"Autoencoder reconstructions: PSNR on {n} synthetic validation images", r.psnr, unit="dB",
-                      target=Targets().psnr_db,
-                      note=f"mean of per-image PSNR of 8-bit images (std {r.psnr_std:.2f} dB), "
-                           "ldm.eval.synthetic_scores.reconstruction_scores")]
-    if r.relative_accuracy is not None:
-        figures.append(Figure("Reconstructions recognised as their class, relative to the originals",
-                              100 * r.relative_accuracy, unit="%", digits=1,
-                              note=f"the classifier on D(E(x)): {100 * r.accuracy:.1f} %, on x: "
-                                   f"{100 * r.real_accuracy:.1f} %; the ceiling for decoded samples"))
-    return figures
-
-
-def class_figures(run_dir: Path, classifier: Path, sizes: Sizes, grid: Path, scale: float = CLASS_SCALE,
-                  guide_weight: float = CLASS_GUIDE_WEIGHT) -> list["Figure"]:
-    """How often guided class samples are recognised as their class by the classifier, relative
-    to real validation images, and an FID-like score of the classifier's features."""
-    from ldm.eval.html_report import Figure
-    from ldm.eval.synthetic_scores import class_sample_scores
-    from ldm.inference import GuideModel, load_run, save_grid
-
-    model = load_run(run_dir, device="cpu")
-    snapshot = guide_snapshot(run_dir) if guide_weight else None
-    guide = GuideModel(load_run(snapshot, device="cpu"), guide_weight) if snapshot else None
-    scores = class_sample_scores(model, classifier, sizes.class_samples, sampler="ddim", steps=sizes.class_steps,
-                                 scale=scale, seed=SEED, n_real=sizes.real_images, size=DEMO_SIZE, guide=guide)
-    save_grid(_uint8_to_tensor(scores.samples[:64]), grid, nrow=8)  # column k: class k
-    how = f"{sizes.class_samples} samples (class i mod 8), DDIM {sizes.class_steps} steps, guidance scale {scale:g}"
-    if snapshot:
-        how += f", autoguidance weight {guide_weight:g} by {snapshot.name}"
-    return [
-        Figure(f"Classifier accuracy on {scores.n_real} real validation images", 100 * scores.real_accuracy,
-               unit="%", digits=1, note=scores.extractor),
-        Figure("Guided class samples recognised as their class", 100 * scores.accuracy, unit="%", digits=1, note=how),
-        Figure("Class samples recognised, relative to real images", 100 * scores.relative_accuracy, unit="%",
-               digits=1, target=100 * Targets().relative_accuracy, note="sample accuracy / real-image accuracy"),
-        Figure("FID-like score of the classifier's features (not Inception FID)", scores.fid_like, digits=2,
-               note=f"Frechet distance of {scores.feature_dims}-d classifier features, samples vs "
-                    f"{scores.n_real} validation images; lower is better, only comparable between runs of this demo"),
-    ]
-
-
-def text_figures(samples_dir: Path, classifier: Path, n_real: int) -> list["Figure"]:
-    """Whether the text model's samples of each of TEXT_PROMPTS show its colours and its first shape."""
-    import numpy as np
-    from PIL import Image
-
-    from ldm.eval.html_report import Figure
-    from ldm.eval.synthetic_scores import text_sample_scores
-    from ldm.inference.images import safe_name
-
-    figures = []
-    for prompt in TEXT_PROMPTS:
-        folder = samples_dir / safe_name(prompt.text)
-        files = sorted(folder.glob("*.png"))
-        if not files:
-            raise SystemExit(f"demo: no text samples under {folder}")
-        samples = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
-        t = text_sample_scores(samples, prompt.colours, prompt.shape, classifier, n_real=n_real, size=DEMO_SIZE)
-        colours = " and ".join(t.colours)
-        figures += [
-            Figure(f"Text samples showing {colours} ('{prompt.text}')", 100 * t.shows_colours, unit="%", digits=1,
-                   note=f"{t.n} samples; each colour on at least 2 % of the pixels; real scenes of any caption: "
-                        f"{100 * t.real_shows_colours:.1f} % ({t.n_real} validation images)"),
-            Figure(f"Text samples whose largest shape the classifier calls a {t.shape} ('{prompt.text}')",
-                   100 * t.shape_accuracy, unit="%", digits=1,
-                   note="the caption names the largest object first; chance 12.5 %"),
-        ]
-    return figures
-
-
 def first_png(folder: Path, pattern: str) -> Optional[Path]:
     found = sorted(folder.glob(pattern))
     return found[0] if found else None
@@ -445,17 +325,19 @@ def write_demo_report(runs: dict[str, Path], logdir: Path, fast: bool, commands:
     classifier = ensure_classifier(logdir, fast, commands)
     if "autoencoder" in runs:
         grid = outdir / "autoencoder_reconstructions.png"
-        figures += autoencoder_figures(runs["autoencoder"], sizes.real_images, grid, classifier)
+        figures += autoencoder_figures(runs["autoencoder"], sizes.real_images, grid, classifier, size=DEMO_SIZE)
         images.append(("Autoencoder: validation inputs (top) and reconstructions (bottom)", grid))
     if "ldm_class" in runs:
         grid = outdir / "class_samples_eval.png"
-        figures += class_figures(runs["ldm_class"], classifier, sizes, grid, class_scale, class_guide_weight)
+        guide = guide_snapshot(runs["ldm_class"]) if class_guide_weight else None
+        figures += class_figures(runs["ldm_class"], classifier, sizes, grid, class_scale, guide, class_guide_weight,
+                                 size=DEMO_SIZE)
         guided = f", autoguidance weight {class_guide_weight:g}" if class_guide_weight else ""
         images.append((f"Guided class samples, column k = class k (circle, square, triangle, diamond, hexagon, "
                        f"star, cross, ring), scale {class_scale:g}{guided}", grid))
     if "ldm_text" in runs:
         figures += text_figures(samples_dir(outdir, "ldm_text", runs["ldm_text"]) / "samples", classifier,
-                                sizes.real_images)
+                                sizes.real_images, size=DEMO_SIZE)
     grids = [("ldm_uncond", "grid-*.png", "Unconditional samples")]
     grids += [("ldm_text", f"grid-{safe_name(prompt.text)}-*.png", f"Text samples: '{prompt.text}'")
               for prompt in TEXT_PROMPTS]

@@ -387,7 +387,7 @@ def test_the_teacher_is_another_seed_than_the_judge(tmp_path, monkeypatch):
     assert OmegaConf.select(cls, demo.TEACHER_KEY, default="missing") is None  # the key the demo sets exists
 
 
-def test_text_figures_judge_each_prompts_own_samples(tmp_path, monkeypatch):
+def test_text_figures_judge_each_prompts_own_samples(tmp_path):
     from ldm.data.synthetic import COLOURS
     from ldm.eval.classifier import save_classifier, train_classifier
     from ldm.eval.synthetic_scores import text_sample_scores
@@ -395,7 +395,6 @@ def test_text_figures_judge_each_prompts_own_samples(tmp_path, monkeypatch):
 
     assert [p.text for p in demo.TEXT_PROMPTS] == ["a red circle and a blue square", "a red circle on a blue background"]
     assert all(p.colours == ("red", "blue") and p.shape == "circle" for p in demo.TEXT_PROMPTS)
-    monkeypatch.setattr(demo, "DEMO_SIZE", 16)
     clf = save_classifier(*train_classifier(steps=2, seed=3, **TINY), tmp_path / "clf")
     red_blue = np.zeros((16, 16, 3), np.uint8)
     red_blue[:, :8], red_blue[:, 8:] = COLOURS["red"], COLOURS["blue"]
@@ -405,7 +404,7 @@ def test_text_figures_judge_each_prompts_own_samples(tmp_path, monkeypatch):
         (samples / folder).mkdir(parents=True)
         for i, image in enumerate(images):
             Image.fromarray(image).save(samples / folder / f"{i:05d}.png")
-    figures = demo.text_figures(samples, clf, n_real=8)
+    figures = demo.text_figures(samples, clf, n_real=8, size=16)
     assert [f.name for f in figures] == [
         "Text samples showing red and blue ('a red circle and a blue square')",
         "Text samples whose largest shape the classifier calls a circle ('a red circle and a blue square')",
@@ -418,4 +417,4 @@ def test_text_figures_judge_each_prompts_own_samples(tmp_path, monkeypatch):
     for png in (samples / TEXT_FOLDERS[1]).glob("*.png"):
         png.unlink()
     with pytest.raises(SystemExit, match=f"no text samples under {samples / TEXT_FOLDERS[1]}"):
-        demo.text_figures(samples, clf, n_real=8)
+        demo.text_figures(samples, clf, n_real=8, size=16)
