@@ -89,3 +89,32 @@ def test_class_figures_refuse_a_guide_without_weight_and_the_reverse(class_run, 
         F.class_figures(run, clf, SIZES, tmp_path / "grid.png", scale=2.0,
                         guide=snapshot if guide else None, guide_weight=weight, size=16)
     assert not (tmp_path / "grid.png").exists()
+
+
+def test_autoencoder_figures_are_the_reconstruction_scores(class_run, tmp_path):
+    from omegaconf import OmegaConf
+
+    from ldm.eval.synthetic_scores import reconstruction_scores
+    from ldm.inference import load_run
+    from ldm.util import instantiate_from_config
+    from tests.test_inference import first_stage
+
+    _, _, clf = class_run
+    cfg = first_stage("kl")
+    cfg["params"].pop("ckpt_path")
+    torch.manual_seed(0)
+    ae = instantiate_from_config(OmegaConf.create(cfg))
+    run = tmp_path / "2024-01-01T00-00-00_demo_autoencoder"
+    (run / "configs").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    OmegaConf.save(OmegaConf.create({"model": cfg}), run / "configs" / "2024-01-01T00-00-00-project.yaml")
+    torch.save({"state_dict": ae.state_dict(), "global_step": 1}, run / "checkpoints" / "last.ckpt")
+
+    figures = F.autoencoder_figures(run, 8, tmp_path / "rec.png", clf, size=16)
+    expected = reconstruction_scores(load_run(run, device="cpu"), 8, size=16, classifier_folder=clf)
+    assert [f.name for f in figures] == ["Autoencoder reconstructions: PSNR on 8 synthetic validation images",
+                                         "Reconstructions recognised as their class, relative to the originals"]
+    assert [f.value for f in figures] == [expected.psnr, 100 * expected.relative_accuracy]
+    assert figures[0].target == 28.0 and figures[0].unit == "dB"
+    assert Image.open(tmp_path / "rec.png").size == (8 * 18 + 2, 2 * 18 + 2)  # 8 inputs over their reconstructions
+    assert len(F.autoencoder_figures(run, 8, tmp_path / "rec2.png", size=16)) == 1  # no judge: PSNR only
