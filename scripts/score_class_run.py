@@ -11,7 +11,8 @@ and each guidance scale: guided class samples (class i mod 8, noise seeded per s
 the classifier recognises their class (also relative to real validation images) and the FID-like
 score of its features (not Inception FID; ldm.eval.synthetic_scores.class_sample_scores).
 With --guide-model the samples are autoguided by that weaker model (Karras et al. 2024; sample_diffusion.py's
-flags); when it is one of the run's snapshots, only the later checkpoints are scored.
+flags); when it is one of the run's snapshots, only the later checkpoints are scored. Checkpoints and
+guide load their EMA weights where they have them; --no-ema samples the trained weights instead.
 
 Writes <out>/scores.json (default <run>/eval/class_scores/) after every checkpoint: a rerun with
 the same settings skips what is already scored, so a long scoring job can be stopped and resumed.
@@ -36,6 +37,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
            "sampler": args.sampler, "steps": args.steps, "seed": args.seed, "n_real": args.n_real}
     if args.guide_model is not None:  # files scored without a guide keep their settings
         out.update(guide_model=str(Path(args.guide_model).resolve()), guide_weight=args.guide_weight)
+    if not args.prefer_ema:  # files scored with EMA weights (the default) keep their settings
+        out.update(ema=False)
     return out
 
 
@@ -76,6 +79,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--guide-model", default=None, metavar="CKPT",
                    help="autoguide the samples by this weaker model of the same latents (e.g. an early snapshot)")
     p.add_argument("--guide-weight", type=float, default=1.0, help="with --guide-model: its weight (default 1)")
+    p.add_argument("--no-ema", dest="prefer_ema", action="store_false",
+                   help="sample the trained weights of every checkpoint (and of the guide), not their EMA")
     return p
 
 
@@ -116,7 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     guide = None
     if args.guide_model is not None:
         try:
-            guide = GuideModel(load_run(args.guide_model), args.guide_weight)
+            guide = GuideModel(load_run(args.guide_model, prefer_ema=args.prefer_ema), args.guide_weight)
         except (FileNotFoundError, ValueError) as exc:
             raise SystemExit(f"--guide-model {args.guide_model}: {exc}") from exc
 
@@ -125,7 +130,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
         todo = [s for s in args.scales if not any(p["step"] == step and p["scale"] == s for p in points)]
         if not todo:
             continue
-        model = load_run(ckpt)
+        model = load_run(ckpt, prefer_ema=args.prefer_ema)
         size = int(model.image_size) * downsampling_factor(model)
         if size != checked_size and not usable_classifier(args.classifier, size=size):
             raise SystemExit(f"--classifier {args.classifier}: not a classifier of the synthetic data at {size} px "

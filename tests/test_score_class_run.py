@@ -119,7 +119,17 @@ def test_autoguided_scores_start_after_the_guide(class_run, tmp_path):
                                    size=16, progress=False, guide=GuideModel(load_run(guide), 2.0))
     assert (points[0]["accuracy"], points[0]["fid_like"]) == (expected.accuracy, expected.fid_like)
     saved = json.loads((tmp_path / "s" / "scores.json").read_text())["settings"]
-    assert (saved["guide_model"], saved["guide_weight"]) == (str(guide.resolve()), 2.0)
+    assert (saved["guide_model"], saved["guide_weight"]) == (str(guide.resolve()), 2.0) and "ema" not in saved
+
+    # --no-ema: the trained weights of the model and of its guide (make_model's EMA weights differ)
+    raw = _script().main(_argv(run, clf, tmp_path / "raw", "--guide-model", str(guide), "--guide-weight", "2",
+                               "--no-ema"))
+    expected = class_sample_scores(load_run(run, prefer_ema=False), clf, 4, sampler="ddim", steps=2, scale=3.0,
+                                   seed=0, n_real=8, size=16, progress=False,
+                                   guide=GuideModel(load_run(guide, prefer_ema=False), 2.0))
+    assert (raw[0]["accuracy"], raw[0]["fid_like"]) == (expected.accuracy, expected.fid_like)
+    assert raw[0]["fid_like"] != points[0]["fid_like"]
+    assert json.loads((tmp_path / "raw" / "scores.json").read_text())["settings"]["ema"] is False
 
     other_first_stage = class_run[0] / "checkpoints" / "trainstep_checkpoints" / "epoch=000000-step=000000040.ckpt"
     with pytest.raises(SystemExit, match="the model and its guide have different first stages"):
