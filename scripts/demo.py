@@ -46,8 +46,9 @@ from typing import NamedTuple, Optional, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ldm.eval.demo_figures import (FAST, FULL, SEED, TEXT_PROMPTS, Prompt, Sizes, Targets,  # noqa: E402,F401
-                                   autoencoder_figures, class_figures, text_figures)
+from ldm.eval.demo_figures import (FAST, FULL, SEED, TEXT_PROMPTS, autoencoder_figures,  # noqa: E402
+                                   class_figures, text_figures)
+from ldm.eval.demo_figures import SIZE as DEMO_SIZE  # noqa: E402  image side of the demo data (configs/demo/*.yaml)
 
 
 class Stage(NamedTuple):
@@ -71,7 +72,6 @@ STAGES = [
 STAGE_NAMES = [s.name for s in STAGES]
 DEFAULT_STAGES = [s.name for s in STAGES if s.group == "default"]
 TASK_STAGES = [s.name for s in STAGES if s.group == "task"]
-DEMO_SIZE = 32         # image side of the demo data (configs/demo/*.yaml; ldm.eval.demo_figures.SIZE)
 DEMO_F = 2             # the demo autoencoder's downsampling factor: 16x16x3 latents
 LAYOUT_GRID = 16       # configs/demo/ldm_layout.yaml's corner grid (data.params.*.layout_grid)
 N_INPUTS = 2           # validation examples cut into sampling inputs

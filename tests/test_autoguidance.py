@@ -11,7 +11,7 @@ import torch
 
 from ldm.models.diffusion.sampling import AutoGuidance, ClassifierFreeGuidance
 from tests.conftest import load_script
-from tests.test_inference import lightning_checkpoint, make_model, write_run
+from tests.test_inference import make_model, write_class_snapshot, write_run
 
 
 def _denoiser(slope: float, calls: list):
@@ -59,16 +59,8 @@ def test_bad_weights_are_refused(weight):
 @pytest.fixture(scope="module")
 def class_run_with_snapshot(tmp_path_factory):
     """A tiny class run and a 'snapshot' of it: other denoiser and class embedding, the same first stage."""
-    root = tmp_path_factory.mktemp("runs")
-    run, _ = write_run(root, "class")
-    state = lightning_checkpoint(make_model("class", 0))
-    for k, v in lightning_checkpoint(make_model("class", 1))["state_dict"].items():
-        if not (k.startswith("first_stage_model.") or k == "scale_factor"):
-            state["state_dict"][k] = v
-    snapshots = run / "checkpoints" / "trainstep_checkpoints"
-    snapshots.mkdir()
-    torch.save(state, snapshots / "epoch=000000-step=000000050.ckpt")
-    return run, snapshots / "epoch=000000-step=000000050.ckpt"
+    run, _ = write_run(tmp_path_factory.mktemp("runs"), "class")
+    return run, write_class_snapshot(run, 50)
 
 
 def _sample(run, out, *extra):

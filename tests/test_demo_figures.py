@@ -12,7 +12,7 @@ from PIL import Image
 
 from ldm.eval import demo_figures as F
 from ldm.eval.classifier import save_classifier, train_classifier
-from tests.test_inference import lightning_checkpoint, make_model, write_run
+from tests.test_inference import write_class_snapshot, write_run
 from tests.test_synthetic_classifier import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,16 +42,8 @@ def test_the_lazy_package_exports_what_its_submodules_define():
 def class_run(tmp_path_factory):
     """A tiny class run with a snapshot of other denoiser weights (the same first stage), and a judge."""
     run, _ = write_run(tmp_path_factory.mktemp("runs"), "class")
-    state = lightning_checkpoint(make_model("class", 0))
-    for k, v in lightning_checkpoint(make_model("class", 1))["state_dict"].items():
-        if not (k.startswith("first_stage_model.") or k == "scale_factor"):
-            state["state_dict"][k] = v
-    snapshots = run / "checkpoints" / "trainstep_checkpoints"
-    snapshots.mkdir()
-    torch.save(state, snapshots / "epoch=000000-step=000000050.ckpt")
     model, config = train_classifier(steps=2, seed=3, **TINY)
-    return run, snapshots / "epoch=000000-step=000000050.ckpt", save_classifier(model, config,
-                                                                                 tmp_path_factory.mktemp("clf"))
+    return run, write_class_snapshot(run, 50), save_classifier(model, config, tmp_path_factory.mktemp("clf"))
 
 
 SIZES = F.Sizes(real_images=8, class_samples=4, class_steps=2)
