@@ -33,13 +33,11 @@ SCORES_VERSION = 1
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     """What a score depends on besides the checkpoint and the scale: a change starts a new file."""
-    out = {"version": SCORES_VERSION, "classifier": str(Path(args.classifier).resolve()), "n_samples": args.n,
-           "sampler": args.sampler, "steps": args.steps, "seed": args.seed, "n_real": args.n_real}
-    if args.guide_model is not None:  # files scored without a guide keep their settings
-        out.update(guide_model=str(Path(args.guide_model).resolve()), guide_weight=args.guide_weight)
-    if not args.prefer_ema:  # files scored with EMA weights (the default) keep their settings
-        out.update(ema=False)
-    return out
+    from ldm.eval.guided_scoring import guide_settings
+
+    return {"version": SCORES_VERSION, "classifier": str(Path(args.classifier).resolve()), "n_samples": args.n,
+            "sampler": args.sampler, "steps": args.steps, "seed": args.seed, "n_real": args.n_real,
+            **guide_settings(args)}
 
 
 def markdown(points: list[dict[str, Any]]) -> str:
@@ -66,6 +64,8 @@ def write_plots(out: Path, points: list[dict[str, Any]], real_accuracy: Optional
 
 
 def parser() -> argparse.ArgumentParser:
+    from ldm.eval.guided_scoring import add_guide_flags
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-r", "--run", required=True, help="run directory of a class-conditional model")
     p.add_argument("--classifier", required=True, help="folder of scripts/train_classifier.py's classifier")
@@ -76,11 +76,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-real", type=int, default=500, help="real validation images for the reference (default 500)")
     p.add_argument("--out", default=None, help="output folder (default <run>/eval/class_scores)")
-    p.add_argument("--guide-model", default=None, metavar="CKPT",
-                   help="autoguide the samples by this weaker model of the same latents (e.g. an early snapshot)")
-    p.add_argument("--guide-weight", type=float, default=1.0, help="with --guide-model: its weight (default 1)")
-    p.add_argument("--no-ema", dest="prefer_ema", action="store_false",
-                   help="sample the trained weights of every checkpoint (and of the guide), not their EMA")
+    add_guide_flags(p)
     return p
 
 
@@ -90,6 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     if not (run / "configs").is_dir():
         raise SystemExit(f"--run {run}: not a run directory (no configs/ folder)")
     from ldm.eval.classifier import usable_classifier
+    from ldm.eval.guided_scoring import check_guide, checkpoints_after_guide, load_guide
     from ldm.eval.reproduction import load_points, save_points, step_checkpoints
 
     ckpts = step_checkpoints(run)
@@ -97,15 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
         raise SystemExit(f"--run {run}: no checkpoints in {run / 'checkpoints'}")
     if args.n < 2:
         raise SystemExit(f"-n {args.n}: the FID-like score needs at least 2 samples")
-    guide_step = None
-    if args.guide_model is not None:
-        if not 0 <= args.guide_weight < float("inf"):
-            raise SystemExit(f"--guide-weight {args.guide_weight}: must be a finite number >= 0")
-        guide_path = Path(args.guide_model).resolve()
-        guide_step = next((step for step, ckpt in ckpts if ckpt.resolve() == guide_path), None)
-        ckpts = [(step, ckpt) for step, ckpt in ckpts if guide_step is None or step > guide_step]
-        if not ckpts:
-            raise SystemExit(f"--guide-model {args.guide_model}: the run has no checkpoint after it to guide")
+    ckpts = checkpoints_after_guide(ckpts, args)
     out = Path(args.out) if args.out else run / "eval" / "class_scores"
     wanted = settings(args)
     path = out / "scores.json"
@@ -115,15 +104,10 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
         raise SystemExit(str(exc)) from exc
 
     from ldm.eval.synthetic_scores import class_sample_scores
-    from ldm.inference import GuideModel, check_experts, load_run
+    from ldm.inference import load_run
     from ldm.inference.checks import downsampling_factor
 
-    guide = None
-    if args.guide_model is not None:
-        try:
-            guide = GuideModel(load_run(args.guide_model, prefer_ema=args.prefer_ema), args.guide_weight)
-        except (FileNotFoundError, ValueError) as exc:
-            raise SystemExit(f"--guide-model {args.guide_model}: {exc}") from exc
+    guide = load_guide(args)
 
     checked_size = None  # the classifier is checked once per image size, not per checkpoint
     for step, ckpt in ckpts:
@@ -136,11 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
             raise SystemExit(f"--classifier {args.classifier}: not a classifier of the synthetic data at {size} px "
                              "(train one with scripts/train_classifier.py)")
         checked_size = size
-        if guide is not None:
-            try:
-                check_experts(guide.model, model, what="the model and its guide")
-            except ValueError as exc:
-                raise SystemExit(f"--guide-model {args.guide_model}: {exc}") from exc
+        check_guide(guide, model, args)
         for scale in todo:
             s = class_sample_scores(model, args.classifier, args.n, sampler=args.sampler, steps=args.steps,
                                     scale=scale, seed=args.seed, n_real=args.n_real, size=size, progress=False,

@@ -9,6 +9,12 @@ prompt (written in the synthetic captions' words): guided samples (noise seeded 
 share that shows every colour the prompt names (each on at least 2 % of the pixels), the same
 share among real validation scenes of any caption (what chance gives), and the share the
 classifier assigns to the prompt's first shape (chance 12.5 %; ldm.eval.synthetic_scores).
+With --guide-model the samples are autoguided by that weaker model (as score_class_run.py); when it
+is one of the run's snapshots, only the later checkpoints are scored. --no-ema samples the trained
+weights instead of the EMA:
+
+    python scripts/score_text_run.py -r logs/<run> --classifier logs/demo_classifier --no-ema \
+        --guide-model logs/<run>/checkpoints/trainstep_checkpoints/<first>.ckpt --guide-weight 2
 
 Writes <out>/scores.json (default <run>/eval/text_scores/) after every checkpoint; a rerun with the
 same settings skips what is already scored. Then <out>/grid_step<N>.png (a row of 8 samples per
@@ -46,9 +52,11 @@ RESPONSE_FRACTIONS = (0.9, 0.7, 0.5, 0.3)  # of the chain: t = 900, 700, 500, 30
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     """What a score depends on besides the checkpoint and the prompt: a change starts a new file."""
+    from ldm.eval.guided_scoring import guide_settings
+
     return {"version": SCORES_VERSION, "classifier": str(Path(args.classifier).resolve()), "n_samples": args.n,
             "sampler": args.sampler, "steps": args.steps, "scale": args.scale, "seed": args.seed,
-            "n_real": args.n_real}
+            "n_real": args.n_real, **guide_settings(args)}
 
 
 def mean_by_step(points: list[dict[str, Any]], key: str) -> dict[int, float]:
@@ -81,6 +89,8 @@ def write_plot(out: Path, points: list[dict[str, Any]]) -> Path:
 
 
 def parser() -> argparse.ArgumentParser:
+    from ldm.eval.guided_scoring import add_guide_flags
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-r", "--run", required=True, help="run directory of a text-conditioned model")
     p.add_argument("--classifier", required=True, help="folder of scripts/train_classifier.py's classifier")
@@ -95,6 +105,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--response", nargs=2, action="append", default=[], metavar=("PROMPT_A", "PROMPT_B"),
                    help="also measure the mean-colour response of the x_0 estimate between two prompts "
                         "(repeatable)")
+    add_guide_flags(p)
     return p
 
 
@@ -122,11 +133,13 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     if args.n < 1:
         raise SystemExit(f"-n {args.n}: need at least one sample per prompt")
     from ldm.eval.classifier import usable_classifier
+    from ldm.eval.guided_scoring import check_guide, checkpoints_after_guide, load_guide
     from ldm.eval.reproduction import load_points, save_points, step_checkpoints
 
     ckpts = step_checkpoints(run)
     if not ckpts:
         raise SystemExit(f"--run {run}: no checkpoints in {run / 'checkpoints'}")
+    ckpts = checkpoints_after_guide(ckpts, args)
     out = Path(args.out) if args.out else run / "eval" / "text_scores"
     wanted = settings(args)
     path = out / "scores.json"
@@ -143,15 +156,17 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     from ldm.inference.conditioning import model_kind
     from ldm.inference.checks import downsampling_factor
 
+    guide = load_guide(args)
     checked_size = None
     responses = []
     for step, ckpt in ckpts:
         todo = [q for q in args.prompts if not any(p["step"] == step and p["prompt"] == q for p in points)]
         if not todo and not args.response:
             continue
-        model = load_run(ckpt)
+        model = load_run(ckpt, prefer_ema=args.prefer_ema)
         if model_kind(model) != "text":
             raise SystemExit(f"--run {run}: not a text-conditioned model ({model_kind(model)})")
+        check_guide(guide, model, args)
         size = int(model.image_size) * downsampling_factor(model)
         if size != checked_size and not usable_classifier(args.classifier, size=size):
             raise SystemExit(f"--classifier {args.classifier}: not a classifier of the synthetic data at {size} px "
@@ -167,7 +182,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
         for prompt in todo:
             t, samples = scores.text_prompt_scores(model, args.classifier, prompt, args.n, sampler=args.sampler,
                                                    steps=args.steps, scale=args.scale, seed=args.seed,
-                                                   n_real=args.n_real, size=size)
+                                                   n_real=args.n_real, size=size, guide=guide)
             rows.append(samples[:GRID_COLUMNS])
             points.append({"step": step, "prompt": prompt, "checkpoint": ckpt.name, "colours": list(t.colours),
                            "shape": t.shape, "shows_colours": t.shows_colours,

@@ -11,7 +11,7 @@ import torch
 
 from ldm.models.diffusion.sampling import AutoGuidance, ClassifierFreeGuidance
 from tests.conftest import load_script
-from tests.test_inference import make_model, write_class_snapshot, write_run
+from tests.test_inference import make_model, write_snapshot, write_run
 
 
 def _denoiser(slope: float, calls: list):
@@ -60,7 +60,7 @@ def test_bad_weights_are_refused(weight):
 def class_run_with_snapshot(tmp_path_factory):
     """A tiny class run and a 'snapshot' of it: other denoiser and class embedding, the same first stage."""
     run, _ = write_run(tmp_path_factory.mktemp("runs"), "class")
-    return run, write_class_snapshot(run, 50)
+    return run, write_snapshot(run, 50)
 
 
 def _sample(run, out, *extra):

@@ -12,7 +12,7 @@ from PIL import Image
 
 from ldm.eval import demo_figures as F
 from ldm.eval.classifier import save_classifier, train_classifier
-from tests.test_inference import write_class_snapshot, write_run
+from tests.test_inference import write_snapshot, write_run
 from tests.test_synthetic_classifier import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def class_run(tmp_path_factory):
     """A tiny class run with a snapshot of other denoiser weights (the same first stage), and a judge."""
     run, _ = write_run(tmp_path_factory.mktemp("runs"), "class")
     model, config = train_classifier(steps=2, seed=3, **TINY)
-    return run, write_class_snapshot(run, 50), save_classifier(model, config, tmp_path_factory.mktemp("clf"))
+    return run, write_snapshot(run, 50), save_classifier(model, config, tmp_path_factory.mktemp("clf"))
 
 
 SIZES = F.Sizes(real_images=8, class_samples=4, class_steps=2)

@@ -126,11 +126,11 @@ def write_run(root: Path, kind: str, seed: int = 0) -> tuple[Path, object]:
     return run, model
 
 
-def write_class_snapshot(run: Path, step: int) -> Path:
-    """A step snapshot of the class run ``run``, named as main.py names them: other denoiser and class
-    embedding (seed 1), the same first stage and scale factor."""
-    state = lightning_checkpoint(make_model("class", 0))
-    for k, v in lightning_checkpoint(make_model("class", 1))["state_dict"].items():
+def write_snapshot(run: Path, step: int, kind: str = "class") -> Path:
+    """A step snapshot of ``run`` (made by write_run(..., kind)), named as main.py names them: other
+    denoiser and conditioning encoder (seed 1), the same first stage and scale factor."""
+    state = lightning_checkpoint(make_model(kind, 0))
+    for k, v in lightning_checkpoint(make_model(kind, 1))["state_dict"].items():
         if not (k.startswith("first_stage_model.") or k == "scale_factor"):
             state["state_dict"][k] = v
     path = run / "checkpoints" / "trainstep_checkpoints" / f"epoch=000000-step={step:09d}.ckpt"

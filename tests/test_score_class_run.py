@@ -10,7 +10,7 @@ from PIL import Image
 
 from ldm.eval.classifier import save_classifier, train_classifier
 from tests.conftest import load_script
-from tests.test_inference import lightning_checkpoint, make_model, write_class_snapshot, write_run
+from tests.test_inference import lightning_checkpoint, make_model, write_snapshot, write_run
 from tests.test_synthetic_classifier import TINY
 
 
@@ -106,7 +106,7 @@ def test_autoguided_scores_start_after_the_guide(class_run, tmp_path):
 
     _, clf = class_run
     run, _ = write_run(tmp_path / "runs", "class")
-    guide = write_class_snapshot(run, 40)  # other denoiser, the same first stage
+    guide = write_snapshot(run, 40)  # other denoiser, the same first stage
     points = _script().main(_argv(run, clf, tmp_path / "s", "--guide-model", str(guide), "--guide-weight", "2"))
     assert [(p["step"], p["checkpoint"]) for p in points] == [(120, "last.ckpt")]  # not the guide itself
     expected = class_sample_scores(load_run(run), clf, 4, sampler="ddim", steps=2, scale=3.0, seed=0, n_real=8,

@@ -12,7 +12,7 @@ from PIL import Image
 from ldm.eval.classifier import save_classifier, train_classifier
 from ldm.eval.synthetic_scores import prompt_targets, shows_colours, text_prompt_scores
 from tests.conftest import load_script
-from tests.test_inference import lightning_checkpoint, make_model, write_run
+from tests.test_inference import lightning_checkpoint, make_model, write_run, write_snapshot
 from tests.test_synthetic_classifier import TINY
 
 PROMPTS = ["a red circle on a blue background", "an orange star and a small red ring"]
@@ -106,6 +106,34 @@ def test_rerun_scores_only_what_is_missing(text_run, tmp_path, monkeypatch):
     calls.clear()
     script.main(_argv(run, clf, tmp_path, "--scale", "5"))           # other settings: start again
     assert len(calls) == 2 * len(PROMPTS)
+
+
+def test_autoguided_scores_start_after_the_guide(text_run, tmp_path):
+    from ldm.inference import GuideModel, load_run
+
+    _, clf = text_run
+    run, _ = write_run(tmp_path / "runs", "text")
+    guide = write_snapshot(run, 40, "text")  # other denoiser and text encoder, the same first stage
+    script = _script()
+    for extra, prefer_ema in (((), True), (("--no-ema",), False)):
+        out = tmp_path / f"ema{prefer_ema}"
+        points = script.main(_argv(run, clf, out, "--guide-model", str(guide), "--guide-weight", "2", *extra))
+        assert sorted((p["step"], p["checkpoint"]) for p in points) == [(120, "last.ckpt")] * len(PROMPTS)
+        expected, samples = text_prompt_scores(load_run(run, prefer_ema=prefer_ema), clf, PROMPTS[1], 3, steps=2,
+                                               n_real=8, size=16,
+                                               guide=GuideModel(load_run(guide, prefer_ema=prefer_ema), 2.0))
+        (got,) = [p for p in points if p["prompt"] == PROMPTS[1]]
+        assert (got["shows_colours"], got["shape_accuracy"]) == (expected.shows_colours, expected.shape_accuracy)
+        saved = json.loads((out / "scores.json").read_text())["settings"]
+        assert (saved["guide_model"], saved["guide_weight"]) == (str(guide.resolve()), 2.0)
+        assert saved.get("ema", True) is prefer_ema
+    _, unguided = text_prompt_scores(load_run(run, prefer_ema=False), clf, PROMPTS[1], 3, steps=2, n_real=8, size=16)
+    assert not np.array_equal(unguided, samples)  # the guide reaches the samples
+    other_first_stage = text_run[0] / "checkpoints" / "trainstep_checkpoints" / "epoch=000000-step=000000050.ckpt"
+    with pytest.raises(SystemExit, match="the model and its guide have different first stages"):
+        script.main(_argv(run, clf, tmp_path / "o", "--guide-model", str(other_first_stage)))
+    with pytest.raises(SystemExit, match="--guide-weight -1.0: must be a finite number >= 0"):
+        script.main(_argv(run, clf, tmp_path / "o", "--guide-model", str(guide), "--guide-weight", "-1"))
 
 
 def test_bad_arguments_are_named(text_run, tmp_path):
