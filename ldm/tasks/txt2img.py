@@ -3,11 +3,15 @@
     ldm-txt2img -r logs/<run>_demo_ldm_text --prompt "a red circle on a blue background"
     ldm-txt2img --config model.yaml --ckpt model.ckpt --from-file prompts.txt --scale 5
     ldm-txt2img -r logs/<eps run> --high-noise-expert logs/<x0 run> --switch-t 600 --prompt "..."
+    ldm-txt2img -r logs/<run> --no-ema --guide-model logs/<run>/checkpoints/trainstep_checkpoints/<earlier>.ckpt \
+        --guide-weight 2 --prompt "..."
 
 With --high-noise-expert a second text model denoises the noise levels above timestep
 --switch-t's and the -r model the rest (an ensemble of expert denoisers, Balaji et al. 2022,
 eDiff-I), each with its own text encoder and the same guidance scale. Both must share the first
-stage and the noise schedule.
+stage and the noise schedule. With --guide-model a weaker text model of the same latents (an
+earlier snapshot of the run) autoguides every step (Karras et al. 2024), each model with its own
+text encoder; it cannot be combined with --high-noise-expert.
 
 Each prompt gets <outdir>/samples/<prompt as a safe folder name>/NNNNN.png and a grid
 <outdir>/grid-<prompt>-NNNN.png with one row per --n_iter. The same --seed gives the same images.
@@ -23,7 +27,8 @@ from tqdm import tqdm
 
 from ldm.inference import (HighNoiseExpert, check_experts, generate, initial_noise, latent_size, model_kind,
                            prompt_conditioning)
-from ldm.inference.cli import add_model_args, add_output_args, add_sampling_args, load_companion, start_task
+from ldm.inference.cli import (add_guide_args, add_model_args, add_output_args, add_sampling_args, guide_from_args,
+                               load_companion, start_task)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--switch-t", type=int, default=None,
                    help="with --high-noise-expert: it answers above this timestep's noise level, the -r model "
                         "at and below it (0 <= T < the schedule's length)")
+    add_guide_args(p)
     add_sampling_args(p, samplers=("ddim", "plms", "dpm", "unipc"), steps=50, scale=5.0, eta=0.0)
     add_output_args(p, outdir="outputs/txt2img-samples")
     return p
@@ -91,6 +97,9 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
     task = start_task(args, "txt2img.py", ["text"], "a text-conditioned model")
     model, opts, out, generator = task.model, task.options, task.out, task.generator
     expert = load_expert(args, model)
+    guide = guide_from_args(args, model)
+    if guide is not None and expert is not None:
+        raise SystemExit("--guide-model and --high-noise-expert cannot be combined; use one of them")
     h, w = latent_size(model, args.H, args.W)
     shape = (args.n_samples, model.channels, h, w)
     fixed = initial_noise(shape, generator, model.alphas_cumprod.device) if args.fixed_code else None
@@ -98,10 +107,12 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
         cond, uncond = prompt_conditioning(model, [prompt] * args.n_samples)
         if expert is not None:
             expert.cond, expert.uncond = prompt_conditioning(expert.model, [prompt] * args.n_samples)
+        if guide is not None:
+            guide.cond = prompt_conditioning(guide.model, [prompt] * args.n_samples)[0]
         rows = []
         for _ in range(args.n_iter):
             images = generate(model, args.n_samples, opts, cond=cond, uncond=uncond, size=(h, w),
-                              generator=generator, x_T=fixed, expert=expert).cpu()
+                              generator=generator, x_T=fixed, expert=expert, guide=guide).cpu()
             out.samples(images, "samples", prompt)
             rows.append(images)
         out.grid(torch.cat(rows), f"grid-{prompt}", nrow=args.n_samples)
