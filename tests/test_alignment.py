@@ -124,6 +124,36 @@ def test_training_loss_adds_the_weighted_alignment_term(teacher_folder):
     assert all(p.grad is None for p in model.alignment.teacher.parameters())
 
 
+def test_detach_condition_keeps_the_term_out_of_the_conditioning_encoder(teacher_folder):
+    b = batch()
+    grads = {}
+    for detach in (False, True):
+        model = class_model(teacher_folder, hidden=16, detach_condition=detach).train()
+        with torch.no_grad():  # zero-initialised projections (cross-attention's output among them): make them count
+            for p in model.model.diffusion_model.parameters():
+                if not p.any():
+                    p.normal_(0, 0.1)
+        encoder = list(model.cond_stage_model.parameters())
+        c = model.get_learned_conditioning(b["class_label"])
+        z = torch.randn(4, model.channels, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
+        t = torch.tensor([10, 300, 600, 900])
+        target = model.alignment.teacher(pixels(b))
+        with model.alignment.capture() as hidden:
+            out = model.apply_model(z, t, c)
+        term = model.alignment.loss(hidden["h"], target)
+        from_term = torch.autograd.grad(term, encoder, retain_graph=True, allow_unused=True)
+        from_output = torch.autograd.grad(out.square().mean(), encoder, allow_unused=True)
+        grads[detach] = (out.detach(), [g is not None and bool(g.abs().sum() > 0) for g in from_term],
+                         [g is not None and bool(g.abs().sum() > 0) for g in from_output])
+    # the same denoiser output; the term reaches the encoder only without detach_condition, the output
+    # (the later blocks' cross-attention) either way
+    assert torch.equal(grads[False][0], grads[True][0])
+    assert any(grads[False][1]) and not any(grads[True][1])
+    assert any(grads[False][2]) and any(grads[True][2])
+    unet = model.model.diffusion_model  # the hooks go with the capture
+    assert not unet.middle_block._forward_pre_hooks and not any(b._forward_pre_hooks for b in unet.input_blocks)
+
+
 def test_validation_and_sampling_leave_the_term_out(teacher_folder):
     model = class_model(teacher_folder).eval()
     with torch.no_grad():
@@ -184,6 +214,7 @@ def test_latent_cache_batches_are_refused(teacher_folder):
     ({"weight": 0}, "representation_alignment.weight", "> 0"),
     ({"hidden": 0}, "representation_alignment.hidden", ">= 1"),
     ({"layer": 2}, "representation_alignment", "unknown key.*layer"),
+    ({"detach_condition": "yes"}, "representation_alignment.detach_condition", "true or false"),
 ])
 def test_config_errors_name_the_entry(teacher_folder, extra, path, message):
     with pytest.raises(ConfigError, match=message) as info:

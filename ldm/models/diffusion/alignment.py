@@ -14,6 +14,11 @@ is average-pooled (or interpolated) to f_θ's size. The paper aligns an early bl
 DINOv2 features at λ = 0.5. The term is added in training only; validation losses stay the plain
 diffusion loss, so they compare with runs without it.
 
+With ``detach_condition`` the UNet's blocks up to the aligned one (in forward order) see the
+conditioning detached, so that the term cannot train the conditioning encoder (a text encoder
+learned with the UNet would otherwise be pulled towards encoding what the teacher sees); the
+encoder then learns from the later blocks' cross-attention only.
+
 The teacher is a module mapping images in [-1, 1] to a feature map and naming its channels in
 ``out_channels``. :class:`ClassifierTeacher` is the first blocks of a synthetic-shapes classifier
 (:mod:`ldm.eval.classifier`): the demo's teacher, trained by ``scripts/train_classifier.py`` with
@@ -93,6 +98,26 @@ class ClassifierTeacher(nn.Module):
         return self.body(x)
 
 
+def blocks_up_to(unet: nn.Module, block: str) -> list[nn.Module]:
+    """The UNet's top-level blocks (input_blocks.i, middle_block, output_blocks.j, in forward order)
+    up to the one that is or holds ``block``."""
+    order = [*getattr(unet, "input_blocks", []), unet.middle_block, *getattr(unet, "output_blocks", [])]
+    target = unet.get_submodule(block)
+    for i, b in enumerate(order):
+        if b is target or any(m is target for m in b.modules()):
+            return order[:i + 1]
+    raise ValueError(f"{block!r} is not inside the UNet's input, middle or output blocks")
+
+
+def _detach_context(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook of a UNet block called as block(h, emb, context): the context detached."""
+    if len(args) < 3 or args[2] is None:
+        return args
+    ctx = args[2]
+    ctx = [c.detach() for c in ctx] if isinstance(ctx, (list, tuple)) else ctx.detach()
+    return (*args[:2], ctx, *args[3:])
+
+
 def block_channels(block: nn.Module) -> int:
     """Channels of a UNet block's output: those of its last layer that names them."""
     layers = list(block.children()) or [block]
@@ -117,7 +142,8 @@ class RepresentationAlignment(nn.Module):
     """REPA's teacher, projector and weight for one UNet block (see the module docstring)."""
 
     def __init__(self, unet: nn.Module, teacher_config: Mapping[str, Any], block: str = "middle_block",
-                 weight: float = 0.5, hidden: int = 256, path: str = "representation_alignment"):
+                 weight: float = 0.5, hidden: int = 256, detach_condition: bool = False,
+                 path: str = "representation_alignment"):
         super().__init__()
         from ldm.util import instantiate_from_config
 
@@ -139,6 +165,9 @@ class RepresentationAlignment(nn.Module):
         self.projector = nn.Sequential(nn.Conv2d(block_channels(target_block), hidden, 1), nn.SiLU(),
                                        nn.Conv2d(hidden, hidden, 1), nn.SiLU(), nn.Conv2d(hidden, out, 1))
         self._target_block = [target_block]  # a list: not a second registration of the UNet's module
+        if not isinstance(detach_condition, bool):
+            raise ConfigError(f"{path}.detach_condition", f"must be true or false, got {detach_condition!r}")
+        self._shielded = blocks_up_to(unet, block) if detach_condition else []
 
     def check_teacher(self) -> None:
         """Refuse to train against a teacher that never received weights."""
@@ -163,11 +192,13 @@ class RepresentationAlignment(nn.Module):
     def capture(self) -> Iterator[dict[str, torch.Tensor]]:
         """Record the block's output of the forward passes inside the block."""
         found: dict[str, torch.Tensor] = {}
-        handle = self._target_block[0].register_forward_hook(lambda m, i, o: found.__setitem__("h", o))
+        handles = [self._target_block[0].register_forward_hook(lambda m, i, o: found.__setitem__("h", o))]
+        handles += [b.register_forward_pre_hook(_detach_context) for b in self._shielded]
         try:
             yield found
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
 
     def loss(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """-cos similarity (to be weighted by ``weight`` and added to the diffusion loss)."""
@@ -192,7 +223,7 @@ def add_term(alignment: Optional[RepresentationAlignment], hidden: Mapping[str, 
     return loss
 
 
-ALIGNMENT_KEYS = ("teacher_config", "block", "weight", "hidden")
+ALIGNMENT_KEYS = ("teacher_config", "block", "weight", "hidden", "detach_condition")
 
 
 def make_alignment(unet: nn.Module, config: Optional[Mapping[str, Any]],
