@@ -18,6 +18,8 @@ diffusion model is sampled with its script (scripts/sample_diffusion.py, txt2img
 Default stages: autoencoder, ldm_class, ldm_text: the stages with targets, 12 to 24 minutes on 2 CPU
 cores (the speed of the host decides; README). The class stage's REPA teacher, a classifier of seed 1
 (the judge's is 0), is trained first into <logdir>/demo_teacher/ (ldm.models.diffusion.alignment).
+The class and text samples are autoguided by their run's half-way snapshot (--class-guide-weight,
+--text-guide-weight; 0 samples with classifier-free guidance alone).
 Opt-in: ldm_uncond (an unconditional model, about 1.5 minutes more) and the task stages ldm_sr
 (super-resolution, Sec. 4.4), ldm_semantic (semantic synthesis, Sec. 4.3.2), ldm_layout
 (layout-to-image, Sec. 4.3.1), ldm_inpaint (inpainting, Sec. 4.5). Their sampling inputs (a
@@ -77,6 +79,7 @@ LAYOUT_GRID = 16       # configs/demo/ldm_layout.yaml's corner grid (data.params
 N_INPUTS = 2           # validation examples cut into sampling inputs
 CLASS_SCALE = 3.0      # default guidance scale of the class samples (--class-scale)
 CLASS_GUIDE_WEIGHT = 2.0  # autoguidance by the class run's half-way snapshot (--class-guide-weight)
+TEXT_GUIDE_WEIGHT = 2.0   # the same for the text samples, by the text run's half-way snapshot (--text-guide-weight)
 
 
 def select_stages(names: Optional[Sequence[str]], tasks: bool = False) -> list[Stage]:
@@ -111,7 +114,7 @@ def run(cmd: list[str], commands: list[list[str]], what: str) -> None:
 # Config entries counted in training steps (or batches): --steps-factor scales them together, so
 # that a longer run keeps the same shape (the learning-rate decay ends at the last batch, one grid
 # and one validation at the end, the GAN term stays beyond the run). Warm-ups are not scaled.
-SNAPSHOT_KEY = "lightning.callbacks.step_checkpoint.params.every_n_train_steps"  # the class run's guide
+SNAPSHOT_KEY = "lightning.callbacks.step_checkpoint.params.every_n_train_steps"  # the guide of the samples
 STEP_KEYS = (
     "lightning.trainer.max_steps",
     "lightning.trainer.val_check_interval",
@@ -156,7 +159,7 @@ def run_stage(name: str, config: str, ae_ckpt: Path | None, logdir: Path, fast: 
         from omegaconf import OmegaConf
 
         if OmegaConf.select(OmegaConf.load(ROOT / config), SNAPSHOT_KEY) is not None:
-            cmd.append(f"{SNAPSHOT_KEY}=20")  # the class run's half-way snapshot, its samples' guide
+            cmd.append(f"{SNAPSHOT_KEY}=20")  # the run's half-way snapshot, its samples' guide
     start = time.time()
     run(cmd, commands, name)
     run_dir = latest_run(logdir, f"demo_{name}")
@@ -204,23 +207,29 @@ def samples_dir(outdir: Path, stage: str, run_dir: Path) -> Path:
     return outdir / SAMPLE_FOLDERS[stage] / Path(run_dir).name
 
 
-def guide_snapshot(run_dir: Path) -> Path:
-    """The first step snapshot of a class run: half-way with configs/demo/ldm_class.yaml
-    (its step_checkpoint every max_steps / 2), the weaker model that autoguides its samples."""
+def guide_snapshot(run_dir: Path, what: str = "class") -> Path:
+    """The first step snapshot of a class or text run (``what``): half-way with the demo configs
+    (their step_checkpoint every max_steps / 2), the weaker model that autoguides its samples."""
     snapshots = sorted((Path(run_dir) / "checkpoints" / "trainstep_checkpoints").glob("*.ckpt"))  # zero-padded steps
     if not snapshots:
-        raise SystemExit(f"demo: {run_dir}/checkpoints/trainstep_checkpoints has no snapshot to autoguide the class "
-                         "samples with; pass --class-guide-weight 0 to sample without one")
+        raise SystemExit(f"demo: {run_dir}/checkpoints/trainstep_checkpoints has no snapshot to autoguide the {what} "
+                         f"samples with; pass --{what}-guide-weight 0 to sample without one")
     return snapshots[0]
+
+
+def guide_args(run_dir: Path, what: str, weight: float) -> list[str]:
+    """txt2img.py / sample_diffusion.py flags that autoguide ``run_dir``'s samples (none for weight 0)."""
+    return ["--guide-model", str(guide_snapshot(run_dir, what)), "--guide-weight", f"{weight:g}"] if weight else []
 
 
 def sample_commands(runs: dict[str, Path], outdir: Path, inputs: Optional[dict[str, list[Path]]] = None,
                     steps: Optional[int] = None, class_scale: float = CLASS_SCALE,
-                    class_guide_weight: float = CLASS_GUIDE_WEIGHT) -> list[list[str]]:
+                    class_guide_weight: float = CLASS_GUIDE_WEIGHT,
+                    text_guide_weight: float = TEXT_GUIDE_WEIGHT) -> list[list[str]]:
     """Sampling-script calls on the trained demo models (those whose stage ran), each into its
     :func:`samples_dir`. ``inputs`` (from :func:`write_inputs`) feed the task scripts; ``steps``
     overrides every sampler's steps; ``class_scale`` is the class samples' guidance scale and
-    ``class_guide_weight`` their autoguidance weight (0: none)."""
+    ``class_guide_weight``, ``text_guide_weight`` the class and text samples' autoguidance weights (0: none)."""
     py = sys.executable
 
     def dest(stage: str) -> str:
@@ -239,15 +248,15 @@ def sample_commands(runs: dict[str, Path], outdir: Path, inputs: Optional[dict[s
         cmds.append([py, "scripts/sample_diffusion.py", "-r", str(runs["ldm_uncond"]), "-n", "16", "-c", n_steps(50),
                      "-l", dest("ldm_uncond")])
     if "ldm_class" in runs:
-        guide = ["--guide-model", str(guide_snapshot(runs["ldm_class"])), "--guide-weight",
-                 f"{class_guide_weight:g}"] if class_guide_weight else []
+        guide = guide_args(runs["ldm_class"], "class", class_guide_weight)
         cmds.append([py, "scripts/sample_diffusion.py", "-r", str(runs["ldm_class"]), "-n", "16",
                      "--classes", *map(str, range(8)), "--scale", f"{class_scale:g}", *guide, "-c", n_steps(50),
                      "-l", dest("ldm_class")])
     if "ldm_text" in runs:
+        guide = guide_args(runs["ldm_text"], "text", text_guide_weight)
         cmds += [[py, "scripts/txt2img.py", "-r", str(runs["ldm_text"]), "--prompt", prompt.text, "--sampler",
-                  "unipc", "--steps", n_steps(20), "--scale", "3.0", "--n_samples", "16", "--outdir", dest("ldm_text")]
-                 for prompt in TEXT_PROMPTS]
+                  "unipc", "--steps", n_steps(20), "--scale", "3.0", *guide, "--n_samples", "16",
+                  "--outdir", dest("ldm_text")] for prompt in TEXT_PROMPTS]
     if "ldm_sr" in runs:
         cmds.append([py, "scripts/superres.py", "-r", str(runs["ldm_sr"]), "--input", *paths("lr"),
                      "--n_samples", "4", "--steps", n_steps(100), "--outdir", dest("ldm_sr")])
@@ -310,7 +319,8 @@ def first_png(folder: Path, pattern: str) -> Optional[Path]:
 
 def write_demo_report(runs: dict[str, Path], logdir: Path, fast: bool, commands: list[list[str]],
                       argv: Sequence[str], class_scale: float = CLASS_SCALE,
-                      class_guide_weight: float = CLASS_GUIDE_WEIGHT) -> Optional[Path]:
+                      class_guide_weight: float = CLASS_GUIDE_WEIGHT,
+                      text_guide_weight: float = TEXT_GUIDE_WEIGHT) -> Optional[Path]:
     """Figures of the models trained in this invocation, printed and written with the grids and
     commands to ``<logdir>/demo_report.html``."""
     from ldm.eval.html_report import format_figures, write_report
@@ -339,8 +349,9 @@ def write_demo_report(runs: dict[str, Path], logdir: Path, fast: bool, commands:
         figures += text_figures(samples_dir(outdir, "ldm_text", runs["ldm_text"]) / "samples", classifier,
                                 sizes.real_images, size=DEMO_SIZE)
     grids = [("ldm_uncond", "grid-*.png", "Unconditional samples")]
-    grids += [("ldm_text", f"grid-{safe_name(prompt.text)}-*.png", f"Text samples: '{prompt.text}'")
-              for prompt in TEXT_PROMPTS]
+    text_guided = f", autoguidance weight {text_guide_weight:g}" if text_guide_weight else ""
+    grids += [("ldm_text", f"grid-{safe_name(prompt.text)}-*.png", f"Text samples: '{prompt.text}' (UniPC 20 steps, "
+               f"scale 3{text_guided})") for prompt in TEXT_PROMPTS]
     for name, pattern, caption in grids:
         png = first_png(samples_dir(outdir, name, runs[name]), pattern) if name in runs else None
         if png is not None:
@@ -374,6 +385,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"autoguidance of the class samples by the class run's half-way snapshot (Karras et al. "
                         f"2024): the weight of (model - snapshot) added at every step (default {CLASS_GUIDE_WEIGHT:g}; "
                         "0: classifier-free guidance alone)")
+    p.add_argument("--text-guide-weight", type=float, default=TEXT_GUIDE_WEIGHT, metavar="A",
+                   help=f"the same for the text samples, by the text run's half-way snapshot (default "
+                        f"{TEXT_GUIDE_WEIGHT:g}; 0: classifier-free guidance alone)")
     p.add_argument("-l", "--logdir", default="logs", help="where run directories go")
     p.add_argument("--no-report", action="store_true",
                    help="skip the figures and <logdir>/demo_report.html at the end")
@@ -391,8 +405,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         p.error(f"--steps-factor must be at least 1, got {args.steps_factor}")
     if not 0 < args.class_scale < float("inf"):
         p.error(f"--class-scale must be a positive number, got {args.class_scale:g}")
-    if not 0 <= args.class_guide_weight < float("inf"):
-        p.error(f"--class-guide-weight must be a finite number >= 0, got {args.class_guide_weight:g}")
+    for flag in ("class_guide_weight", "text_guide_weight"):
+        if not 0 <= getattr(args, flag) < float("inf"):
+            p.error(f"--{flag.replace('_', '-')} must be a finite number >= 0, got {getattr(args, flag):g}")
     if args.fast and args.steps_factor != 1:
         p.error("--steps-factor and --fast do not go together: --fast sets its own step counts")
     logdir = (ROOT / args.logdir).resolve()
@@ -414,12 +429,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     outdir = logdir / "demo_samples"
     inputs = write_inputs(outdir / "inputs") if runs.keys() & set(TASK_STAGES) else None
     for cmd in sample_commands(runs, outdir, inputs, class_scale=args.class_scale,
-                               class_guide_weight=args.class_guide_weight):
+                               class_guide_weight=args.class_guide_weight, text_guide_weight=args.text_guide_weight):
         run(cmd, commands, "sampling")
     print(f"\nDemo done. Training grids are under each run's images/ folder; samples under {outdir}.")
     if not args.no_report:
         write_demo_report(runs, logdir, args.fast, commands, list(argv if argv is not None else sys.argv[1:]),
-                          args.class_scale, args.class_guide_weight)
+                          args.class_scale, args.class_guide_weight, args.text_guide_weight)
 
 
 if __name__ == "__main__":

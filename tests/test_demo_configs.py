@@ -174,7 +174,7 @@ def test_task_configs_match_the_synthetic_data():
 def test_demo_stage_trains_and_its_script_samples(stage, autoencoder, teacher, inputs, tmp_path):
     extra = [f"{demo.TEACHER_KEY}={teacher}", f"{demo.TEACHER_KEY.rsplit('.', 1)[0]}.size={SIZE}"] \
         if demo.needs_teacher(stage.config) else []
-    if stage.name == "ldm_class":  # a snapshot after the first of its 2 steps: the samples' autoguidance guide
+    if stage.name in ("ldm_class", "ldm_text"):  # a snapshot after the first of 2 steps: the samples' guide
         extra.append(f"{demo.SNAPSHOT_KEY}=1")
     rundir = train(tmp_path / "logs", str(REPO / stage.config), f"demo_{stage.name}",
                    f"model.params.first_stage_config.params.ckpt_path={autoencoder}", *LDM, *extra)
@@ -201,6 +201,11 @@ def test_demo_stage_trains_and_its_script_samples(stage, autoencoder, teacher, i
         guide = cmd[cmd.index("--guide-model") + 1]
         assert Path(guide).name.endswith("step=000000001.ckpt") and Path(guide).parent.name == "trainstep_checkpoints"
         assert cmd[cmd.index("--guide-weight") + 1] == f"{demo.CLASS_GUIDE_WEIGHT:g}" == "2"
+    if stage.name == "ldm_text":  # every prompt's samples autoguided by the step-1 snapshot
+        for cmd in cmds:
+            guide = cmd[cmd.index("--guide-model") + 1]
+            assert Path(guide).name.endswith("step=000000001.ckpt") and Path(guide).parent.name == "trainstep_checkpoints"
+            assert cmd[cmd.index("--guide-weight") + 1] == f"{demo.TEXT_GUIDE_WEIGHT:g}"
     if stage.name == "ldm_inpaint":  # known pixels are the input's
         for image, mask in zip(inputs["image"], inputs["mask"]):
             keep = np.asarray(Image.open(mask)) < 128
@@ -247,8 +252,10 @@ def test_stage_selection():
 
 def test_each_run_samples_into_its_own_folder():
     # A later demo in the same logdir must not read (or report) an earlier run's samples as its own.
-    first = demo.sample_commands({"ldm_text": Path("logs/2026-01-01T00-00-00_demo_ldm_text")}, Path("out"))
-    second = demo.sample_commands({"ldm_text": Path("logs/2026-01-02T00-00-00_demo_ldm_text")}, Path("out"))
+    first = demo.sample_commands({"ldm_text": Path("logs/2026-01-01T00-00-00_demo_ldm_text")}, Path("out"),
+                                 text_guide_weight=0)
+    second = demo.sample_commands({"ldm_text": Path("logs/2026-01-02T00-00-00_demo_ldm_text")}, Path("out"),
+                                  text_guide_weight=0)
     assert first[0][first[0].index("--outdir") + 1] == str(Path("out/text/2026-01-01T00-00-00_demo_ldm_text"))
     assert second[0][second[0].index("--outdir") + 1] == str(Path("out/text/2026-01-02T00-00-00_demo_ldm_text"))
     every = {s.name: Path(f"logs/x_{s.name}") for s in demo.select_stages(["all"]) if s.name != "autoencoder"}
@@ -289,23 +296,31 @@ def test_steps_factor_scales_every_step_count_of_a_stage():
             demo.step_overrides("configs/demo/ldm_class.yaml", bad)
 
 
-def test_class_samples_are_autoguided_by_the_half_way_snapshot(tmp_path, monkeypatch):
-    run_dir = tmp_path / "run_ldm_class"
-    with pytest.raises(SystemExit, match="no snapshot to autoguide the class samples with; pass --class-guide-weight 0"):
-        demo.sample_commands({"ldm_class": run_dir}, tmp_path)
-    unguided = demo.sample_commands({"ldm_class": run_dir}, tmp_path, class_guide_weight=0)[0]
+@pytest.mark.parametrize("what", ["class", "text"])
+def test_samples_are_autoguided_by_the_half_way_snapshot(what, tmp_path, monkeypatch):
+    stage, other = f"ldm_{what}", "text" if what == "class" else "class"
+    run_dir, weight = tmp_path / f"run_{stage}", f"{what}_guide_weight"
+    with pytest.raises(SystemExit, match=f"no snapshot to autoguide the {what} samples with; pass --{what}-guide-weight 0"):
+        demo.sample_commands({stage: run_dir}, tmp_path)
+    unguided = demo.sample_commands({stage: run_dir}, tmp_path, **{weight: 0})[0]
     assert "--guide-model" not in unguided and "--guide-weight" not in unguided
-    half, _ = fake_snapshots(run_dir, 1000, 2000)  # --steps-factor 2: snapshots every 1000 of 2000 steps
-    cmd = demo.sample_commands({"ldm_class": run_dir}, tmp_path, class_guide_weight=1.5)[0]
-    assert cmd[cmd.index("--guide-model") + 1] == str(half) and cmd[cmd.index("--guide-weight") + 1] == "1.5"
-    cfg = OmegaConf.load(REPO / "configs/demo/ldm_class.yaml")  # the snapshot falls half-way, also when scaled
-    assert 2 * OmegaConf.select(cfg, demo.SNAPSHOT_KEY) == cfg.lightning.trainer.max_steps
-    assert f"{demo.SNAPSHOT_KEY}=1000" in demo.step_overrides("configs/demo/ldm_class.yaml", 2)
+    config = f"configs/demo/{stage}.yaml"
+    cfg = OmegaConf.load(REPO / config)  # the snapshot falls half-way, also when scaled
+    every = OmegaConf.select(cfg, demo.SNAPSHOT_KEY)
+    assert 2 * every == cfg.lightning.trainer.max_steps
+    assert f"{demo.SNAPSHOT_KEY}={2 * every}" in demo.step_overrides(config, 2)
+    half, _ = fake_snapshots(run_dir, 2 * every, 4 * every)  # --steps-factor 2
+    cmds = demo.sample_commands({stage: run_dir}, tmp_path, **{weight: 1.5})
+    assert len(cmds) == (len(demo.TEXT_PROMPTS) if what == "text" else 1)
+    for cmd in cmds:
+        assert cmd[cmd.index("--guide-model") + 1] == str(half) and cmd[cmd.index("--guide-weight") + 1] == "1.5"
     sampled = []
+    fake_snapshots(tmp_path / f"run_ldm_{other}", 10, 20)
     monkeypatch.setattr(demo, "run_stage", lambda name, *a, **k: tmp_path / f"run_{name}")
     monkeypatch.setattr(demo, "run", lambda cmd, commands, what: sampled.append(cmd) if what == "sampling" else None)
-    demo.main(["--no-report", "--class-guide-weight", "0", "-l", str(tmp_path)])
-    assert "--guide-model" not in sampled[0]
+    demo.main(["--no-report", f"--{what}-guide-weight", "0", "-l", str(tmp_path)])
+    script = "sample_diffusion.py" if what == "class" else "txt2img.py"
+    assert [("--guide-model" in cmd) for cmd in sampled] == [Path(cmd[1]).name != script for cmd in sampled]
 
 
 @pytest.mark.parametrize("argv, message", [(["--steps-factor", "0"], "--steps-factor must be at least 1"),
@@ -314,7 +329,9 @@ def test_class_samples_are_autoguided_by_the_half_way_snapshot(tmp_path, monkeyp
                                            (["--class-scale", "nan"], "--class-scale must be a positive number"),
                                            (["--class-guide-weight", "-1"],
                                             "--class-guide-weight must be a finite number >= 0, got -1"),
-                                           (["--class-guide-weight", "inf"], "--class-guide-weight must be a finite")])
+                                           (["--class-guide-weight", "inf"], "--class-guide-weight must be a finite"),
+                                           (["--text-guide-weight", "-0.5"],
+                                            "--text-guide-weight must be a finite number >= 0, got -0.5")])
 def test_demo_rejects_bad_steps_factor_before_training(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         demo.main([*argv, "-l", str(tmp_path)])
@@ -339,6 +356,7 @@ def test_demo_trains_the_latent_stages_on_the_new_autoencoder(tmp_path, monkeypa
         return tmp_path / f"run_{name}"
 
     fake_snapshots(tmp_path / "run_ldm_class", 500, 1000)
+    fake_snapshots(tmp_path / "run_ldm_text", 300, 600)
     monkeypatch.setattr(demo, "run_stage", fake_run_stage)
     monkeypatch.setattr(demo, "run", lambda cmd, commands, what: calls.append(("run", cmd[1], cmd[cmd.index("--out") + 1]
                                                                                  if "--out" in cmd else None)))
@@ -364,6 +382,7 @@ def fake_snapshots(run_dir: Path, *steps: int) -> list[Path]:
 def test_class_scale_reaches_the_class_samples_only(tmp_path, monkeypatch):
     sampled = []
     fake_snapshots(tmp_path / "run_ldm_class", 500, 1000)
+    fake_snapshots(tmp_path / "run_ldm_text", 300, 600)
     monkeypatch.setattr(demo, "run_stage", lambda name, *a, **k: tmp_path / f"run_{name}")
     monkeypatch.setattr(demo, "run", lambda cmd, commands, what: sampled.append(cmd) if what == "sampling" else None)
     demo.main(["--no-report", "--class-scale", "5", "-l", str(tmp_path)])
