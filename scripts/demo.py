@@ -80,6 +80,7 @@ N_INPUTS = 2           # validation examples cut into sampling inputs
 CLASS_SCALE = 3.0      # default guidance scale of the class samples (--class-scale)
 CLASS_GUIDE_WEIGHT = 2.0  # autoguidance by the class run's half-way snapshot (--class-guide-weight)
 TEXT_GUIDE_WEIGHT = 2.0   # the same for the text samples, by the text run's half-way snapshot (--text-guide-weight)
+TEXT_SAMPLER, TEXT_STEPS, TEXT_SCALE = "unipc", 20, 3.0  # how txt2img.py samples the text model
 
 
 def select_stages(names: Optional[Sequence[str]], tasks: bool = False) -> list[Stage]:
@@ -255,7 +256,7 @@ def sample_commands(runs: dict[str, Path], outdir: Path, inputs: Optional[dict[s
     if "ldm_text" in runs:
         guide = guide_args(runs["ldm_text"], "text", text_guide_weight)
         cmds += [[py, "scripts/txt2img.py", "-r", str(runs["ldm_text"]), "--prompt", prompt.text, "--sampler",
-                  "unipc", "--steps", n_steps(20), "--scale", "3.0", *guide, "--n_samples", "16",
+                  TEXT_SAMPLER, "--steps", n_steps(TEXT_STEPS), "--scale", str(TEXT_SCALE), *guide, "--n_samples", "16",
                   "--outdir", dest("ldm_text")] for prompt in TEXT_PROMPTS]
     if "ldm_sr" in runs:
         cmds.append([py, "scripts/superres.py", "-r", str(runs["ldm_sr"]), "--input", *paths("lr"),
@@ -350,8 +351,9 @@ def write_demo_report(runs: dict[str, Path], logdir: Path, fast: bool, commands:
                                 sizes.real_images, size=DEMO_SIZE)
     grids = [("ldm_uncond", "grid-*.png", "Unconditional samples")]
     text_guided = f", autoguidance weight {text_guide_weight:g}" if text_guide_weight else ""
-    grids += [("ldm_text", f"grid-{safe_name(prompt.text)}-*.png", f"Text samples: '{prompt.text}' (UniPC 20 steps, "
-               f"scale 3{text_guided})") for prompt in TEXT_PROMPTS]
+    how = f"{TEXT_SAMPLER} {TEXT_STEPS} steps, scale {TEXT_SCALE:g}{text_guided}"
+    grids += [("ldm_text", f"grid-{safe_name(prompt.text)}-*.png", f"Text samples: '{prompt.text}' ({how})")
+              for prompt in TEXT_PROMPTS]
     for name, pattern, caption in grids:
         png = first_png(samples_dir(outdir, name, runs[name]), pattern) if name in runs else None
         if png is not None:
