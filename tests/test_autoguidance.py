@@ -128,29 +128,24 @@ def text_run_with_snapshot(tmp_path_factory):
     return run, write_snapshot(run, 50, kind="text")
 
 
-def _txt2img(run, out, *extra):
-    from PIL import Image
-
-    load_script("txt2img").main(["-r", str(run), "--prompt", "a red circle on a blue background", "--n_samples", "3",
-                                 "--seed", "3", "--scale", "2", "--steps", "4", "--no-progress", "--device", "cpu",
-                                 "--outdir", str(out), *extra])
-    return np.stack([np.asarray(Image.open(p)) for p in sorted((out / "samples").rglob("*.png"))]).astype(int)
-
-
 def test_txt2img_with_a_guide_model(text_run_with_snapshot, tmp_path):
+    from tests.test_noise_level_experts import _txt2img
+
     run, snapshot = text_run_with_snapshot
-    plain = _txt2img(run, tmp_path / "plain")
+    plain = _txt2img(run, tmp_path / "plain").astype(int)
     assert np.array_equal(_txt2img(run, tmp_path / "w0", "--guide-model", str(snapshot), "--guide-weight", "0"), plain)
-    guided = _txt2img(run, tmp_path / "w2", "--guide-model", str(snapshot), "--guide-weight", "2")
+    guided = _txt2img(run, tmp_path / "w2", "--guide-model", str(snapshot), "--guide-weight", "2").astype(int)
     assert guided.shape == plain.shape and np.abs(guided - plain).max() > 8
     # guided by itself, the model pulls away from nothing, however strongly: the guide is conditioned on the
     # same prompt by its own text encoder (with the empty prompt, weight 40 would act as a guidance scale of 42;
     # the last place of the 8-bit images may differ: one batch against a doubled one)
-    itself = _txt2img(run, tmp_path / "self", "--guide-model", str(run), "--guide-weight", "40")
+    itself = _txt2img(run, tmp_path / "self", "--guide-model", str(run), "--guide-weight", "40").astype(int)
     assert np.abs(itself - plain).max() <= 1
 
 
 def test_txt2img_refuses_a_wrong_guide(text_run_with_snapshot, class_run_with_snapshot, tmp_path):
+    from tests.test_noise_level_experts import _txt2img
+
     run, snapshot = text_run_with_snapshot
     with pytest.raises(SystemExit, match="--guide-weight needs --guide-model"):
         _txt2img(run, tmp_path / "o", "--guide-weight", "2")

@@ -134,6 +134,9 @@ def test_autoguided_scores_start_after_the_guide(text_run, tmp_path):
         script.main(_argv(run, clf, tmp_path / "o", "--guide-model", str(other_first_stage)))
     with pytest.raises(SystemExit, match="--guide-weight -1.0: must be a finite number >= 0"):
         script.main(_argv(run, clf, tmp_path / "o", "--guide-model", str(guide), "--guide-weight", "-1"))
+    class_run, _ = write_run(tmp_path / "class", "class")
+    with pytest.raises(SystemExit, match="a class model cannot guide a text one"):  # checked as the samplers check
+        script.main(_argv(run, clf, tmp_path / "o", "--guide-model", str(class_run)))
 
 
 def test_bad_arguments_are_named(text_run, tmp_path):

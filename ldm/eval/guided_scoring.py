@@ -36,8 +36,9 @@ def checkpoints_after_guide(ckpts: Sequence[tuple[int, Path]], args: argparse.Na
     """``ckpts`` (step, path) to score: all of them, or with a guide among them, those after it."""
     if args.guide_model is None:
         return list(ckpts)
-    if not 0 <= args.guide_weight < float("inf"):
-        raise SystemExit(f"--guide-weight {args.guide_weight}: must be a finite number >= 0")
+    from ldm.inference.cli import check_guide_weight
+
+    check_guide_weight(args.guide_weight)
     guide_path = Path(args.guide_model).resolve()
     guide_step = next((step for step, ckpt in ckpts if ckpt.resolve() == guide_path), None)
     later = [(step, ckpt) for step, ckpt in ckpts if guide_step is None or step > guide_step]
@@ -59,12 +60,10 @@ def load_guide(args: argparse.Namespace) -> Optional[Any]:
 
 
 def check_guide(guide: Optional[Any], model: Any, args: argparse.Namespace) -> None:
-    """The guide must estimate the same latents as ``model`` (one schedule, one first stage)."""
+    """The guide must be of ``model``'s task and estimate the same latents (one schedule, one first
+    stage): ``ldm.inference.cli.check_guide``, as the sampling scripts check theirs."""
     if guide is None:
         return
-    from ldm.inference import check_experts
+    from ldm.inference.cli import check_guide as check
 
-    try:
-        check_experts(guide.model, model, what="the model and its guide")
-    except ValueError as exc:
-        raise SystemExit(f"--guide-model {args.guide_model}: {exc}") from exc
+    check(guide.model, model, f"--guide-model {args.guide_model}")

@@ -130,6 +130,24 @@ def load_companion(path: str, flag: str, model: Any, prefer_ema: bool = True) ->
     return load_model(run.configs, run.ckpt, device=model.alphas_cumprod.device, prefer_ema=prefer_ema)
 
 
+def check_guide_weight(weight: float) -> float:
+    """--guide-weight's value, refused unless a finite number >= 0."""
+    if not (weight >= 0 and weight != float("inf")):
+        raise SystemExit(f"--guide-weight {weight}: must be a finite number >= 0")
+    return weight
+
+
+def check_guide(guide: Any, model: Any, flag: str) -> None:
+    """A guide must be a model of ``model``'s task estimating the same latents (one schedule, one
+    first stage); SystemExit naming ``flag`` otherwise."""
+    if model_kind(guide) != model_kind(model):
+        raise SystemExit(f"{flag}: a {model_kind(guide)} model cannot guide a {model_kind(model)} one")
+    try:
+        check_experts(guide, model, what="the model and its guide")
+    except ValueError as exc:
+        raise SystemExit(f"{flag}: {exc}") from exc
+
+
 def guide_from_args(args: argparse.Namespace, model: Any) -> Optional[GuideModel]:
     """The --guide-model on the sampled model's device, checked to share its task and latents."""
     if args.guide_model is None:
@@ -137,16 +155,9 @@ def guide_from_args(args: argparse.Namespace, model: Any) -> Optional[GuideModel
             raise SystemExit("--guide-weight needs --guide-model")
         return None
     flag = f"--guide-model {args.guide_model}"
-    weight = 1.0 if args.guide_weight is None else args.guide_weight
-    if not (weight >= 0 and weight != float("inf")):
-        raise SystemExit(f"--guide-weight {weight}: must be a finite number >= 0")
+    weight = check_guide_weight(1.0 if args.guide_weight is None else args.guide_weight)
     guide = load_companion(args.guide_model, flag, model, args.prefer_ema)
-    if model_kind(guide) != model_kind(model):
-        raise SystemExit(f"{flag}: a {model_kind(guide)} model cannot guide a {model_kind(model)} one")
-    try:
-        check_experts(guide, model, what="the model and its guide")
-    except ValueError as exc:
-        raise SystemExit(f"{flag}: {exc}") from exc
+    check_guide(guide, model, flag)
     return GuideModel(guide, weight)
 
 

@@ -94,12 +94,12 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
     prompts = read_prompts(args)
     if args.n_samples < 1 or args.n_iter < 1:
         raise SystemExit("--n_samples and --n_iter must be positive")
+    if args.guide_model is not None and args.high_noise_expert is not None:  # before loading either
+        raise SystemExit("--guide-model and --high-noise-expert cannot be combined; use one of them")
     task = start_task(args, "txt2img.py", ["text"], "a text-conditioned model")
     model, opts, out, generator = task.model, task.options, task.out, task.generator
     expert = load_expert(args, model)
     guide = guide_from_args(args, model)
-    if guide is not None and expert is not None:
-        raise SystemExit("--guide-model and --high-noise-expert cannot be combined; use one of them")
     h, w = latent_size(model, args.H, args.W)
     shape = (args.n_samples, model.channels, h, w)
     fixed = initial_noise(shape, generator, model.alphas_cumprod.device) if args.fixed_code else None

@@ -101,7 +101,7 @@ class ClassifierTeacher(nn.Module):
 def blocks_up_to(unet: nn.Module, block: str) -> list[nn.Module]:
     """The UNet's top-level blocks (input_blocks.i, middle_block, output_blocks.j, in forward order)
     up to the one that is or holds ``block``."""
-    order = [*getattr(unet, "input_blocks", []), unet.middle_block, *getattr(unet, "output_blocks", [])]
+    order = [*unet.input_blocks, unet.middle_block, *unet.output_blocks]
     target = unet.get_submodule(block)
     for i, b in enumerate(order):
         if b is target or any(m is target for m in b.modules()):
