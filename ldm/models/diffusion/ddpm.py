@@ -33,6 +33,7 @@ from ldm.models.diffusion.losses import (
     DiffusionLoss, LossType, check_loss_type, check_noise_offset, check_timestep_range, get_loss, lvlb_weights,
     min_snr_weights, training_noise)
 from ldm.models.diffusion.parameterization import Parameterization
+from ldm.models.diffusion.timesteps import make_timestep_sampler
 from ldm.models.diffusion.schedule import (
     BetaSchedule, buffer_device, make_beta_schedule, register_schedule_buffers, schedule_arrays)
 from ldm.modules.ema import LitEma
@@ -75,6 +76,8 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
         snr_floor: Optional[float] = None,       # lowest x_0 weight of that weighting (losses.min_snr_weights)
         noise_offset: float = 0.0,               # offset noise of the training ε (losses.training_noise); 0: the paper
         timestep_range: Optional[Sequence[int]] = None,  # [lo, hi): train on these timesteps only (an expert); None: all
+        timestep_sampling: Optional[Mapping[str, Any]] = None,  # density of the training t (timesteps.py); None: uniform
+        optimizer_params: Optional[Mapping[str, Any]] = None,  # AdamW betas/eps/weight_decay (training.py); None: torch's
         conditioning_key: Optional[ConditioningKey] = None,  # None | concat | crossattn | hybrid | adm
         parameterization: Parameterization = "eps",  # what the network predicts: eps | x0 | v
         scheduler_config: Optional[Mapping[str, Any]] = None,  # LambdaLR multiplier (ldm.lr_scheduler)
@@ -116,6 +119,8 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
             self.monitor = monitor
         self.register_schedule(given_betas, beta_schedule, timesteps, linear_start, linear_end, cosine_s)
         self.timestep_range = check_timestep_range(timestep_range, self.num_timesteps)
+        self.timestep_sampler = make_timestep_sampler(timestep_sampling, *self.timestep_range)
+        self.optimizer_params = training.check_optimizer_params(optimizer_params)
         self.learn_logvar = learn_logvar
         logvar = torch.full((self.num_timesteps,), float(logvar_init), device=buffer_device())
         if learn_logvar:
@@ -184,9 +189,9 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
         return self._diffusion_loss(x_start, None, t, noise, align_to)
 
     def sample_timesteps(self, batch_size: int) -> torch.Tensor:
-        """t ~ U{0, ..., T-1} (paper Eq. (1)), or U{lo, ..., hi-1} for a ``timestep_range`` expert."""
-        lo, hi = self.timestep_range
-        return torch.randint(lo, hi, (batch_size,), device=self.device).long()
+        """t ~ U{0, ..., T-1} (paper Eq. (1)), or over [lo, hi) for a ``timestep_range`` expert; with
+        ``timestep_sampling``, logit-normal over the same range (timesteps.py)."""
+        return self.timestep_sampler(batch_size, self.device)
 
     def forward(self, x, *args, **kwargs):
         return self.p_losses(x, self.sample_timesteps(x.shape[0]), *args, **kwargs)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -16,9 +16,40 @@ from ldm.models.diffusion.first_stage import FirstStage
 from ldm.modules.ema import LitEma
 from ldm.util import instantiate_from_config
 
-__all__ = ["configure_optimizers", "init_from_ckpt", "rescale_latents_by_std"]
+__all__ = ["OPTIMIZER_PARAMS", "check_optimizer_params", "configure_optimizers", "init_from_ckpt", "rescale_latents_by_std"]
 
 log = logging.getLogger(__name__)
+
+
+OPTIMIZER_PARAMS = ("betas", "eps", "weight_decay")  # the AdamW options a config may set
+
+
+def check_optimizer_params(options: Optional[Mapping[str, Any]],
+                           path: str = "model.params.optimizer_params") -> dict[str, Any]:
+    """AdamW keyword arguments of a config's ``optimizer_params`` (None: torch's defaults), checked
+    here so that a typo fails when the model is built, not after its first batch."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ValueError(f"{path} must be a mapping of {', '.join(OPTIMIZER_PARAMS)}, got {options!r}")
+    unknown = sorted(set(options) - set(OPTIMIZER_PARAMS))
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join(map(str, unknown))}; expected {', '.join(OPTIMIZER_PARAMS)}")
+    out: dict[str, Any] = {}
+    if "betas" in options:
+        betas = options["betas"]
+        if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2 \
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas):
+            raise ValueError(f"{path}.betas must be two numbers in [0, 1), got {betas!r}")
+        out["betas"] = (float(betas[0]), float(betas[1]))
+    for key in ("eps", "weight_decay"):
+        if key in options:
+            value = options[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
+                    or (key == "eps" and value == 0):
+                raise ValueError(f"{path}.{key} must be a number {'> 0' if key == 'eps' else '>= 0'}, got {value!r}")
+            out[key] = float(value)
+    return out
 
 
 def configure_optimizers(model: Any, params: Iterable[nn.Parameter]):
@@ -29,7 +60,8 @@ def configure_optimizers(model: Any, params: Iterable[nn.Parameter]):
         raise AttributeError(f"{type(model).__name__}.learning_rate is not set; the trainer sets it from "
                              "model.base_learning_rate (set it yourself when training without it)")
     params = list(params)
-    opt = torch.optim.AdamW(params, lr=lr, **adamw_options(params))  # fused on CUDA and CPU (ldm.perf)
+    options = {**getattr(model, "optimizer_params", {}), **adamw_options(params)}  # fused on CUDA and CPU (ldm.perf)
+    opt = torch.optim.AdamW(params, lr=lr, **options)
     if model.scheduler_config is None:
         return opt
     multiplier = instantiate_from_config(model.scheduler_config, path="model.params.scheduler_config")

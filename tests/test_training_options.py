@@ -1,0 +1,116 @@
+"""Training options of the diffusion models: the density of the training timesteps
+(``timestep_sampling``, uniform as the paper or logit-normal as SD3) and the AdamW options
+(``optimizer_params``)."""
+import math
+
+import pytest
+import torch
+
+from ldm.models.diffusion.timesteps import TimestepSampler, make_timestep_sampler
+from tests.test_ancestral_loop import pixel_ddpm
+
+
+def test_uniform_is_the_papers_draw():
+    # The same call as before the option existed: runs keep their seeds' timesteps.
+    model = pixel_ddpm()
+    torch.manual_seed(0)
+    t = model.sample_timesteps(64)
+    torch.manual_seed(0)
+    torch.testing.assert_close(t, torch.randint(0, model.num_timesteps, (64,)).long(), rtol=0, atol=0)
+
+
+def test_logit_normal_draw_is_the_floor_of_the_scaled_sigmoid():
+    s = TimestepSampler(10, 20, "logit_normal", mean=0.5, std=2.0)
+    torch.manual_seed(1)
+    t = s(1000)
+    torch.manual_seed(1)
+    u = torch.sigmoid(0.5 + 2.0 * torch.randn(1000))
+    expected = (10 + torch.floor(u * 10)).long().clamp(10, 19)
+    torch.testing.assert_close(t, expected, rtol=0, atol=0)
+    assert t.dtype == torch.long and int(t.min()) >= 10 and int(t.max()) <= 19
+
+
+def test_probabilities_are_the_logit_normal_mass_of_each_bin():
+    s = TimestepSampler(0, 4, "logit_normal", mean=0.0, std=1.0)
+    p = s.probabilities()
+    # bin k holds u in [k/4, (k+1)/4): P = Phi(logit((k+1)/4)) - Phi(logit(k/4))
+    phi = lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2)))  # noqa: E731
+    logit = lambda u: math.log(u / (1 - u))  # noqa: E731
+    expected = [phi(logit(0.25)), phi(logit(0.5)) - phi(logit(0.25)), phi(logit(0.75)) - phi(logit(0.5)),
+                1 - phi(logit(0.75))]
+    torch.testing.assert_close(p, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert p[1] == pytest.approx(p[2]) and p[0] == pytest.approx(p[3])  # symmetric about the middle at mean 0
+    torch.testing.assert_close(TimestepSampler(3, 7).probabilities(), torch.full((4,), 0.25, dtype=torch.float64))
+
+
+def test_draws_follow_the_stated_probabilities():
+    s = TimestepSampler(0, 50, "logit_normal", mean=1.0, std=0.7)
+    torch.manual_seed(2)
+    freq = torch.bincount(s(200_000), minlength=50).double() / 200_000
+    p = s.probabilities()
+    assert float((freq - p).abs().max()) < 0.004
+    assert float((p * torch.arange(50)).sum()) > 30  # mean > 0: the noisy end
+
+
+def test_the_model_draws_from_its_config_within_its_expert_range():
+    model = pixel_ddpm(timestep_range=[5, 15], timestep_sampling={"type": "logit_normal", "mean": -1.0})
+    assert (model.timestep_sampler.lo, model.timestep_sampler.hi, model.timestep_sampler.kind) == (5, 15, "logit_normal")
+    torch.manual_seed(3)
+    t = model.sample_timesteps(4000)
+    assert int(t.min()) >= 5 and int(t.max()) <= 14
+    assert float(t.float().mean()) < 9.5  # mean < 0 leans to the clean end of [5, 15)
+
+
+@pytest.mark.parametrize("config, match", [
+    ({"type": "lognormal"}, "unknown; expected one of"),
+    ({"type": "logit_normal", "std": 0}, "std > 0"),
+    ({"type": "logit_normal", "mean": float("nan")}, "finite mean"),
+    ({"type": "logit_normal", "scale": 1}, "unknown key"),
+    ({"type": "uniform", "mean": 1.0}, "logit_normal only"),
+    ("logit_normal", "must be a mapping"),
+])
+def test_bad_timestep_sampling_is_refused_with_its_path(config, match):
+    with pytest.raises(ValueError, match=match) as info:
+        pixel_ddpm(timestep_sampling=config)
+    assert "model.params.timestep_sampling" in str(info.value)
+
+
+def test_no_config_is_uniform_over_the_range():
+    s = make_timestep_sampler(None, 2, 9)
+    assert (s.kind, s.lo, s.hi) == ("uniform", 2, 9)
+
+
+def test_optimizer_params_reach_adamw():
+    model = pixel_ddpm(optimizer_params={"betas": [0.9, 0.99], "weight_decay": 0, "eps": 1e-6})
+    model.learning_rate = 1e-3
+    opt = model.configure_optimizers()
+    opt = opt[0][0] if isinstance(opt, tuple | list) else opt
+    group = opt.param_groups[0]
+    assert (group["betas"], group["weight_decay"], group["eps"], group["lr"]) == ((0.9, 0.99), 0.0, 1e-6, 1e-3)
+
+
+def test_no_optimizer_params_keep_torchs_defaults():
+    model = pixel_ddpm()
+    model.learning_rate = 2e-4
+    opt = model.configure_optimizers()
+    opt = opt[0][0] if isinstance(opt, tuple | list) else opt
+    defaults = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))]).defaults
+    group = opt.param_groups[0]
+    assert (group["betas"], group["weight_decay"], group["eps"]) == \
+        (defaults["betas"], defaults["weight_decay"], defaults["eps"])
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"beta": [0.9, 0.99]}, "unknown key"),
+    ({"betas": [0.9]}, "two numbers in"),
+    ({"betas": [0.9, 1.0]}, "two numbers in"),
+    ({"betas": "0.9,0.99"}, "two numbers in"),
+    ({"weight_decay": -0.1}, "weight_decay must be a number >= 0"),
+    ({"eps": 0}, "eps must be a number > 0"),
+    ({"eps": True}, "eps must be a number > 0"),
+    ([0.9, 0.99], "must be a mapping"),
+])
+def test_bad_optimizer_params_are_refused_with_their_path(options, match):
+    with pytest.raises(ValueError, match=match) as info:
+        pixel_ddpm(optimizer_params=options)
+    assert "model.params.optimizer_params" in str(info.value)
