@@ -36,6 +36,7 @@ classifier's features (not Inception FID). --no-report skips this.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -81,6 +82,28 @@ CLASS_SCALE = 3.0      # default guidance scale of the class samples (--class-sc
 CLASS_GUIDE_WEIGHT = 2.0  # autoguidance by the class run's half-way snapshot (--class-guide-weight)
 TEXT_GUIDE_WEIGHT = 2.0   # the same for the text samples, by the text run's half-way snapshot (--text-guide-weight)
 TEXT_SAMPLER, TEXT_STEPS, TEXT_SCALE = "unipc", 20, 3.0  # how txt2img.py samples the text model
+
+
+class PhaseTimer:
+    """Wall time of the demo's phases, in the order they ran; ``clock`` is injectable for tests."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.start = clock()
+        self.phases: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = self.clock()
+        try:
+            yield
+        finally:
+            self.phases[phase] = self.phases.get(phase, 0.0) + self.clock() - start
+
+    def summary(self) -> str:
+        """``874 s in all (autoencoder 99 s, ...)``: the whole time since the timer started, then each phase."""
+        parts = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in self.phases.items())
+        return f"{self.clock() - self.start:.0f} s in all" + (f" ({parts})" if parts else "")
 
 
 def select_stages(names: Optional[Sequence[str]], tasks: bool = False) -> list[Stage]:
@@ -321,9 +344,10 @@ def first_png(folder: Path, pattern: str) -> Optional[Path]:
 def write_demo_report(runs: dict[str, Path], logdir: Path, fast: bool, commands: list[list[str]],
                       argv: Sequence[str], class_scale: float = CLASS_SCALE,
                       class_guide_weight: float = CLASS_GUIDE_WEIGHT,
-                      text_guide_weight: float = TEXT_GUIDE_WEIGHT) -> Optional[Path]:
+                      text_guide_weight: float = TEXT_GUIDE_WEIGHT,
+                      timer: Optional[PhaseTimer] = None) -> Optional[Path]:
     """Figures of the models trained in this invocation, printed and written with the grids and
-    commands to ``<logdir>/demo_report.html``."""
+    commands to ``<logdir>/demo_report.html`` (with ``timer``'s phases, its wall time)."""
     from ldm.eval.html_report import format_figures, write_report
     from ldm.inference.images import safe_name
 
@@ -333,7 +357,10 @@ def write_demo_report(runs: dict[str, Path], logdir: Path, fast: bool, commands:
     outdir = logdir / "demo_samples"
     figures, images = [], []
     print("\n==> figures (ldm.eval)", flush=True)
-    classifier = ensure_classifier(logdir, fast, commands)
+    timer = timer or PhaseTimer()
+    with timer("judge"):
+        classifier = ensure_classifier(logdir, fast, commands)
+    figures_started = timer.clock()
     if "autoencoder" in runs:
         grid = outdir / "autoencoder_reconstructions.png"
         figures += autoencoder_figures(runs["autoencoder"], sizes.real_images, grid, classifier, size=DEMO_SIZE)
@@ -362,6 +389,8 @@ def write_demo_report(runs: dict[str, Path], logdir: Path, fast: bool, commands:
              "shapes (32 px), offline on CPU" + (" (--fast: a smoke run, the figures mean nothing)." if fast else "."),
              "Classifier-based scores use a small CNN trained on the synthetic data (scripts/train_classifier.py); "
              "they are not Inception scores."]
+    timer.phases["figures"] = timer.clock() - figures_started
+    notes.append(f"Wall time of this invocation until the report: {timer.summary()}.")
     path = write_report(logdir / "demo_report.html", "Latent diffusion demo", figures, images, commands, notes)
     print("\n" + format_figures(figures))
     print(f"\nReport: {path}")
@@ -413,15 +442,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.fast and args.steps_factor != 1:
         p.error("--steps-factor and --fast do not go together: --fast sets its own step counts")
     logdir = (ROOT / args.logdir).resolve()
+    timer = PhaseTimer()
     ae_ckpt = None
     runs: dict[str, Path] = {}
     commands: list[list[str]] = []
     for name, config, needs_ae, _ in stages:
         if needs_ae and ae_ckpt is None:
             ae_ckpt = latest_run(logdir, "demo_autoencoder") / "checkpoints" / "last.ckpt"
-        teacher = ensure_classifier(logdir, args.fast, commands, teacher=True) if needs_teacher(config) else None
-        run_dir = run_stage(name, config, ae_ckpt if needs_ae else None, logdir, args.fast, commands,
-                            args.steps_factor, teacher)
+        teacher = None
+        if needs_teacher(config):
+            with timer("teacher"):
+                teacher = ensure_classifier(logdir, args.fast, commands, teacher=True)
+        with timer(name):
+            run_dir = run_stage(name, config, ae_ckpt if needs_ae else None, logdir, args.fast, commands,
+                                args.steps_factor, teacher)
         runs[name] = run_dir
         if name == "autoencoder":
             ae_ckpt = run_dir / "checkpoints" / "last.ckpt"
@@ -430,13 +464,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             print(f"    {g.relative_to(ROOT) if g.is_relative_to(ROOT) else g}")
     outdir = logdir / "demo_samples"
     inputs = write_inputs(outdir / "inputs") if runs.keys() & set(TASK_STAGES) else None
-    for cmd in sample_commands(runs, outdir, inputs, class_scale=args.class_scale,
-                               class_guide_weight=args.class_guide_weight, text_guide_weight=args.text_guide_weight):
-        run(cmd, commands, "sampling")
+    with timer("sampling"):
+        for cmd in sample_commands(runs, outdir, inputs, class_scale=args.class_scale,
+                                   class_guide_weight=args.class_guide_weight, text_guide_weight=args.text_guide_weight):
+            run(cmd, commands, "sampling")
     print(f"\nDemo done. Training grids are under each run's images/ folder; samples under {outdir}.")
     if not args.no_report:
         write_demo_report(runs, logdir, args.fast, commands, list(argv if argv is not None else sys.argv[1:]),
-                          args.class_scale, args.class_guide_weight, args.text_guide_weight)
+                          args.class_scale, args.class_guide_weight, args.text_guide_weight, timer)
+    print(f"\nDemo wall time: {timer.summary()}.")
 
 
 if __name__ == "__main__":

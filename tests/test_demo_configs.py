@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -437,3 +438,29 @@ def test_text_figures_judge_each_prompts_own_samples(tmp_path):
         png.unlink()
     with pytest.raises(SystemExit, match=f"no text samples under {samples / TEXT_FOLDERS[1]}"):
         demo.text_figures(samples, clf, n_real=8, size=16)
+
+
+def test_phase_timer_sums_each_phase_and_the_whole():
+    ticks = iter([0.0, 10.0, 109.4, 110.0, 150.0, 150.0, 160.6, 200.0])
+    timer = demo.PhaseTimer(clock=lambda: next(ticks))          # started at 0
+    with timer("autoencoder"):                                    # 10 -> 109.4
+        pass
+    with timer("teacher"):                                        # 110 -> 150
+        pass
+    with pytest.raises(RuntimeError), timer("teacher"):           # 150 -> 160.6, counted although it failed
+        raise RuntimeError("stage failed")
+    assert timer.phases == pytest.approx({"autoencoder": 99.4, "teacher": 50.6})
+    assert timer.summary() == "200 s in all (autoencoder 99 s, teacher 51 s)"
+    assert demo.PhaseTimer(clock=iter([5.0, 7.0]).__next__).summary() == "2 s in all"
+
+
+def test_demo_prints_its_wall_time_by_phase(tmp_path, monkeypatch, capsys):
+    fake_snapshots(tmp_path / "run_ldm_class", 500, 1000)
+    fake_snapshots(tmp_path / "run_ldm_text", 300, 600)
+    monkeypatch.setattr(demo, "run_stage", lambda name, *a, **k: tmp_path / f"run_{name}")
+    monkeypatch.setattr(demo, "run", lambda cmd, commands, what: None)
+    demo.main(["--no-report", "-l", str(tmp_path)])
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("Demo wall time: ")]
+    assert len(line) == 1
+    assert re.fullmatch(r"Demo wall time: \d+ s in all \(autoencoder \d+ s, teacher \d+ s, ldm_class \d+ s, "
+                        r"ldm_text \d+ s, sampling \d+ s\)\.", line[0]), line[0]
