@@ -31,7 +31,7 @@ self-contained page with the grids, the figures and every command: the autoencod
 synthetic validation images, and how often guided class samples are recognised as their class
 by a classifier of the synthetic data (scripts/train_classifier.py, trained on first use into
 <logdir>/demo_classifier/) relative to real validation images, with an FID-like score of that
-classifier's features (not Inception FID). --no-report skips this.
+classifier's features (not Inception FID). --no-report skips this. Last it prints its wall time by phase.
 """
 from __future__ import annotations
 
