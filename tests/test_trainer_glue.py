@@ -126,3 +126,18 @@ def test_image_logger_schedule_and_files(tmp_path):
     from PIL import Image
     img = Image.open(written[0])
     assert img.mode == "RGB" and img.size == (2 * 4 + 3 * 2, 4 + 2 * 2)  # make_grid pads by 2
+
+
+@pytest.mark.parametrize("log_validation", [True, False])
+def test_image_logger_validation_grids_can_be_left_out(log_validation):
+    logger = ImageLogger(batch_frequency=1, max_images=2, increase_log_steps=False, log_validation=log_validation)
+    splits = []
+    logger.log_img = lambda pl_module, batch, batch_idx, split="train": splits.append((split, batch_idx))
+
+    class Trainer:
+        sanity_checking = False
+
+    logger.on_train_batch_end(Trainer(), None, None, {}, 0)
+    for batch_idx in (0, 1):
+        logger.on_validation_batch_end(Trainer(), None, None, {}, batch_idx)
+    assert splits == ([("train", 0), ("val", 0)] if log_validation else [("train", 0)])

@@ -46,7 +46,7 @@ class ImageLogger(pl.Callback):
     """Saves grids of ``pl_module.log_images(batch)`` as PNG and sends them to the logger.
 
     Logs at steps 1, 2, 4, ... up to ``batch_frequency`` (when ``increase_log_steps``), then every
-    ``batch_frequency`` steps, for training and validation.
+    ``batch_frequency`` steps, for training and (unless ``log_validation`` is false) validation.
     """
 
     def __init__(self,
@@ -58,6 +58,7 @@ class ImageLogger(pl.Callback):
                  disabled: bool = False,
                  log_on_batch_idx: bool = False,    # count batches instead of global steps
                  log_first_step: bool = False,      # log at step 0 as well
+                 log_validation: bool = True,       # also a grid of the first validation batch (the original)
                  log_images_kwargs: Optional[dict] = None):  # passed on to log_images
         super().__init__()
         if batch_frequency < 1:
@@ -67,6 +68,7 @@ class ImageLogger(pl.Callback):
         self.log_steps = [2 ** n for n in range(int(np.log2(batch_frequency)) + 1)] if increase_log_steps else []
         self.clamp, self.rescale, self.disabled = clamp, rescale, disabled
         self.log_on_batch_idx, self.log_first_step = log_on_batch_idx, log_first_step
+        self.log_validation = log_validation
         self.log_images_kwargs = log_images_kwargs or {}
         self.save_dir: Optional[Path] = None  # the run directory; set by the trainer glue
 
@@ -143,7 +145,7 @@ class ImageLogger(pl.Callback):
         self.log_img(pl_module, batch, batch_idx, split="train")
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if batch_idx == 0 and not trainer.sanity_checking:
+        if self.log_validation and batch_idx == 0 and not trainer.sanity_checking:
             self.log_img(pl_module, batch, batch_idx, split="val")
 
 
