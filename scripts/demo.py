@@ -360,22 +360,22 @@ def write_demo_report(runs: dict[str, Path], logdir: Path, fast: bool, commands:
     timer = timer or PhaseTimer()
     with timer("judge"):
         classifier = ensure_classifier(logdir, fast, commands)
-    figures_started = timer.clock()
-    if "autoencoder" in runs:
-        grid = outdir / "autoencoder_reconstructions.png"
-        figures += autoencoder_figures(runs["autoencoder"], sizes.real_images, grid, classifier, size=DEMO_SIZE)
-        images.append(("Autoencoder: validation inputs (top) and reconstructions (bottom)", grid))
-    if "ldm_class" in runs:
-        grid = outdir / "class_samples_eval.png"
-        guide = guide_snapshot(runs["ldm_class"]) if class_guide_weight else None
-        figures += class_figures(runs["ldm_class"], classifier, sizes, grid, class_scale, guide, class_guide_weight,
-                                 size=DEMO_SIZE)
-        guided = f", autoguidance weight {class_guide_weight:g}" if class_guide_weight else ""
-        images.append((f"Guided class samples, column k = class k (circle, square, triangle, diamond, hexagon, "
-                       f"star, cross, ring), scale {class_scale:g}{guided}", grid))
-    if "ldm_text" in runs:
-        figures += text_figures(samples_dir(outdir, "ldm_text", runs["ldm_text"]) / "samples", classifier,
-                                sizes.real_images, size=DEMO_SIZE)
+    with timer("figures"):
+        if "autoencoder" in runs:
+            grid = outdir / "autoencoder_reconstructions.png"
+            figures += autoencoder_figures(runs["autoencoder"], sizes.real_images, grid, classifier, size=DEMO_SIZE)
+            images.append(("Autoencoder: validation inputs (top) and reconstructions (bottom)", grid))
+        if "ldm_class" in runs:
+            grid = outdir / "class_samples_eval.png"
+            guide = guide_snapshot(runs["ldm_class"]) if class_guide_weight else None
+            figures += class_figures(runs["ldm_class"], classifier, sizes, grid, class_scale, guide, class_guide_weight,
+                                     size=DEMO_SIZE)
+            guided = f", autoguidance weight {class_guide_weight:g}" if class_guide_weight else ""
+            images.append((f"Guided class samples, column k = class k (circle, square, triangle, diamond, hexagon, "
+                           f"star, cross, ring), scale {class_scale:g}{guided}", grid))
+        if "ldm_text" in runs:
+            figures += text_figures(samples_dir(outdir, "ldm_text", runs["ldm_text"]) / "samples", classifier,
+                                    sizes.real_images, size=DEMO_SIZE)
     grids = [("ldm_uncond", "grid-*.png", "Unconditional samples")]
     text_guided = f", autoguidance weight {text_guide_weight:g}" if text_guide_weight else ""
     how = f"{TEXT_SAMPLER} {TEXT_STEPS} steps, scale {TEXT_SCALE:g}{text_guided}"
@@ -388,9 +388,8 @@ def write_demo_report(runs: dict[str, Path], logdir: Path, fast: bool, commands:
     notes = [f"Models trained by `python scripts/demo.py {shlex.join(argv)}`".rstrip() + " on the built-in synthetic "
              "shapes (32 px), offline on CPU" + (" (--fast: a smoke run, the figures mean nothing)." if fast else "."),
              "Classifier-based scores use a small CNN trained on the synthetic data (scripts/train_classifier.py); "
-             "they are not Inception scores."]
-    timer.phases["figures"] = timer.clock() - figures_started
-    notes.append(f"Wall time of this invocation until the report: {timer.summary()}.")
+             "they are not Inception scores.",
+             f"Wall time of this invocation until the report: {timer.summary()}."]
     path = write_report(logdir / "demo_report.html", "Latent diffusion demo", figures, images, commands, notes)
     print("\n" + format_figures(figures))
     print(f"\nReport: {path}")

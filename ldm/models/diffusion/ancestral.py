@@ -14,7 +14,8 @@ from ldm.models.diffusion import parameterization as P
 from ldm.models.diffusion.sampling import CompVisDenoiser, ddpm_sigmas, sample_ddpm, sample_vp, ve_to_vp
 from ldm.models.diffusion.sampling.legacy import build_denoiser, quantizer, scaled_noise
 
-__all__ = ["LatentSamplingMethods", "p_mean_variance", "p_sample", "p_sample_loop", "slice_conditioning"]
+__all__ = ["LatentSamplingMethods", "PixelSamplingMethods",
+           "p_mean_variance", "p_sample", "p_sample_loop", "slice_conditioning"]
 
 
 def p_mean_variance(
@@ -145,6 +146,27 @@ def p_sample_loop(
                   clip_denoised=model.clip_denoised, x0_transform=quantizer(model, quantize_denoised),
                   v_posterior=getattr(model, "v_posterior", 0.0))
     return x, intermediates
+
+
+class PixelSamplingMethods:
+    """The original sampling methods of the unconditional pixel-space DDPM."""
+
+    def p_mean_variance(self, x, t, clip_denoised: bool):
+        return p_mean_variance(self, x, None, t, clip_denoised)[:3]
+
+    @torch.no_grad()
+    def p_sample(self, x, t, clip_denoised=True, repeat_noise=False):
+        return p_sample(self, x, None, t, clip_denoised=clip_denoised, repeat_noise=repeat_noise)[0]
+
+    @torch.no_grad()
+    def p_sample_loop(self, shape, return_intermediates=False):
+        img, intermediates = p_sample_loop(self, None, shape)
+        return (img, intermediates) if return_intermediates else img
+
+    @torch.no_grad()
+    def sample(self, batch_size=16, return_intermediates=False):
+        shape = (batch_size, self.channels, self.image_size, self.image_size)
+        return self.p_sample_loop(shape, return_intermediates=return_intermediates)
 
 
 class LatentSamplingMethods:

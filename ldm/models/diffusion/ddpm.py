@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 RAW_CONDITION_KEYS = ("caption", "txt", "coordinates_bbox")  # passed to τ_θ as they come
 
 
-class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
+class DDPM(EMATraining, P.ForwardProcessMethods, ancestral.PixelSamplingMethods, pl.LightningModule):
     """Denoising diffusion in pixel space; the base of LatentDiffusion."""
 
     def __init__(
@@ -195,25 +195,6 @@ class DDPM(EMATraining, P.ForwardProcessMethods, pl.LightningModule):
 
     def forward(self, x, *args, **kwargs):
         return self.p_losses(x, self.sample_timesteps(x.shape[0]), *args, **kwargs)
-
-    # ---- sampling (ancestral, Ho et al. Alg. 2) ----
-
-    def p_mean_variance(self, x, t, clip_denoised: bool):
-        return ancestral.p_mean_variance(self, x, None, t, clip_denoised)[:3]
-
-    @torch.no_grad()
-    def p_sample(self, x, t, clip_denoised=True, repeat_noise=False):
-        return ancestral.p_sample(self, x, None, t, clip_denoised=clip_denoised, repeat_noise=repeat_noise)[0]
-
-    @torch.no_grad()
-    def p_sample_loop(self, shape, return_intermediates=False):
-        img, intermediates = ancestral.p_sample_loop(self, None, shape)
-        return (img, intermediates) if return_intermediates else img
-
-    @torch.no_grad()
-    def sample(self, batch_size=16, return_intermediates=False):
-        shape = (batch_size, self.channels, self.image_size, self.image_size)
-        return self.p_sample_loop(shape, return_intermediates=return_intermediates)
 
     # ---- training glue ----
 

@@ -49,10 +49,6 @@ class TimestepSampler:
         cdf[0], cdf[-1] = 0.0, 1.0
         return cdf[1:] - cdf[:-1]
 
-    def __repr__(self) -> str:
-        extra = f", mean={self.mean:g}, std={self.std:g}" if self.kind == "logit_normal" else ""
-        return f"TimestepSampler({self.kind}, [{self.lo}, {self.hi}){extra})"
-
 
 def make_timestep_sampler(config: Optional[Mapping[str, Any]], lo: int, hi: int,
                           path: str = "model.params.timestep_sampling") -> TimestepSampler:

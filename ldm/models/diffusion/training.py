@@ -16,7 +16,8 @@ from ldm.models.diffusion.first_stage import FirstStage
 from ldm.modules.ema import LitEma
 from ldm.util import instantiate_from_config
 
-__all__ = ["OPTIMIZER_PARAMS", "check_optimizer_params", "configure_optimizers", "init_from_ckpt", "rescale_latents_by_std"]
+__all__ = ["OPTIMIZER_PARAMS", "check_optimizer_params", "configure_optimizers", "init_from_ckpt",
+           "rescale_latents_by_std"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ def check_optimizer_params(options: Optional[Mapping[str, Any]],
         raise ValueError(f"{path} must be a mapping of {', '.join(OPTIMIZER_PARAMS)}, got {options!r}")
     unknown = sorted(set(options) - set(OPTIMIZER_PARAMS))
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {', '.join(map(str, unknown))}; expected {', '.join(OPTIMIZER_PARAMS)}")
+        raise ValueError(f"{path}: unknown key(s) {', '.join(map(str, unknown))}; "
+                         f"expected {', '.join(OPTIMIZER_PARAMS)}")
     out: dict[str, Any] = {}
     if "betas" in options:
         betas = options["betas"]
