@@ -174,6 +174,29 @@ def test_ckpt_path_ignore_keys_and_errors(tmp_path, monkeypatch):
         make("class", ckpt_path=str(tmp_path / "absent.ckpt"))
 
 
+def test_load_only_unet_warm_starts_the_denoiser_of_another_model(tmp_path):
+    """load_only_unet takes the UNet from a full checkpoint of another model (a class model warm-
+    starting one with another conditioning encoder and schedule); the rest keeps its own state."""
+    source = randomize_output(make("class", scale_by_std=True))
+    source.scale_factor.fill_(0.25)
+    path = tmp_path / "class.ckpt"
+    torch.save({"state_dict": source.state_dict()}, path)
+    other_encoder = {"target": "ldm.modules.encoders.modules.ClassEmbedder",
+                     "params": {"embed_dim": 16, "n_classes": 5, "key": "class_label", "null_class": True}}
+    kwargs = dict(scale_by_std=True, linear_end=0.012, cond_stage_config=other_encoder, ckpt_path=str(path))
+    with pytest.raises(RuntimeError, match="does not match"):  # the whole checkpoint: the encoders differ
+        make("class", **kwargs)
+    torch.manual_seed(6)
+    target = make("class", load_only_unet=True, **kwargs)
+    src, dst = source.model.state_dict(), target.model.state_dict()
+    assert src.keys() == dst.keys() and all(torch.equal(src[k], dst[k]) for k in src)
+    assert target.cond_stage_model.embedding.weight.shape[0] == 6  # its own encoder, 5 classes + null
+    assert target.alphas_cumprod[-1] > source.alphas_cumprod[-1]  # its own (less noisy) schedule
+    assert float(target.scale_factor) == 1.0 and not target.restarted_from_ckpt
+    target.on_train_batch_start(batch(8), 0)  # the latent scale is estimated as in a fresh run
+    assert float(target.scale_factor) not in (1.0, 0.25)
+
+
 def test_pixel_space_ddpm():
     model = instantiate_from_config({"target": "ldm.models.diffusion.ddpm.DDPM", "params": {
         "unet_config": {

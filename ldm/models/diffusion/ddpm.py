@@ -57,7 +57,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, ancestral.PixelSamplingMethods,
         loss_type: LossType = "l2",              # l1 | l2
         ckpt_path: Optional[str] = None,         # initialise from this checkpoint
         ignore_keys: Sequence[str] = (),         # state-dict key prefixes not to load from ckpt_path
-        load_only_unet: bool = False,            # ckpt_path holds only the DiffusionWrapper weights
+        load_only_unet: bool = False,            # load only the DiffusionWrapper (UNet) from ckpt_path: a bare file or a full checkpoint's model.*
         monitor: Optional[str] = "val/loss",     # metric for checkpointing
         use_ema: bool = True,                    # keep an EMA copy of the denoiser (model_ema.*)
         first_stage_key: str = "image",          # batch key of the images
@@ -288,6 +288,7 @@ class LatentDiffusion(ancestral.LatentSamplingMethods, DDPM):
                              f"cond_stage_trainable=False (got {cond_stage_trainable})")
         ckpt_path = kwargs.pop("ckpt_path", None)  # loaded below, once every stage exists
         ignore_keys = kwargs.pop("ignore_keys", ())
+        only_unet = kwargs.get("load_only_unet", False)
         super().__init__(conditioning_key=conditioning_key, **kwargs)
         self.concat_mode = concat_mode
         self.cond_stage_trainable = cond_stage_trainable
@@ -305,7 +306,7 @@ class LatentDiffusion(ancestral.LatentSamplingMethods, DDPM):
         self.clip_denoised = False
         self.bbox_tokenizer = None
         if ckpt_path is not None:
-            self.init_from_ckpt(ckpt_path, ignore_keys)
+            self.init_from_ckpt(ckpt_path, ignore_keys, only_model=only_unet)
 
     def register_schedule(self, given_betas=None, beta_schedule="linear", timesteps=1000,
                           linear_start=1e-4, linear_end=2e-2, cosine_s=8e-3):

@@ -93,7 +93,8 @@ def init_from_ckpt(model: Any, path: str, ignore_keys: Sequence[str] = (), only_
     if model.use_ema and not any(k.startswith("model_ema.") for k in sd):
         model.model_ema = LitEma(model.model)
     log.info("%s", report)
-    model.restarted_from_ckpt = True
+    if not only_model:  # the UNet alone brings no latent scale: scale_by_std still estimates it
+        model.restarted_from_ckpt = True
 
 
 @torch.no_grad()
