@@ -37,6 +37,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 
     return {"version": SCORES_VERSION, "classifier": str(Path(args.classifier).resolve()), "n_samples": args.n,
             "sampler": args.sampler, "steps": args.steps, "seed": args.seed, "n_real": args.n_real,
+            **({"eta": args.eta} if args.eta else {}),  # absent at 0: files scored before --eta stay valid
             **guide_settings(args)}
 
 
@@ -73,6 +74,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=128, help="class samples per checkpoint and scale (default 128)")
     p.add_argument("--sampler", default="ddim", choices=["ddim", "plms", "dpm", "unipc", "ddpm"])
     p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity, ddim only: 0 deterministic (default), "
+                                                          "1 ancestral")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-real", type=int, default=500, help="real validation images for the reference (default 500)")
     p.add_argument("--out", default=None, help="output folder (default <run>/eval/class_scores)")
@@ -94,6 +97,10 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
         raise SystemExit(f"--run {run}: no checkpoints in {run / 'checkpoints'}")
     if args.n < 2:
         raise SystemExit(f"-n {args.n}: the FID-like score needs at least 2 samples")
+    if not 0.0 <= args.eta <= 1.0:
+        raise SystemExit(f"--eta {args.eta:g}: must lie in [0, 1]")
+    if args.eta and args.sampler != "ddim":
+        raise SystemExit(f"--eta {args.eta:g} is DDIM's stochasticity; --sampler {args.sampler} has none")
     ckpts = checkpoints_after_guide(ckpts, args)
     out = Path(args.out) if args.out else run / "eval" / "class_scores"
     wanted = settings(args)
@@ -124,7 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
         for scale in todo:
             s = class_sample_scores(model, args.classifier, args.n, sampler=args.sampler, steps=args.steps,
                                     scale=scale, seed=args.seed, n_real=args.n_real, size=size, progress=False,
-                                    guide=guide)
+                                    guide=guide, eta=args.eta)
             points.append({"step": step, "scale": scale, "checkpoint": ckpt.name, "accuracy": s.accuracy,
                            "relative_accuracy": s.relative_accuracy, "fid_like": s.fid_like,
                            "real_accuracy": s.real_accuracy})

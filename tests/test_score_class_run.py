@@ -83,6 +83,26 @@ def test_rerun_scores_only_what_is_missing(class_run, tmp_path, monkeypatch):
     assert calls == [3.0, 3.0, 3.0] and len(other) == 3
 
 
+def test_eta_samples_ddim_stochastically_and_is_a_setting(class_run, tmp_path):
+    from ldm.eval.synthetic_scores import class_sample_scores
+    from ldm.inference import load_run
+
+    run, clf = class_run
+    script = _script()
+    plain = script.main(_argv(run, clf, tmp_path / "plain"))
+    assert "eta" not in json.loads((tmp_path / "plain" / "scores.json").read_text())["settings"]
+    noisy = script.main(_argv(run, clf, tmp_path / "eta", "--eta", "1"))
+    assert json.loads((tmp_path / "eta" / "scores.json").read_text())["settings"]["eta"] == 1.0
+    expected = class_sample_scores(load_run(run), clf, 4, sampler="ddim", steps=2, scale=3.0, seed=0, n_real=8,
+                                   size=16, progress=False, eta=1.0)
+    assert (noisy[-1]["accuracy"], noisy[-1]["fid_like"]) == (expected.accuracy, expected.fid_like)
+    assert noisy[-1]["fid_like"] != plain[-1]["fid_like"]  # fresh noise at every step
+    with pytest.raises(SystemExit, match="--eta 1 is DDIM's stochasticity; --sampler dpm has none"):
+        script.main(_argv(run, clf, tmp_path / "o", "--eta", "1", "--sampler", "dpm"))
+    with pytest.raises(SystemExit, match=r"--eta 2: must lie in \[0, 1\]"):
+        script.main(_argv(run, clf, tmp_path / "o", "--eta", "2"))
+
+
 def test_bad_arguments_are_named(class_run, tmp_path):
     run, clf = class_run
     script = _script()
