@@ -1,11 +1,15 @@
 """Training options of the diffusion models: the density of the training timesteps
-(``timestep_sampling``, uniform as the paper or logit-normal as SD3) and the AdamW options
-(``optimizer_params``)."""
+(``timestep_sampling``, uniform as the paper or logit-normal as SD3), the AdamW options
+(``optimizer_params``) and the coarse x_0 term (``coarse_x0_loss``)."""
 import math
 
 import pytest
 import torch
 
+import torch.nn.functional as F
+
+from ldm.models.diffusion.coarse import CoarseX0Loss, make_coarse_x0_loss
+from ldm.models.diffusion.parameterization import model_output_to_x0
 from ldm.models.diffusion.timesteps import TimestepSampler, make_timestep_sampler
 from tests.test_ancestral_loop import pixel_ddpm
 
@@ -114,3 +118,54 @@ def test_bad_optimizer_params_are_refused_with_their_path(options, match):
     with pytest.raises(ValueError, match=match) as info:
         pixel_ddpm(optimizer_params=options)
     assert "model.params.optimizer_params" in str(info.value)
+
+
+def test_coarse_term_is_the_error_of_the_cell_averages():
+    g = torch.Generator().manual_seed(0)
+    x0_pred, x0 = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+    cells = lambda x: x.reshape(2, 3, 2, 4, 2, 4).mean(dim=(3, 5))  # noqa: E731  4x4 cells of an 8x8 latent
+    expected = (cells(x0_pred) - cells(x0)).square().mean()
+    torch.testing.assert_close(CoarseX0Loss(0.5, 4).term(x0_pred, x0), expected)
+    torch.testing.assert_close(CoarseX0Loss(0.5, 1).term(x0_pred, x0), F.mse_loss(x0_pred, x0))  # pool 1: all of x_0
+    ripple = 0.3 * torch.tensor([1.0, -1.0]).repeat(4)  # along the width: zero mean over every 2x2 cell
+    assert float(CoarseX0Loss(0.5, 2).term(x0 + ripple, x0)) < 1e-12  # detail within a cell costs nothing
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "v", "x0"])
+def test_coarse_x0_loss_adds_its_weighted_term_to_the_training_loss(parameterization):
+    plain = pixel_ddpm(parameterization=parameterization)
+    model = pixel_ddpm(parameterization=parameterization, coarse_x0_loss={"weight": 0.7, "pool": 4})
+    model.load_state_dict(plain.state_dict())
+    model.train(), plain.train()
+    g = torch.Generator().manual_seed(1)
+    x0, noise = torch.randn(3, 3, 8, 8, generator=g), torch.randn(3, 3, 8, 8, generator=g)
+    t = torch.tensor([0, 10, plain.num_timesteps - 1])
+    base, _ = plain.p_losses(x0, t, noise=noise)
+    loss, log = model.p_losses(x0, t, noise=noise)
+    x_t = plain.q_sample(x0, t, noise)
+    x0_pred = model_output_to_x0(plain, parameterization, x_t, t, plain.model(x_t, t))
+    term = F.mse_loss(F.avg_pool2d(x0_pred, 4), F.avg_pool2d(x0, 4))
+    torch.testing.assert_close(log["train/loss_coarse"], term.detach())
+    torch.testing.assert_close(loss, base + 0.7 * term)
+    assert log["train/loss"] is loss
+    loss.backward()  # the term trains the denoiser
+    assert model.model.diffusion_model.out[-1].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("config, match", [
+    ([1, 2], "model.params.coarse_x0_loss must be a mapping"),
+    ({"weight": 1.0, "pool": 2, "scale": 3}, r"unknown keys \['scale'\]"),
+    ({"weight": 0.0, "pool": 2}, r"coarse_x0_loss.weight must be a number > 0, got 0.0"),
+    ({"weight": True, "pool": 2}, r"coarse_x0_loss.weight must be a number > 0"),
+    ({"weight": 1.0, "pool": 3}, r"coarse_x0_loss.pool must be a whole number >= 1 dividing the latent side 8, got 3"),
+    ({"weight": 1.0}, r"coarse_x0_loss.pool must be a whole number"),
+])
+def test_bad_coarse_x0_loss_is_refused_with_its_path(config, match):
+    with pytest.raises(ValueError, match=match):
+        make_coarse_x0_loss(config, 8)
+    with pytest.raises(ValueError, match=match):
+        pixel_ddpm(coarse_x0_loss=config)
+
+
+def test_no_coarse_x0_loss_leaves_the_loss_as_the_paper():
+    assert make_coarse_x0_loss(None, 8) is None and pixel_ddpm().coarse_x0 is None
