@@ -1,6 +1,7 @@
 """Training options of the diffusion models: the density of the training timesteps
 (``timestep_sampling``, uniform as the paper or logit-normal as SD3), the AdamW options
-(``optimizer_params``) and the coarse x_0 term (``coarse_x0_loss``)."""
+(``optimizer_params``), the coarse x_0 term (``coarse_x0_loss``) and the contrastive term
+(``contrastive_loss``)."""
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ldm.models.diffusion.coarse import CoarseX0Loss, make_coarse_x0_loss
+from ldm.models.diffusion.contrastive import make_contrastive_loss
 from ldm.models.diffusion.parameterization import model_output_to_x0
 from ldm.models.diffusion.timesteps import TimestepSampler, make_timestep_sampler
 from tests.test_ancestral_loop import pixel_ddpm
@@ -169,3 +171,62 @@ def test_bad_coarse_x0_loss_is_refused_with_its_path(config, match):
 
 def test_no_coarse_x0_loss_leaves_the_loss_as_the_paper():
     assert make_coarse_x0_loss(None, 8) is None and pixel_ddpm().coarse_x0 is None
+
+
+def _v_target(model, x0, noise, t):
+    a = model.alphas_cumprod[t].view(-1, 1, 1, 1)
+    return a.sqrt() * noise - (1 - a).sqrt() * x0  # v = sqrt(a) eps - sqrt(1-a) x_0 (Salimans & Ho 2022)
+
+
+@pytest.mark.parametrize("snr_gamma", [None, 5.0])
+def test_contrastive_loss_subtracts_the_error_against_the_previous_samples_target(snr_gamma):
+    plain = pixel_ddpm(parameterization="v", snr_gamma=snr_gamma)
+    model = pixel_ddpm(parameterization="v", snr_gamma=snr_gamma, contrastive_loss={"weight": 0.05})
+    model.load_state_dict(plain.state_dict())
+    model.train(), plain.train()
+    g = torch.Generator().manual_seed(2)
+    x0, noise = torch.randn(3, 3, 8, 8, generator=g), torch.randn(3, 3, 8, 8, generator=g)
+    t = torch.tensor([3, 10, plain.num_timesteps - 1])
+    base, _ = plain.p_losses(x0, t, noise=noise)
+    loss, log = model.p_losses(x0, t, noise=noise)
+    out = plain.model(plain.q_sample(x0, t, noise), t)
+    # sample i's negative is sample i-1's (x_0, eps) at sample i's own t: 0 <- 2, 1 <- 0, 2 <- 1
+    prev = torch.tensor([2, 0, 1])
+    per_sample = (out - _v_target(plain, x0[prev], noise[prev], t)).square().mean(dim=(1, 2, 3))
+    if snr_gamma is not None:  # Min-SNR's v weights: min(SNR, gamma) / (SNR + 1)
+        snr = plain.alphas_cumprod[t] / (1 - plain.alphas_cumprod[t])
+        per_sample = per_sample * snr.clamp(max=snr_gamma) / (snr + 1)
+    torch.testing.assert_close(log["train/loss_contrastive"], per_sample.mean().detach())
+    torch.testing.assert_close(loss, base - 0.05 * per_sample.mean())
+    assert log["train/loss"] is loss
+    loss.backward()
+    assert model.model.diffusion_model.out[-1].weight.grad.abs().sum() > 0
+
+
+def test_contrastive_loss_needs_another_sample():
+    model = pixel_ddpm(parameterization="v", contrastive_loss={"weight": 0.5}).train()
+    plain = pixel_ddpm(parameterization="v").train()
+    plain.load_state_dict(model.state_dict())
+    x0, noise, t = torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8), torch.tensor([7])
+    loss, log = model.p_losses(x0, t, noise=noise)
+    torch.testing.assert_close(loss, plain.p_losses(x0, t, noise=noise)[0])  # a batch of one: its own target only
+    assert "train/loss_contrastive" not in log
+
+
+@pytest.mark.parametrize("config, match", [
+    (0.05, "model.params.contrastive_loss must be a mapping"),
+    ({"weight": 0.05, "negatives": 2}, r"unknown keys \['negatives'\]"),
+    ({"weight": 1.0}, r"contrastive_loss.weight must be a number in \(0, 1\).*got 1.0"),
+    ({"weight": 0}, r"contrastive_loss.weight must be a number in \(0, 1\)"),
+    ({"weight": True}, r"contrastive_loss.weight must be a number in \(0, 1\)"),
+    ({}, r"contrastive_loss.weight must be a number in \(0, 1\).*got None"),
+])
+def test_bad_contrastive_loss_is_refused_with_its_path(config, match):
+    with pytest.raises(ValueError, match=match):
+        make_contrastive_loss(config)
+    with pytest.raises(ValueError, match=match):
+        pixel_ddpm(contrastive_loss=config)
+
+
+def test_no_contrastive_loss_leaves_the_loss_as_the_paper():
+    assert make_contrastive_loss(None) is None and pixel_ddpm().contrastive is None

@@ -35,9 +35,10 @@ class CoarseX0Loss:
         return F.mse_loss(F.avg_pool2d(x0_pred, self.pool), F.avg_pool2d(x0, self.pool))
 
     def add(self, model: Any, loss: torch.Tensor, log: dict, prefix: str, x_t: torch.Tensor, t: torch.Tensor,
-            model_output: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+            model_output: torch.Tensor, x0: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The diffusion ``loss`` plus λ times the term on the x_0 estimate that ``model_output`` implies
-        (under ``model``'s parameterisation and schedule); logs the term and the new total."""
+        (under ``model``'s parameterisation and schedule); logs the term and the new total. ``noise`` is
+        unused (the signature of every extra term, ``ldm.models.diffusion.contrastive``)."""
         x0_pred = model_output_to_x0(model, model.parameterization, x_t, t, model_output)
         coarse = self.term(x0_pred, x0)
         log[f"{prefix}/loss_coarse"] = coarse.detach()

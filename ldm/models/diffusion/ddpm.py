@@ -21,7 +21,7 @@ from torch import nn
 
 from ldm import perf
 from ldm.data import latent_cache
-from ldm.models.diffusion import ancestral, coarse, image_logging, training
+from ldm.models.diffusion import ancestral, coarse, contrastive, image_logging, training
 from ldm.models.diffusion import alignment as repa
 from ldm.models.diffusion import parameterization as P
 from ldm.models.diffusion.conditioning import (  # noqa: F401  (DiffusionWrapper, disabled_train: original paths)
@@ -75,6 +75,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, ancestral.PixelSamplingMethods,
         snr_gamma: Optional[float] = None,       # Min-SNR-γ timestep weighting (losses.min_snr_weights); None: uniform
         snr_floor: Optional[float] = None,       # lowest x_0 weight of that weighting (losses.min_snr_weights)
         coarse_x0_loss: Optional[Mapping[str, Any]] = None,  # {weight, pool}: coarse x_0 term (coarse.py); None: off
+        contrastive_loss: Optional[Mapping[str, Any]] = None,  # {weight}: ΔFM term (contrastive.py); None: off
         noise_offset: float = 0.0,               # offset noise of the training ε (losses.training_noise); 0: the paper
         timestep_range: Optional[Sequence[int]] = None,  # [lo, hi): train on these timesteps only (an expert); None: all
         timestep_sampling: Optional[Mapping[str, Any]] = None,  # density of the training t (timesteps.py); None: uniform
@@ -98,8 +99,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, ancestral.PixelSamplingMethods,
         self.parameterization = parameterization
         self.cond_stage_model = None
         self.clip_denoised, self.log_every_t = clip_denoised, log_every_t
-        self.first_stage_key = first_stage_key
-        self.image_size, self.channels = image_size, channels
+        self.first_stage_key, self.image_size, self.channels = first_stage_key, image_size, channels
         self.use_positional_encodings = use_positional_encodings
         self.model = DiffusionWrapper(unet_config, conditioning_key)
         self.alignment = repa.make_alignment(self.model.diffusion_model, representation_alignment)
@@ -109,11 +109,11 @@ class DDPM(EMATraining, P.ForwardProcessMethods, ancestral.PixelSamplingMethods,
         self.use_scheduler = scheduler_config is not None
         self.scheduler_config = scheduler_config
         self.v_posterior, self.original_elbo_weight = v_posterior, original_elbo_weight
-        self.l_simple_weight = l_simple_weight
-        self.loss_type = loss_type
+        self.l_simple_weight, self.loss_type = l_simple_weight, loss_type
         self.snr_gamma, self.snr_floor = snr_gamma, snr_floor
         self.noise_offset = check_noise_offset(noise_offset)
         self.coarse_x0 = coarse.make_coarse_x0_loss(coarse_x0_loss, image_size)
+        self.contrastive = contrastive.make_contrastive_loss(contrastive_loss)
         if monitor is not None:
             self.monitor = monitor
         self.register_schedule(given_betas, beta_schedule, timesteps, linear_start, linear_end, cosine_s)
@@ -176,8 +176,8 @@ class DDPM(EMATraining, P.ForwardProcessMethods, ancestral.PixelSamplingMethods,
         prefix = "train" if self.training else "val"
         loss, log = loss_fn(model_output, target, t, self.logvar, self.lvlb_weights,
                             prefix=prefix, timestep_weights=self.snr_weights)
-        if self.coarse_x0 is not None:
-            loss = self.coarse_x0.add(self, loss, log, prefix, x_noisy, t, model_output, x_start)
+        for term in (self.coarse_x0, self.contrastive):  # extra terms (coarse.py, contrastive.py); None: off
+            loss = loss if term is None else term.add(self, loss, log, prefix, x_noisy, t, model_output, x_start, noise)
         return repa.add_term(self.alignment, hidden, align_to, loss, log, prefix), log
 
     def alignment_target(self, batch) -> Optional[torch.Tensor]:
