@@ -230,3 +230,40 @@ def test_bad_contrastive_loss_is_refused_with_its_path(config, match):
 
 def test_no_contrastive_loss_leaves_the_loss_as_the_paper():
     assert make_contrastive_loss(None) is None and pixel_ddpm().contrastive is None
+
+
+def test_unet_trainable_trains_only_the_named_blocks():
+    model = pixel_ddpm(unet_trainable=["out.", "input_blocks.1."])
+    unet = model.model.diffusion_model
+    chosen = {n for n, p in unet.named_parameters() if n.startswith(("out.", "input_blocks.1."))}
+    assert chosen and chosen != {n for n, _ in unet.named_parameters()}
+    assert {n for n, p in unet.named_parameters() if p.requires_grad} == chosen
+    ids = {id(p) for p in model.trainable_parameters()}
+    assert ids == {id(p) for n, p in unet.named_parameters() if n in chosen}
+    before = {n: p.detach().clone() for n, p in unet.named_parameters()}
+    model.learning_rate = 0.1
+    opt = model.configure_optimizers()  # no scheduler_config: the AdamW alone
+    model.train()
+    loss, _ = model.p_losses(torch.randn(2, 3, 8, 8), torch.tensor([5, 15]))
+    loss.backward()
+    opt.step()
+    changed = {n for n, p in unet.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed and changed <= chosen  # the frozen blocks kept their weights
+    assert all(p.grad is None for n, p in unet.named_parameters() if n not in chosen)
+
+
+def test_unet_trainable_by_default_is_the_whole_unet():
+    model = pixel_ddpm()
+    assert {id(p) for p in model.trainable_parameters()} == {id(p) for p in model.model.parameters()}
+    assert all(p.requires_grad for p in model.model.parameters())
+
+
+@pytest.mark.parametrize("prefixes, match", [
+    (["input_blocks.9."], r"model.params.unet_trainable: no UNet parameter starts with 'input_blocks.9.'"),
+    ("out.", "must be a non-empty list of parameter-name prefixes"),
+    ([], "must be a non-empty list"),
+    (["out.", 3], "must be a non-empty list"),
+])
+def test_bad_unet_trainable_is_refused_with_its_path(prefixes, match):
+    with pytest.raises(ValueError, match=match):
+        pixel_ddpm(unet_trainable=prefixes)

@@ -76,6 +76,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, ancestral.PixelSamplingMethods,
         snr_floor: Optional[float] = None,       # lowest x_0 weight of that weighting (losses.min_snr_weights)
         coarse_x0_loss: Optional[Mapping[str, Any]] = None,  # {weight, pool}: coarse x_0 term (coarse.py); None: off
         contrastive_loss: Optional[Mapping[str, Any]] = None,  # {weight}: ΔFM term (contrastive.py); None: off
+        unet_trainable: Optional[Sequence[str]] = None,  # train only UNet parameters with these name prefixes; None: all
         noise_offset: float = 0.0,               # offset noise of the training ε (losses.training_noise); 0: the paper
         timestep_range: Optional[Sequence[int]] = None,  # [lo, hi): train on these timesteps only (an expert); None: all
         timestep_sampling: Optional[Mapping[str, Any]] = None,  # density of the training t (timesteps.py); None: uniform
@@ -106,12 +107,10 @@ class DDPM(EMATraining, P.ForwardProcessMethods, ancestral.PixelSamplingMethods,
         self.use_ema = use_ema
         if use_ema:
             self.model_ema = LitEma(self.model)
-        self.use_scheduler = scheduler_config is not None
-        self.scheduler_config = scheduler_config
+        self.use_scheduler, self.scheduler_config = scheduler_config is not None, scheduler_config
         self.v_posterior, self.original_elbo_weight = v_posterior, original_elbo_weight
         self.l_simple_weight, self.loss_type = l_simple_weight, loss_type
-        self.snr_gamma, self.snr_floor = snr_gamma, snr_floor
-        self.noise_offset = check_noise_offset(noise_offset)
+        self.snr_gamma, self.snr_floor, self.noise_offset = snr_gamma, snr_floor, check_noise_offset(noise_offset)
         self.coarse_x0 = coarse.make_coarse_x0_loss(coarse_x0_loss, image_size)
         self.contrastive = contrastive.make_contrastive_loss(contrastive_loss)
         if monitor is not None:
@@ -129,6 +128,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, ancestral.PixelSamplingMethods,
         self.restarted_from_ckpt = False
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys, only_model=load_only_unet)
+        self.unet_params = training.train_only(self.model.diffusion_model, unet_trainable)
         perf.configure_denoiser(self.model.diffusion_model, compile=compile_denoiser, channels_last=channels_last)
 
     # ---- schedule and forward process ----
@@ -240,7 +240,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, ancestral.PixelSamplingMethods,
         training.init_from_ckpt(self, path, ignore_keys, only_model)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        params = list(self.model.parameters())
+        params = list(self.unet_params)
         if self.alignment is not None:
             params.extend(self.alignment.parameters_to_train())
         if self.learn_logvar:
