@@ -133,12 +133,19 @@ def test_coarse_term_is_the_error_of_the_cell_averages():
     assert float(CoarseX0Loss(0.5, 2).term(x0 + ripple, x0)) < 1e-12  # detail within a cell costs nothing
 
 
+def _with_and_without(**options):
+    """A model with ``options`` (the last keyword: the term under test) and one without it, the same
+    weights, both training."""
+    *shared, (key, value) = options.items()
+    plain = pixel_ddpm(**dict(shared))
+    model = pixel_ddpm(**dict(shared), **{key: value})
+    model.load_state_dict(plain.state_dict())
+    return plain.train(), model.train()
+
+
 @pytest.mark.parametrize("parameterization", ["eps", "v", "x0"])
 def test_coarse_x0_loss_adds_its_weighted_term_to_the_training_loss(parameterization):
-    plain = pixel_ddpm(parameterization=parameterization)
-    model = pixel_ddpm(parameterization=parameterization, coarse_x0_loss={"weight": 0.7, "pool": 4})
-    model.load_state_dict(plain.state_dict())
-    model.train(), plain.train()
+    plain, model = _with_and_without(parameterization=parameterization, coarse_x0_loss={"weight": 0.7, "pool": 4})
     g = torch.Generator().manual_seed(1)
     x0, noise = torch.randn(3, 3, 8, 8, generator=g), torch.randn(3, 3, 8, 8, generator=g)
     t = torch.tensor([0, 10, plain.num_timesteps - 1])
@@ -180,10 +187,7 @@ def _v_target(model, x0, noise, t):
 
 @pytest.mark.parametrize("snr_gamma", [None, 5.0])
 def test_contrastive_loss_subtracts_the_error_against_the_previous_samples_target(snr_gamma):
-    plain = pixel_ddpm(parameterization="v", snr_gamma=snr_gamma)
-    model = pixel_ddpm(parameterization="v", snr_gamma=snr_gamma, contrastive_loss={"weight": 0.05})
-    model.load_state_dict(plain.state_dict())
-    model.train(), plain.train()
+    plain, model = _with_and_without(parameterization="v", snr_gamma=snr_gamma, contrastive_loss={"weight": 0.05})
     g = torch.Generator().manual_seed(2)
     x0, noise = torch.randn(3, 3, 8, 8, generator=g), torch.randn(3, 3, 8, 8, generator=g)
     t = torch.tensor([3, 10, plain.num_timesteps - 1])
@@ -204,9 +208,7 @@ def test_contrastive_loss_subtracts_the_error_against_the_previous_samples_targe
 
 
 def test_contrastive_loss_needs_another_sample():
-    model = pixel_ddpm(parameterization="v", contrastive_loss={"weight": 0.5}).train()
-    plain = pixel_ddpm(parameterization="v").train()
-    plain.load_state_dict(model.state_dict())
+    plain, model = _with_and_without(parameterization="v", contrastive_loss={"weight": 0.5})
     x0, noise, t = torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8), torch.tensor([7])
     loss, log = model.p_losses(x0, t, noise=noise)
     torch.testing.assert_close(loss, plain.p_losses(x0, t, noise=noise)[0])  # a batch of one: its own target only

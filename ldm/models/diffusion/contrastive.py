@@ -40,9 +40,8 @@ class ContrastiveLoss:
         """w_t-weighted error of each prediction against the target of the batch's previous sample."""
         negative = P.training_target(model, model.parameterization, x0.roll(1, 0), noise.roll(1, 0), t)
         per_sample = get_loss(model_output, negative, model.loss_type, mean=False).mean(dim=list(range(1, x0.ndim)))
-        weights = getattr(model, "snr_weights", None)
-        if weights is not None:
-            per_sample = weights.to(per_sample.device)[t] * per_sample
+        if model.snr_weights is not None:
+            per_sample = model.snr_weights.to(per_sample.device)[t] * per_sample
         return per_sample.mean()
 
     def add(self, model: Any, loss: torch.Tensor, log: dict, prefix: str, x_t: torch.Tensor, t: torch.Tensor,

@@ -128,7 +128,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, ancestral.PixelSamplingMethods,
         self.restarted_from_ckpt = False
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys, only_model=load_only_unet)
-        self.unet_params = training.train_only(self.model.diffusion_model, unet_trainable)
+        self.unet_trainable = training.train_only(self.model.diffusion_model, unet_trainable)
         perf.configure_denoiser(self.model.diffusion_model, compile=compile_denoiser, channels_last=channels_last)
 
     # ---- schedule and forward process ----
@@ -240,7 +240,7 @@ class DDPM(EMATraining, P.ForwardProcessMethods, ancestral.PixelSamplingMethods,
         training.init_from_ckpt(self, path, ignore_keys, only_model)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        params = list(self.unet_params)
+        params = training.unet_parameters(self.model.diffusion_model, self.unet_trainable)
         if self.alignment is not None:
             params.extend(self.alignment.parameters_to_train())
         if self.learn_logvar:

@@ -55,13 +55,13 @@ def check_optimizer_params(options: Optional[Mapping[str, Any]],
 
 
 def train_only(unet: nn.Module, prefixes: Optional[Sequence[str]],
-               path: str = "model.params.unet_trainable") -> list[nn.Parameter]:
-    """The UNet parameters to optimise: all (``prefixes`` None), or those whose names in the UNet
-    (``input_blocks.1.1.proj_out.weight``) start with one of ``prefixes``; the others are frozen
-    (``requires_grad`` off, so backward skips their gradients). Fine-tuning part of a started UNet,
-    e.g. blocks that the checkpoint did not have. Each prefix must name at least one parameter."""
+               path: str = "model.params.unet_trainable") -> Optional[tuple[str, ...]]:
+    """Freeze the UNet parameters whose names in the UNet (``input_blocks.1.1.proj_out.weight``) start
+    with none of ``prefixes`` (``requires_grad`` off, so backward skips their gradients); returns the
+    checked prefixes (None: the whole UNet trains). Fine-tuning part of a started UNet, e.g. blocks
+    that the checkpoint did not have. Each prefix must name at least one parameter."""
     if prefixes is None:
-        return list(unet.parameters())
+        return None
     if isinstance(prefixes, (str, bytes)) or not isinstance(prefixes, Sequence) or not prefixes \
             or not all(isinstance(p, str) and p for p in prefixes):
         raise ValueError(f"{path} must be a non-empty list of parameter-name prefixes, got {prefixes!r}")
@@ -71,10 +71,15 @@ def train_only(unet: nn.Module, prefixes: Optional[Sequence[str]],
         blocks = sorted({".".join(n.split(".")[:2]) for n in named})
         raise ValueError(f"{path}: no UNet parameter starts with {', '.join(map(repr, unmatched))} "
                          f"(its blocks: {', '.join(blocks[:12])}, ...)")
-    keep = [name for name in named if name.startswith(tuple(prefixes))]
+    prefixes = tuple(prefixes)
     for name, param in named.items():
-        param.requires_grad_(name in keep)
-    return [named[name] for name in keep]
+        param.requires_grad_(name.startswith(prefixes))
+    return prefixes
+
+
+def unet_parameters(unet: nn.Module, prefixes: Optional[tuple[str, ...]]) -> list[nn.Parameter]:
+    """The UNet parameters to optimise: those under ``prefixes`` (:func:`train_only`), or all."""
+    return [p for name, p in unet.named_parameters() if prefixes is None or name.startswith(prefixes)]
 
 
 def configure_optimizers(model: Any, params: Iterable[nn.Parameter]):
