@@ -16,6 +16,10 @@ weights instead of the EMA:
     python scripts/score_text_run.py -r logs/<run> --classifier logs/demo_classifier --no-ema \
         --guide-model logs/<run>/checkpoints/trainstep_checkpoints/<first>.ckpt --guide-weight 2
 
+With --compose-model a second text model's classifier-free guidance direction is added at every
+step (composable diffusion, Liu et al. 2022; ldm.inference.ComposedModel), weighted by
+--compose-weight: a model that learnt the prompts' shapes composed with one that learnt their colours.
+
 Writes <out>/scores.json (default <run>/eval/text_scores/) after every checkpoint; a rerun with the
 same settings skips what is already scored. Then <out>/grid_step<N>.png (a row of 8 samples per
 prompt), <out>/text_scores_vs_steps.png and a Markdown table.
@@ -56,7 +60,15 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 
     return {"version": SCORES_VERSION, "classifier": str(Path(args.classifier).resolve()), "n_samples": args.n,
             "sampler": args.sampler, "steps": args.steps, "scale": args.scale, "seed": args.seed,
-            "n_real": args.n_real, **guide_settings(args)}
+            "n_real": args.n_real, **guide_settings(args), **compose_settings(args)}
+
+
+def compose_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """None for the default, so that older scores files stay valid."""
+    if args.compose_model is None:
+        return {}
+    weight = args.scale if args.compose_weight is None else args.compose_weight
+    return {"compose_model": str(Path(args.compose_model).resolve()), "compose_weight": weight}
 
 
 def mean_by_step(points: list[dict[str, Any]], key: str) -> dict[int, float]:
@@ -106,7 +118,33 @@ def parser() -> argparse.ArgumentParser:
                    help="also measure the mean-colour response of the x_0 estimate between two prompts "
                         "(repeatable)")
     add_guide_flags(p)
+    p.add_argument("--compose-model", default=None, metavar="RUN_OR_CKPT",
+                   help="a second text model of the same latents whose classifier-free guidance direction is "
+                        "added at every step (composable diffusion; its own schedule and text encoder)")
+    p.add_argument("--compose-weight", type=float, default=None,
+                   help="with --compose-model: the weight of its direction (default: --scale)")
     return p
+
+
+def load_composed(args: argparse.Namespace) -> Optional[Any]:
+    """The ``ComposedModel`` of --compose-model/--compose-weight, or None; bad values exit naming the flag."""
+    if args.compose_model is None:
+        if args.compose_weight is not None:
+            raise SystemExit("--compose-weight needs --compose-model")
+        return None
+    weight = args.scale if args.compose_weight is None else args.compose_weight
+    if not (weight >= 0 and weight != float("inf")):
+        raise SystemExit(f"--compose-weight {weight}: must be a finite number >= 0")
+    from ldm.inference import ComposedModel, load_run
+    from ldm.inference.conditioning import model_kind
+
+    try:
+        model = load_run(args.compose_model, prefer_ema=args.prefer_ema)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"--compose-model {args.compose_model}: {exc}") from exc
+    if model_kind(model) != "text":
+        raise SystemExit(f"--compose-model {args.compose_model}: not a text-conditioned model ({model_kind(model)})")
+    return ComposedModel(model, weight)
 
 
 def response_markdown(responses: list[dict[str, Any]]) -> str:
@@ -157,6 +195,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     from ldm.inference.checks import downsampling_factor
 
     guide = load_guide(args)
+    compose = load_composed(args)
     checked_size = None
     responses = []
     for step, ckpt in ckpts:
@@ -167,6 +206,13 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
         if model_kind(model) != "text":
             raise SystemExit(f"--run {run}: not a text-conditioned model ({model_kind(model)})")
         check_guide(guide, model, args)
+        if compose is not None:
+            from ldm.inference import check_experts
+
+            try:
+                check_experts(compose.model, model, what="--compose-model and --run", same_schedule=False)
+            except ValueError as exc:
+                raise SystemExit(f"--compose-model {args.compose_model}: {exc}") from exc
         size = int(model.image_size) * downsampling_factor(model)
         if size != checked_size and not usable_classifier(args.classifier, size=size):
             raise SystemExit(f"--classifier {args.classifier}: not a classifier of the synthetic data at {size} px "
@@ -182,7 +228,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
         for prompt in todo:
             t, samples = scores.text_prompt_scores(model, args.classifier, prompt, args.n, sampler=args.sampler,
                                                    steps=args.steps, scale=args.scale, seed=args.seed,
-                                                   n_real=args.n_real, size=size, guide=guide)
+                                                   n_real=args.n_real, size=size, guide=guide,
+                                                   compose=compose)
             rows.append(samples[:GRID_COLUMNS])
             points.append({"step": step, "prompt": prompt, "checkpoint": ckpt.name, "colours": list(t.colours),
                            "shape": t.shape, "shows_colours": t.shows_colours,

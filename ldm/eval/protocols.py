@@ -25,7 +25,7 @@ from ldm.eval.shards import batch_generator, per_sample_noise, sample_noise
 from ldm.inference.conditioning import class_conditioning, model_kind, prompt_conditioning
 from ldm.inference.images import to_uint8
 from ldm.inference.pipelines import SamplingOptions, generate, inpaint, superres
-from ldm.inference.sampling import GuideModel
+from ldm.inference.sampling import ComposedModel, GuideModel
 from ldm.util import instantiate_from_config
 
 __all__ = ["generation_batches", "inpainting_batches", "read_captions", "reconstruction_batches",
@@ -44,9 +44,11 @@ def read_captions(path: str) -> list[str]:
 
 
 def generation_batches(model: Any, opts: SamplingOptions, seed: int,
-                       captions: Optional[Sequence[str]] = None, guide: Optional[GuideModel] = None) -> Make:
+                       captions: Optional[Sequence[str]] = None, guide: Optional[GuideModel] = None,
+                       compose: Optional[ComposedModel] = None) -> Make:
     """Samples from noise; sample i starts from noise seeded by (seed, i). ``guide``: autoguidance
-    by a weaker model of the same kind, conditioned like the model on every batch."""
+    by a weaker model of the same kind, conditioned like the model on every batch; ``compose``: a
+    second text model whose guidance direction is added (text models only)."""
     kind = model_kind(model)
     if kind not in ("unconditional", "class", "text"):
         raise ValueError(f"sampling-based evaluation covers unconditional, class and text models; this one is "
@@ -60,6 +62,9 @@ def generation_batches(model: Any, opts: SamplingOptions, seed: int,
     if guide is not None and model_kind(guide.model) != kind:
         raise ValueError(f"the guide model is {model_kind(guide.model)!r}, the sampled model {kind!r}; autoguidance "
                          "needs a weaker model of the same task")
+    if compose is not None and (kind != "text" or model_kind(compose.model) != "text"):
+        raise ValueError(f"composition needs two text-conditioned models; these are {kind!r} and "
+                         f"{model_kind(compose.model)!r}")
     n_classes = int(model.cond_stage_model.n_classes) if kind == "class" else 0
     shape = (model.channels, model.image_size, model.image_size)
 
@@ -79,9 +84,12 @@ def generation_batches(model: Any, opts: SamplingOptions, seed: int,
             uncond = uncond if opts.scale != 1.0 else None
             if guide is not None:
                 guide.cond = prompt_conditioning(guide.model, prompts)[0]
+            if compose is not None:
+                compose.cond, compose.uncond = prompt_conditioning(compose.model, prompts)
         # Initial and per-step noise of sample i depend on (seed, i) only: any batch size gives the same images.
         images = generate(model, len(indices), opts, cond=cond, uncond=uncond, x_T=sample_noise(seed, indices, shape),
-                          noise_sampler=per_sample_noise(seed, indices, shape, model.device), guide=guide)
+                          noise_sampler=per_sample_noise(seed, indices, shape, model.device), guide=guide,
+                          compose=compose)
         return to_uint8(images), labels
 
     return make

@@ -264,11 +264,13 @@ def prompt_targets(prompt: str) -> PromptTargets:
 
 def text_prompt_scores(model: Any, classifier_folder: Union[str, os.PathLike], prompt: str, n_samples: int,
                        sampler: str = "unipc", steps: int = 20, scale: float = 3.0, seed: int = 0,
-                       n_real: int = 1000, size: int = SIZE, guide: Any = None) -> tuple[TextSampleScores, np.ndarray]:
+                       n_real: int = 1000, size: int = SIZE, guide: Any = None,
+                       compose: Any = None) -> tuple[TextSampleScores, np.ndarray]:
     """Sample ``n_samples`` images of ``prompt`` from a text-conditioned model (noise of sample i
     seeded by (seed, i), ``ldm.eval.protocols.generation_batches``; ``guide``: an
-    ``ldm.inference.GuideModel`` to autoguide them) and judge them with :func:`text_sample_scores`;
-    returns the scores and the uint8 samples."""
+    ``ldm.inference.GuideModel`` to autoguide them; ``compose``: an ``ldm.inference.ComposedModel``
+    whose guidance is added) and judge them with :func:`text_sample_scores`; returns the scores and
+    the uint8 samples."""
     from ldm.eval.protocols import generation_batches
     from ldm.inference import SamplingOptions
 
@@ -276,7 +278,7 @@ def text_prompt_scores(model: Any, classifier_folder: Union[str, os.PathLike], p
         raise ValueError(f"n_samples={n_samples}: need at least one sample")
     targets = prompt_targets(prompt)
     make = generation_batches(model, SamplingOptions(sampler=sampler, steps=steps, scale=scale, progress=False), seed,
-                              captions=[prompt], guide=guide)
+                              captions=[prompt], guide=guide, compose=compose)
     samples = np.concatenate([make(np.arange(start, min(start + SAMPLE_BATCH, n_samples)))[0]
                               for start in range(0, n_samples, SAMPLE_BATCH)])
     return text_sample_scores(samples, targets.colours, targets.shape, classifier_folder, n_real, size), samples

@@ -14,12 +14,12 @@ from ldm.inference.loading import RunFiles, find_run, load_model, load_run
 from ldm.inference.pipelines import (InpaintResult, SamplingOptions, generate, img2img, inpaint, latent_size,
                                      semantic2img, superres)
 from ldm.inference.runtime import PRECISIONS, autocast, make_generator, seed_everything, select_device
-from ldm.inference.sampling import (SAMPLER_NAMES, GuideModel, HighNoiseExpert, check_experts, initial_noise, noise_levels,
+from ldm.inference.sampling import (SAMPLER_NAMES, ComposedModel, GuideModel, HighNoiseExpert, check_experts, initial_noise, noise_levels,
                                    noise_to_level, sample_latents)
 from ldm.inference.tiling import decode, decode_tiled
 
 __all__ = [
-    "PRECISIONS", "SAMPLER_NAMES", "GuideModel", "HighNoiseExpert", "InpaintResult", "RunFiles", "SamplingOptions", "UnsafePathError",
+    "PRECISIONS", "SAMPLER_NAMES", "ComposedModel", "GuideModel", "HighNoiseExpert", "InpaintResult", "RunFiles", "SamplingOptions", "UnsafePathError",
     "autocast", "check_experts", "check_multiple", "check_prompts", "check_range", "check_same_size", "class_conditioning",
     "decode", "decode_tiled", "downsampling_factor", "encode_image", "find_run", "generate", "img2img", "initial_noise",
     "inpaint", "latent_size", "layout_tokenizer", "layout_tokens", "read_layouts", "load_image", "load_label_map", "load_mask", "load_model",

@@ -19,7 +19,7 @@ from ldm.data.masks import mask_image
 from ldm.inference.checks import check_multiple, check_range, check_same_size, downsampling_factor
 from ldm.inference.conditioning import encode_image, model_kind, semantic_onehot
 from ldm.inference.runtime import autocast
-from ldm.inference.sampling import GuideModel, HighNoiseExpert, initial_noise, noise_levels, noise_to_level, sample_latents
+from ldm.inference.sampling import ComposedModel, GuideModel, HighNoiseExpert, initial_noise, noise_levels, noise_to_level, sample_latents
 from ldm.inference.tiling import decode
 from ldm.models.diffusion.conditioning import inpainting_condition
 
@@ -62,15 +62,17 @@ def _device(model: Any) -> torch.device:
 def generate(model: Any, n: int, opts: SamplingOptions, cond: Any = None, uncond: Any = None,
              size: Optional[tuple[int, int]] = None, generator: Optional[torch.Generator] = None,
              x_T: Optional[torch.Tensor] = None, noise_sampler: Optional[Callable] = None,
-             expert: Optional[HighNoiseExpert] = None, guide: Optional[GuideModel] = None) -> torch.Tensor:
+             expert: Optional[HighNoiseExpert] = None, guide: Optional[GuideModel] = None,
+             compose: Optional[ComposedModel] = None) -> torch.Tensor:
     """n images from noise (unconditional, class or text conditioned). ``size`` is the latent (h, w);
-    ``expert`` denoises the noisiest levels, ``guide`` autoguides (see ``sample_latents``)."""
+    ``expert`` denoises the noisiest levels, ``guide`` autoguides, ``compose`` adds a second model's
+    guidance (see ``sample_latents``)."""
     h, w = size or (model.image_size, model.image_size)
     shape = (n, model.channels, h, w)
     with autocast(_device(model), opts.precision):
         z = sample_latents(model, shape, cond=cond, uncond=uncond, scale=opts.scale, sampler=opts.sampler,
                            steps=opts.steps, eta=opts.eta, generator=generator, x_T=x_T, progress=opts.progress,
-                           noise_sampler=noise_sampler, expert=expert, guide=guide)
+                           noise_sampler=noise_sampler, expert=expert, guide=guide, compose=compose)
         return _decode(model, z, opts)
 
 

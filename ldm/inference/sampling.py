@@ -20,10 +20,11 @@ from typing import Any, Callable, Optional
 import torch
 
 from ldm.models.diffusion.sampling import (SAMPLERS, AutoGuidance, ClassifierFreeGuidance, CompVisDenoiser,
-                                           NoiseLevelExperts, ddim_sigmas, ddpm_sigmas, dpm_solver_sigmas, sample_vp,
-                                           sigmas_from_alphas_cumprod, ve_to_vp)
+                                           ComposedGuidance, NoiseLevelExperts, ddim_sigmas, ddpm_sigmas,
+                                           dpm_solver_sigmas, sample_vp, sigmas_from_alphas_cumprod, ve_to_vp)
 
-__all__ = ["SAMPLER_NAMES", "GuideModel", "HighNoiseExpert", "check_experts", "initial_noise", "noise_levels",
+__all__ = ["SAMPLER_NAMES", "ComposedModel", "GuideModel", "HighNoiseExpert", "check_experts", "initial_noise",
+           "noise_levels",
            "noise_to_level", "sample_latents"]
 
 # user-facing name -> sampler function key; "dpm" is DPM-Solver++(2M) as the original DPMSolverSampler
@@ -76,10 +77,28 @@ class GuideModel:
     checked_with: Any = field(default=None, repr=False, compare=False)
 
 
-def check_experts(high: Any, low: Any, what: str = "the experts") -> None:
-    """Experts (or a model and its guide) must return x0 estimates of the same latents: one noise
-    schedule, one first stage (weights and latent scale). Raises ValueError naming what differs."""
-    if not torch.equal(high.alphas_cumprod.cpu(), low.alphas_cumprod.cpu()):
+@dataclass
+class ComposedModel:
+    """A second model of the same latents whose classifier-free guidance direction is added to the
+    sampled model's at every step (composable diffusion, Liu et al. 2022; ``ComposedGuidance``):
+    two text models that learnt different parts of the prompts (colours, shapes) each pull the
+    sample towards theirs. It brings its own conditioning and may have its own noise schedule: it
+    is asked at the levels its schedule covers."""
+    model: Any
+    weight: float          # >= 0: the weight of its direction (the sampled model keeps its own scale)
+    cond: Any = None
+    uncond: Any = None
+    # network calls of the sampled model with and without the second one, added up by every sampling call
+    calls: dict = field(default_factory=lambda: {"composed": 0, "alone": 0})
+    # the model ``check_experts`` passed against: later calls with it skip the first-stage comparison
+    checked_with: Any = field(default=None, repr=False, compare=False)
+
+
+def check_experts(high: Any, low: Any, what: str = "the experts", same_schedule: bool = True) -> None:
+    """Experts (or a model and its guide) must return x0 estimates of the same latents: one first
+    stage (weights and latent scale) and, unless ``same_schedule`` is off (composition, which asks
+    each model at its own levels), one noise schedule. Raises ValueError naming what differs."""
+    if same_schedule and not torch.equal(high.alphas_cumprod.cpu(), low.alphas_cumprod.cpu()):
         raise ValueError(f"{what} have different noise schedules (alphas_cumprod); they must share one")
     if int(high.channels) != int(low.channels):
         raise ValueError(f"the latents of {what} have {high.channels} and {low.channels} channels; they must "
@@ -123,6 +142,7 @@ def sample_latents(
     noise_sampler: Optional[Callable] = None,   # (sigma, sigma_next) -> noise; default: from generator
     expert: Optional[HighNoiseExpert] = None,   # a second model for the noisiest levels
     guide: Optional[GuideModel] = None,         # a weaker model to guide away from (autoguidance)
+    compose: Optional[ComposedModel] = None,    # a second model whose guidance direction is added
 ) -> torch.Tensor:
     """A latent sample of ``shape`` in the model's VP coordinates (paper Eq. (1)-(2) reversed).
 
@@ -134,6 +154,8 @@ def sample_latents(
     conditioning (``NoiseLevelExperts``); ``model`` denoises the rest.
     With ``guide`` every step adds ``guide.weight * (D(x|cond) - D_guide(x|guide.cond))`` to the
     (classifier-free guided) estimate (``AutoGuidance``).
+    With ``compose`` every step at a level within its model's schedule adds ``compose.weight *
+    (D_2(x|compose.cond) - D_2(x|compose.uncond))`` to that estimate (``ComposedGuidance``).
     """
     if len(shape) != 4:
         raise ValueError(f"shape must be (B, C, h, w), got {tuple(shape)}")
@@ -159,6 +181,14 @@ def sample_latents(
         if guide.checked_with is not model:
             check_experts(guide.model, model, what="the model and its guide")
             guide.checked_with = model
+    if compose is not None:
+        if expert is not None:
+            raise ValueError("noise-level experts and composition cannot be combined; use one of them")
+        if compose.cond is None or compose.uncond is None:
+            raise ValueError("composition needs the second model's conditional and unconditional inputs")
+        if compose.checked_with is not model:
+            check_experts(compose.model, model, what="the composed models", same_schedule=False)
+            compose.checked_with = model
     device = model.alphas_cumprod.device
     sigmas = noise_levels(model, sampler, steps).to(device)
     if not 0 <= first_step < len(sigmas) - 1:
@@ -170,6 +200,10 @@ def sample_latents(
                                 scale=scale, uncond=uncond)
     elif scale != 1.0:
         denoiser = ClassifierFreeGuidance(denoiser, scale=scale, uncond=uncond)
+    if compose is not None:
+        partner = CompVisDenoiser(compose.model)
+        denoiser = ComposedGuidance(denoiser, partner, compose.weight, compose.cond, compose.uncond,
+                                    sigma_range=(partner.sigma_min, partner.sigma_max))
     if expert is not None:
         high: Any = CompVisDenoiser(expert.model)
         if scale != 1.0:
@@ -192,7 +226,8 @@ def sample_latents(
     fn = SAMPLERS[SAMPLER_NAMES[sampler]]
     out = sample_vp(fn, denoiser, z.float(), sigmas, cond=cond, mask=mask, x0=x0, disable=not progress,
                     generator=generator, **options)
-    if expert is not None:
-        for k in expert.calls:
-            expert.calls[k] += denoiser.calls[k]
+    for extra in (expert, compose):
+        if extra is not None:
+            for k in extra.calls:
+                extra.calls[k] += denoiser.calls[k]
     return out

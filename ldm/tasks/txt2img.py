@@ -5,13 +5,18 @@
     ldm-txt2img -r logs/<eps run> --high-noise-expert logs/<x0 run> --switch-t 600 --prompt "..."
     ldm-txt2img -r logs/<run> --no-ema --guide-model logs/<run>/checkpoints/trainstep_checkpoints/<earlier>.ckpt \
         --guide-weight 2 --prompt "..."
+    ldm-txt2img -r logs/<colour run> --compose-model logs/<shape run> --compose-weight 3 --prompt "..."
 
 With --high-noise-expert a second text model denoises the noise levels above timestep
 --switch-t's and the -r model the rest (an ensemble of expert denoisers, Balaji et al. 2022,
 eDiff-I), each with its own text encoder and the same guidance scale. Both must share the first
 stage and the noise schedule. With --guide-model a weaker text model of the same latents (an
 earlier snapshot of the run) autoguides every step (Karras et al. 2024), each model with its own
-text encoder; it cannot be combined with --high-noise-expert.
+text encoder; it cannot be combined with --high-noise-expert. With --compose-model a second text
+model of the same latents adds its own classifier-free guidance direction, weighted by
+--compose-weight, at every step whose noise level its schedule covers (composable diffusion,
+Liu et al. 2022): D = D_guided(x) + b (D_2(x | prompt) - D_2(x | "")). Two models that learnt
+different parts of the prompts (one the colours, one the shapes) then draw both.
 
 Each prompt gets <outdir>/samples/<prompt as a safe folder name>/NNNNN.png and a grid
 <outdir>/grid-<prompt>-NNNN.png with one row per --n_iter. The same --seed gives the same images.
@@ -25,7 +30,7 @@ from typing import Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from ldm.inference import (HighNoiseExpert, check_experts, generate, initial_noise, latent_size, model_kind,
+from ldm.inference import (ComposedModel, HighNoiseExpert, check_experts, generate, initial_noise, latent_size, model_kind,
                            prompt_conditioning)
 from ldm.inference.cli import (add_guide_args, add_model_args, add_output_args, add_sampling_args, guide_from_args,
                                load_companion, start_task)
@@ -51,6 +56,12 @@ def parser() -> argparse.ArgumentParser:
                    help="with --high-noise-expert: it answers above this timestep's noise level, the -r model "
                         "at and below it (0 <= T < the schedule's length)")
     add_guide_args(p)
+    g = p.add_argument_group("composition (Liu et al. 2022)")
+    g.add_argument("--compose-model", metavar="RUN_OR_CKPT", default=None,
+                   help="a second text model (run directory or checkpoint) of the same latents whose guidance "
+                        "direction is added at every step")
+    g.add_argument("--compose-weight", type=float, default=None,
+                   help="with --compose-model: the weight b >= 0 of its direction (default: --scale)")
     add_sampling_args(p, samplers=("ddim", "plms", "dpm", "unipc"), steps=50, scale=5.0, eta=0.0)
     add_output_args(p, outdir="outputs/txt2img-samples")
     return p
@@ -89,6 +100,26 @@ def load_expert(args: argparse.Namespace, model: torch.nn.Module) -> Optional[Hi
     return HighNoiseExpert(expert, args.switch_t)
 
 
+def load_composed(args: argparse.Namespace, model: torch.nn.Module) -> Optional[ComposedModel]:
+    """The --compose-model on the sampled model's device, checked to share its latents."""
+    if args.compose_model is None:
+        if args.compose_weight is not None:
+            raise SystemExit("--compose-weight needs --compose-model")
+        return None
+    flag = f"--compose-model {args.compose_model}"
+    weight = args.scale if args.compose_weight is None else args.compose_weight
+    if not (weight >= 0 and weight != float("inf")):
+        raise SystemExit(f"--compose-weight {weight}: must be a finite number >= 0")
+    other = load_companion(args.compose_model, flag, model, args.prefer_ema)
+    if model_kind(other) != "text":
+        raise SystemExit(f"{flag}: not a text-conditioned model ({model_kind(other)})")
+    try:
+        check_experts(other, model, what="the composed models", same_schedule=False)
+    except ValueError as exc:
+        raise SystemExit(f"{flag}: {exc}") from exc
+    return ComposedModel(other, weight)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
     args = parser().parse_args(argv)
     prompts = read_prompts(args)
@@ -96,10 +127,13 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
         raise SystemExit("--n_samples and --n_iter must be positive")
     if args.guide_model is not None and args.high_noise_expert is not None:  # before loading either
         raise SystemExit("--guide-model and --high-noise-expert cannot be combined; use one of them")
+    if args.compose_model is not None and args.high_noise_expert is not None:
+        raise SystemExit("--compose-model and --high-noise-expert cannot be combined; use one of them")
     task = start_task(args, "txt2img.py", ["text"], "a text-conditioned model")
     model, opts, out, generator = task.model, task.options, task.out, task.generator
     expert = load_expert(args, model)
     guide = guide_from_args(args, model)
+    compose = load_composed(args, model)
     h, w = latent_size(model, args.H, args.W)
     shape = (args.n_samples, model.channels, h, w)
     fixed = initial_noise(shape, generator, model.alphas_cumprod.device) if args.fixed_code else None
@@ -109,16 +143,22 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
             expert.cond, expert.uncond = prompt_conditioning(expert.model, [prompt] * args.n_samples)
         if guide is not None:
             guide.cond = prompt_conditioning(guide.model, [prompt] * args.n_samples)[0]
+        if compose is not None:
+            compose.cond, compose.uncond = prompt_conditioning(compose.model, [prompt] * args.n_samples)
         rows = []
         for _ in range(args.n_iter):
             images = generate(model, args.n_samples, opts, cond=cond, uncond=uncond, size=(h, w),
-                              generator=generator, x_T=fixed, expert=expert, guide=guide).cpu()
+                              generator=generator, x_T=fixed, expert=expert, guide=guide,
+                              compose=compose).cpu()
             out.samples(images, "samples", prompt)
             rows.append(images)
         out.grid(torch.cat(rows), f"grid-{prompt}", nrow=args.n_samples)
     if expert is not None:
         print(f"--high-noise-expert answered {expert.calls['high']} of "
               f"{expert.calls['high'] + expert.calls['low']} network calls (above t = {expert.switch_t})")
+    if compose is not None:
+        print(f"--compose-model added its guidance to {compose.calls['composed']} of "
+              f"{compose.calls['composed'] + compose.calls['alone']} steps")
     print(f"{len(out.written)} files in {out.root}")
     return out.written
 

@@ -17,7 +17,7 @@ from .ddpm import sample_ddpm
 from .denoiser import CompVisDenoiser, sample_vp, sigmas_from_alphas_cumprod, ve_to_vp, vp_to_ve
 from .dpm_solver import sample_dpmpp_2m
 from .experts import NoiseLevelExperts
-from .guidance import AutoGuidance, ClassifierFreeGuidance, cat_conditioning
+from .guidance import AutoGuidance, ClassifierFreeGuidance, ComposedGuidance, cat_conditioning
 from .plms import sample_plms
 from .schedules import (append_zero, ddim_sigmas, ddim_timesteps, ddpm_sigmas, dpm_solver_sigmas,
                         karras_sigmas, timestep_sigmas)
@@ -36,7 +36,7 @@ __all__ = [
     "sample_ddpm", "sample_ddim", "invert_ddim", "sample_plms", "sample_dpmpp_2m", "sample_unipc",
     "ddim_noise_levels",
     "CompVisDenoiser", "sample_vp", "vp_to_ve", "ve_to_vp", "sigmas_from_alphas_cumprod",
-    "AutoGuidance", "ClassifierFreeGuidance", "cat_conditioning", "NoiseLevelExperts",
+    "AutoGuidance", "ClassifierFreeGuidance", "ComposedGuidance", "cat_conditioning", "NoiseLevelExperts",
     "ddim_timesteps", "timestep_sigmas", "ddim_sigmas", "ddpm_sigmas", "dpm_solver_sigmas",
     "karras_sigmas", "append_zero",
 ]

@@ -5,6 +5,10 @@ D_w(x) = D(x | uncond) + w * (D(x | cond) - D(x | uncond)); w = 1 is plain condi
 Autoguidance adds a pull away from a weaker "guide" model of the same task (an earlier snapshot,
 a smaller net): D(x) = CFG_w(x) + a * (D(x | cond) - D_guide(x | cond)); where the guide errs
 more than the model, the difference points away from those errors.
+Composition adds a second model's own classifier-free guidance direction (Liu et al. 2022, Composable
+Diffusion): D(x) = D_main(x) + b * (D_2(x | cond_2) - D_2(x | uncond_2)), so that two models trained
+for different things (one knows the prompt's colours, the other its shapes) each pull the sample
+towards what it knows: the product of their conditionals over their unconditionals.
 Combining x0 estimates equals combining eps or v outputs as the original samplers do, because for
 fixed (x, sigma) each is an affine function of the others with the same coefficients.
 """
@@ -17,7 +21,7 @@ import torch
 
 from ._common import Denoiser
 
-__all__ = ["AutoGuidance", "ClassifierFreeGuidance", "cat_conditioning"]
+__all__ = ["AutoGuidance", "ClassifierFreeGuidance", "ComposedGuidance", "cat_conditioning"]
 
 
 def cat_conditioning(uncond: Any, cond: Any, path: str = "cond") -> Any:
@@ -111,3 +115,47 @@ class AutoGuidance:
         if self.weight == 0.0:
             return guided
         return guided + self.weight * (d_cond - self.guide(x, sigma, cond=self.guide_cond))
+
+
+class ComposedGuidance:
+    """``denoiser`` (any guided denoiser of the sampled model) plus ``weight`` times a second model's
+    classifier-free guidance direction, ``D_2(x | cond) - D_2(x | uncond)``, at the noise levels
+    within ``sigma_range`` (the second model's schedule); outside it ``denoiser`` answers alone.
+    The second model brings its own conditioning (its encoder is its own) and runs both branches
+    in one forward pass over the doubled batch."""
+
+    def __init__(
+        self,
+        denoiser: Denoiser,      # the sampled model, guided as it is: D(x, sigma, cond=...) -> x0
+        partner: Denoiser,       # the second model of the same latents
+        weight: float,           # b >= 0: the strength of its direction
+        cond: Any,               # the partner's conditional input for this batch
+        uncond: Any,             # and its unconditional one
+        sigma_range: tuple[float, float] = (0.0, math.inf),  # levels at which the partner is asked
+    ):
+        if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"composition weight must be a finite number >= 0, got {weight!r}")
+        if cond is None or uncond is None:
+            raise ValueError("composition needs the second model's conditional and unconditional inputs")
+        lo, hi = (float(v) for v in sigma_range)
+        if not 0.0 <= lo <= hi:
+            raise ValueError(f"sigma_range must be (lo, hi) with 0 <= lo <= hi, got {sigma_range!r}")
+        self.denoiser, self.partner, self.weight = denoiser, partner, float(weight)
+        self.cond, self.uncond, self.sigma_range = cond, uncond, (lo, hi)
+        self.calls = {"composed": 0, "alone": 0}  # network calls with and without the partner
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        if sigma.ndim == 0:
+            sigma = sigma.expand(x.shape[0])
+        out = self.denoiser(x, sigma, cond=cond)
+        lo, hi = self.sigma_range
+        inside = (sigma >= lo) & (sigma <= hi)
+        if self.weight == 0.0 or not bool(inside.any()):
+            self.calls["alone"] += 1
+            return out
+        if not bool(inside.all()):
+            raise ValueError(f"composition needs one noise level per call; this batch straddles {self.sigma_range}")
+        self.calls["composed"] += 1
+        d_uncond, d_cond = self.partner(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                                        cond=cat_conditioning(self.uncond, self.cond)).chunk(2)
+        return out + self.weight * (d_cond - d_uncond)
