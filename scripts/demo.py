@@ -15,11 +15,14 @@ diffusion model is sampled with its script (scripts/sample_diffusion.py, txt2img
     python scripts/demo.py --stages ldm_class --steps-factor 2 --class-scale 5   # the class target, on the
                                                                              # latest autoencoder
 
-Default stages: autoencoder, ldm_class, ldm_text: the stages with targets, 12 to 24 minutes on 2 CPU
-cores (the speed of the host decides; README). The class stage's REPA teacher, a classifier of seed 1
+Default stages: autoencoder, ldm_class, ldm_text, ldm_text_shapes: the stages with targets, 15 to 24
+minutes on 2 CPU cores (the speed of the host decides; README). ldm_text learns the prompts' colours,
+ldm_text_shapes (the class model's UNet, frozen, with new cross-attention and caption encoder) their
+shapes; the text samples are the shape model's with the colour model's guidance direction added
+(composable diffusion, txt2img.py --compose-model; --text-compose-weight). The class stage's REPA teacher, a classifier of seed 1
 (the judge's is 0), is trained first into <logdir>/demo_teacher/ (ldm.models.diffusion.alignment).
-The class and text samples are autoguided by their run's half-way snapshot (--class-guide-weight,
---text-guide-weight; 0 samples with classifier-free guidance alone).
+The class samples are autoguided by their run's half-way snapshot (--class-guide-weight; 0 samples
+with classifier-free guidance alone), as the text model's are when it is sampled alone (--text-guide-weight).
 Opt-in: ldm_uncond (an unconditional model, about 1.5 minutes more) and the task stages ldm_sr
 (super-resolution, Sec. 4.4), ldm_semantic (semantic synthesis, Sec. 4.3.2), ldm_layout
 (layout-to-image, Sec. 4.3.1), ldm_inpaint (inpainting, Sec. 4.5). Their sampling inputs (a
@@ -67,6 +70,8 @@ STAGES = [
     Stage("ldm_uncond", "configs/demo/ldm_uncond.yaml", True, "extra"),
     Stage("ldm_class", "configs/demo/ldm_class.yaml", True, "default"),
     Stage("ldm_text", "configs/demo/ldm_text.yaml", True, "default"),
+    # The class model's UNet, frozen, taught to read captions: the prompts' shapes for the text samples.
+    Stage("ldm_text_shapes", "configs/demo/ldm_text_shapes.yaml", True, "default"),
     Stage("ldm_sr", "configs/demo/ldm_sr.yaml", True, "task"),
     Stage("ldm_semantic", "configs/demo/ldm_semantic.yaml", True, "task"),
     Stage("ldm_layout", "configs/demo/ldm_layout.yaml", True, "task"),
@@ -82,6 +87,11 @@ CLASS_SCALE = 3.0      # default guidance scale of the class samples (--class-sc
 CLASS_GUIDE_WEIGHT = 2.0  # autoguidance by the class run's half-way snapshot (--class-guide-weight)
 TEXT_GUIDE_WEIGHT = 2.0   # the same for the text samples, by the text run's half-way snapshot (--text-guide-weight)
 TEXT_SAMPLER, TEXT_STEPS, TEXT_SCALE = "unipc", 20, 3.0  # how txt2img.py samples the text model
+# The text samples: the shape model (ldm_text_shapes) with the colour model's (ldm_text) guidance direction
+# added at this weight (txt2img.py --compose-model, --text-compose-weight; 0: the text model alone)
+TEXT_COMPOSE_WEIGHT = 3.0
+CLASS_CKPT_KEY = "model.params.ckpt_path"  # where a stage started from the class model gets its checkpoint
+STARTS_FROM_CLASS = ("ldm_text_shapes",)
 
 
 class PhaseTimer:
@@ -169,13 +179,16 @@ def step_overrides(config: str | Path, factor: int) -> list[str]:
 
 
 def run_stage(name: str, config: str, ae_ckpt: Path | None, logdir: Path, fast: bool,
-              commands: list[list[str]], steps_factor: int = 1, teacher: Path | None = None) -> Path:
+              commands: list[list[str]], steps_factor: int = 1, teacher: Path | None = None,
+              class_ckpt: Path | None = None) -> Path:
     cmd = [sys.executable, "main.py", "--base", config, "-t", "--accelerator", "cpu", "--logger", "csv",
            "-n", f"demo_{name}", "-l", str(logdir)]
     if ae_ckpt is not None:
         cmd.append(f"model.params.first_stage_config.params.ckpt_path={ae_ckpt}")
     if teacher is not None:
         cmd.append(f"{TEACHER_KEY}={teacher}")
+    if class_ckpt is not None:
+        cmd.append(f"{CLASS_CKPT_KEY}={class_ckpt}")
     cmd += step_overrides(config, steps_factor)
     if fast:
         cmd += ["lightning.trainer.max_steps=40", "lightning.trainer.val_check_interval=20",
@@ -221,7 +234,8 @@ def write_inputs(folder: Path, size: int = DEMO_SIZE, n: int = N_INPUTS) -> dict
     return files
 
 
-SAMPLE_FOLDERS = {"ldm_uncond": "uncond", "ldm_class": "class", "ldm_text": "text", "ldm_sr": "superres",
+SAMPLE_FOLDERS = {"ldm_uncond": "uncond", "ldm_class": "class", "ldm_text": "text", "ldm_text_shapes": "text",
+                  "ldm_sr": "superres",
                   "ldm_semantic": "semantic", "ldm_layout": "layout", "ldm_inpaint": "inpaint"}
 
 
@@ -246,14 +260,34 @@ def guide_args(run_dir: Path, what: str, weight: float) -> list[str]:
     return ["--guide-model", str(guide_snapshot(run_dir, what)), "--guide-weight", f"{weight:g}"] if weight else []
 
 
+def text_sampling(runs: dict[str, Path], text_guide_weight: float = TEXT_GUIDE_WEIGHT,
+                  text_compose_weight: float = TEXT_COMPOSE_WEIGHT) -> tuple[str, list[str], str]:
+    """How the demo samples text: (the stage whose samples are the text samples, the txt2img.py flags
+    that pick its model, a description). With both text stages and a positive ``text_compose_weight``,
+    the shape model composed with the colour model; otherwise the one text model there is, the colour
+    model autoguided by its half-way snapshot (``text_guide_weight``)."""
+    if "ldm_text" in runs and "ldm_text_shapes" in runs and text_compose_weight:
+        flags = ["-r", str(runs["ldm_text_shapes"]), "--compose-model", str(runs["ldm_text"]),
+                 "--compose-weight", f"{text_compose_weight:g}"]
+        return "ldm_text", flags, (f"the shape model composed with the colour model's guidance, weight "
+                                   f"{text_compose_weight:g}")
+    if "ldm_text" in runs:
+        guided = f", autoguidance weight {text_guide_weight:g}" if text_guide_weight else ""
+        return "ldm_text", ["-r", str(runs["ldm_text"]), *guide_args(runs["ldm_text"], "text", text_guide_weight)], \
+            f"the text model{guided}"
+    return "ldm_text_shapes", ["-r", str(runs["ldm_text_shapes"])], "the shape model alone"
+
+
 def sample_commands(runs: dict[str, Path], outdir: Path, inputs: Optional[dict[str, list[Path]]] = None,
                     steps: Optional[int] = None, class_scale: float = CLASS_SCALE,
                     class_guide_weight: float = CLASS_GUIDE_WEIGHT,
-                    text_guide_weight: float = TEXT_GUIDE_WEIGHT) -> list[list[str]]:
+                    text_guide_weight: float = TEXT_GUIDE_WEIGHT,
+                    text_compose_weight: float = TEXT_COMPOSE_WEIGHT) -> list[list[str]]:
     """Sampling-script calls on the trained demo models (those whose stage ran), each into its
     :func:`samples_dir`. ``inputs`` (from :func:`write_inputs`) feed the task scripts; ``steps``
     overrides every sampler's steps; ``class_scale`` is the class samples' guidance scale and
-    ``class_guide_weight``, ``text_guide_weight`` the class and text samples' autoguidance weights (0: none)."""
+    ``class_guide_weight``, ``text_guide_weight`` the class and text samples' autoguidance weights (0: none);
+    ``text_compose_weight`` composes the two text models (:func:`text_sampling`)."""
     py = sys.executable
 
     def dest(stage: str) -> str:
@@ -276,11 +310,11 @@ def sample_commands(runs: dict[str, Path], outdir: Path, inputs: Optional[dict[s
         cmds.append([py, "scripts/sample_diffusion.py", "-r", str(runs["ldm_class"]), "-n", "16",
                      "--classes", *map(str, range(8)), "--scale", f"{class_scale:g}", *guide, "-c", n_steps(50),
                      "-l", dest("ldm_class")])
-    if "ldm_text" in runs:
-        guide = guide_args(runs["ldm_text"], "text", text_guide_weight)
-        cmds += [[py, "scripts/txt2img.py", "-r", str(runs["ldm_text"]), "--prompt", prompt.text, "--sampler",
-                  TEXT_SAMPLER, "--steps", n_steps(TEXT_STEPS), "--scale", str(TEXT_SCALE), *guide, "--n_samples", "16",
-                  "--outdir", dest("ldm_text")] for prompt in TEXT_PROMPTS]
+    if runs.keys() & {"ldm_text", "ldm_text_shapes"}:
+        stage, model_flags, _ = text_sampling(runs, text_guide_weight, text_compose_weight)
+        cmds += [[py, "scripts/txt2img.py", *model_flags, "--prompt", prompt.text, "--sampler", TEXT_SAMPLER,
+                  "--steps", n_steps(TEXT_STEPS), "--scale", str(TEXT_SCALE), "--n_samples", "16",
+                  "--outdir", dest(stage)] for prompt in TEXT_PROMPTS]
     if "ldm_sr" in runs:
         cmds.append([py, "scripts/superres.py", "-r", str(runs["ldm_sr"]), "--input", *paths("lr"),
                      "--n_samples", "4", "--steps", n_steps(100), "--outdir", dest("ldm_sr")])
@@ -345,14 +379,17 @@ def write_demo_report(runs: dict[str, Path], logdir: Path, fast: bool, commands:
                       argv: Sequence[str], class_scale: float = CLASS_SCALE,
                       class_guide_weight: float = CLASS_GUIDE_WEIGHT,
                       text_guide_weight: float = TEXT_GUIDE_WEIGHT,
-                      timer: Optional[PhaseTimer] = None) -> Optional[Path]:
+                      timer: Optional[PhaseTimer] = None,
+                      text_compose_weight: float = TEXT_COMPOSE_WEIGHT) -> Optional[Path]:
     """Figures of the models trained in this invocation, printed and written with the grids and
     commands to ``<logdir>/demo_report.html`` (with ``timer``'s phases, its wall time)."""
     from ldm.eval.html_report import format_figures, write_report
     from ldm.inference.images import safe_name
 
-    if not runs.keys() & {"autoencoder", "ldm_class", "ldm_text"}:
+    if not runs.keys() & {"autoencoder", "ldm_class", "ldm_text", "ldm_text_shapes"}:
         return None
+    text = text_sampling(runs, text_guide_weight, text_compose_weight) if runs.keys() & {"ldm_text",
+                                                                                          "ldm_text_shapes"} else None
     sizes = FAST if fast else FULL
     outdir = logdir / "demo_samples"
     figures, images = [], []
@@ -373,14 +410,14 @@ def write_demo_report(runs: dict[str, Path], logdir: Path, fast: bool, commands:
             guided = f", autoguidance weight {class_guide_weight:g}" if class_guide_weight else ""
             images.append((f"Guided class samples, column k = class k (circle, square, triangle, diamond, hexagon, "
                            f"star, cross, ring), scale {class_scale:g}{guided}", grid))
-        if "ldm_text" in runs:
-            figures += text_figures(samples_dir(outdir, "ldm_text", runs["ldm_text"]) / "samples", classifier,
+        if text is not None:
+            figures += text_figures(samples_dir(outdir, text[0], runs[text[0]]) / "samples", classifier,
                                     sizes.real_images, size=DEMO_SIZE)
     grids = [("ldm_uncond", "grid-*.png", "Unconditional samples")]
-    text_guided = f", autoguidance weight {text_guide_weight:g}" if text_guide_weight else ""
-    how = f"{TEXT_SAMPLER} {TEXT_STEPS} steps, scale {TEXT_SCALE:g}{text_guided}"
-    grids += [("ldm_text", f"grid-{safe_name(prompt.text)}-*.png", f"Text samples: '{prompt.text}' ({how})")
-              for prompt in TEXT_PROMPTS]
+    if text is not None:
+        how = f"{TEXT_SAMPLER} {TEXT_STEPS} steps, scale {TEXT_SCALE:g}, {text[2]}"
+        grids += [(text[0], f"grid-{safe_name(prompt.text)}-*.png", f"Text samples: '{prompt.text}' ({how})")
+                  for prompt in TEXT_PROMPTS]
     for name, pattern, caption in grids:
         png = first_png(samples_dir(outdir, name, runs[name]), pattern) if name in runs else None
         if png is not None:
@@ -416,8 +453,14 @@ def parser() -> argparse.ArgumentParser:
                         f"2024): the weight of (model - snapshot) added at every step (default {CLASS_GUIDE_WEIGHT:g}; "
                         "0: classifier-free guidance alone)")
     p.add_argument("--text-guide-weight", type=float, default=TEXT_GUIDE_WEIGHT, metavar="A",
-                   help=f"the same for the text samples, by the text run's half-way snapshot (default "
+                   help=f"the same for the text model's samples, by the text run's half-way snapshot, when it is "
+                        f"sampled alone (--text-compose-weight 0, or without ldm_text_shapes) (default "
                         f"{TEXT_GUIDE_WEIGHT:g}; 0: classifier-free guidance alone)")
+    p.add_argument("--text-compose-weight", type=float, default=TEXT_COMPOSE_WEIGHT, metavar="B",
+                   help=f"the text samples are the shape model's (ldm_text_shapes) with the colour model's "
+                        f"(ldm_text) guidance direction added at this weight (composable diffusion; default "
+                        f"{TEXT_COMPOSE_WEIGHT:g}); 0 samples the colour model alone, autoguided as "
+                        "--text-guide-weight says")
     p.add_argument("-l", "--logdir", default="logs", help="where run directories go")
     p.add_argument("--no-report", action="store_true",
                    help="skip the figures and <logdir>/demo_report.html at the end")
@@ -435,7 +478,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         p.error(f"--steps-factor must be at least 1, got {args.steps_factor}")
     if not 0 < args.class_scale < float("inf"):
         p.error(f"--class-scale must be a positive number, got {args.class_scale:g}")
-    for flag in ("class_guide_weight", "text_guide_weight"):
+    for flag in ("class_guide_weight", "text_guide_weight", "text_compose_weight"):
         if not 0 <= getattr(args, flag) < float("inf"):
             p.error(f"--{flag.replace('_', '-')} must be a finite number >= 0, got {getattr(args, flag):g}")
     if args.fast and args.steps_factor != 1:
@@ -452,9 +495,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if needs_teacher(config):
             with timer("teacher"):
                 teacher = ensure_classifier(logdir, args.fast, commands, teacher=True)
+        class_ckpt = None
+        if name in STARTS_FROM_CLASS:
+            class_ckpt = (runs.get("ldm_class") or latest_run(logdir, "demo_ldm_class")) / "checkpoints" / "last.ckpt"
         with timer(name):
             run_dir = run_stage(name, config, ae_ckpt if needs_ae else None, logdir, args.fast, commands,
-                                args.steps_factor, teacher)
+                                args.steps_factor, teacher, class_ckpt)
         runs[name] = run_dir
         if name == "autoencoder":
             ae_ckpt = run_dir / "checkpoints" / "last.ckpt"
@@ -465,12 +511,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     inputs = write_inputs(outdir / "inputs") if runs.keys() & set(TASK_STAGES) else None
     with timer("sampling"):
         for cmd in sample_commands(runs, outdir, inputs, class_scale=args.class_scale,
-                                   class_guide_weight=args.class_guide_weight, text_guide_weight=args.text_guide_weight):
+                                   class_guide_weight=args.class_guide_weight, text_guide_weight=args.text_guide_weight,
+                                   text_compose_weight=args.text_compose_weight):
             run(cmd, commands, "sampling")
     print(f"\nDemo done. Training grids are under each run's images/ folder; samples under {outdir}.")
     if not args.no_report:
         write_demo_report(runs, logdir, args.fast, commands, list(argv if argv is not None else sys.argv[1:]),
-                          args.class_scale, args.class_guide_weight, args.text_guide_weight, timer)
+                          args.class_scale, args.class_guide_weight, args.text_guide_weight, timer,
+                          args.text_compose_weight)
     print(f"\nDemo wall time: {timer.summary()}.")
 
 

@@ -77,6 +77,15 @@ def teacher(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def class_ckpt(tmp_path_factory, autoencoder, teacher) -> Path:
+    """The shrunk class stage's last.ckpt: the UNet the shape text model starts from."""
+    rundir = train(tmp_path_factory.mktemp("logs"), str(DEMO / "ldm_class.yaml"), "demo_ldm_class",
+                   f"model.params.first_stage_config.params.ckpt_path={autoencoder}", *LDM,
+                   f"{demo.TEACHER_KEY}={teacher}", f"{demo.TEACHER_KEY.rsplit('.', 1)[0]}.size={SIZE}")
+    return rundir / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, list[Path]]:
     return demo.write_inputs(tmp_path_factory.mktemp("inputs"), size=SIZE)
 
@@ -94,6 +103,8 @@ EXPECTED = {
     "ldm_class": {**{f"img/{i:05d}.png": RGB for i in range(16)}, "grid-0000.png": (2 + 4 * 18, 2 + 4 * 18, 3)},
     "ldm_text": {**{f"samples/{p}/{i:05d}.png": RGB for p in TEXT_FOLDERS for i in range(16)},
                  **{f"grid-{p}-0000.png": (2 + 18, 2 + 16 * 18, 3) for p in TEXT_FOLDERS}},
+    "ldm_text_shapes": {**{f"samples/{p}/{i:05d}.png": RGB for p in TEXT_FOLDERS for i in range(16)},
+                        **{f"grid-{p}-0000.png": (2 + 18, 2 + 16 * 18, 3) for p in TEXT_FOLDERS}},
     "ldm_sr": {**{f"shapes{j}_lr_x{demo.DEMO_F}_{k}.png": RGB for j in range(2) for k in range(4)},
                **{f"grid-shapes{j}_lr-0000.png": (2 + 18, 2 + 5 * 18, 3) for j in range(2)}},
     "ldm_semantic": {**{f"shapes{j}_seg/{k:05d}.png": RGB for j in range(2) for k in range(4)},
@@ -172,9 +183,11 @@ def test_task_configs_match_the_synthetic_data():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", LDM_STAGES, ids=[s.name for s in LDM_STAGES])
-def test_demo_stage_trains_and_its_script_samples(stage, autoencoder, teacher, inputs, tmp_path):
+def test_demo_stage_trains_and_its_script_samples(stage, autoencoder, teacher, inputs, request, tmp_path):
     extra = [f"{demo.TEACHER_KEY}={teacher}", f"{demo.TEACHER_KEY.rsplit('.', 1)[0]}.size={SIZE}"] \
         if demo.needs_teacher(stage.config) else []
+    if stage.name in demo.STARTS_FROM_CLASS:
+        extra.append(f"{demo.CLASS_CKPT_KEY}={request.getfixturevalue('class_ckpt')}")
     if stage.name in ("ldm_class", "ldm_text"):  # a snapshot after the first of 2 steps: the samples' guide
         extra.append(f"{demo.SNAPSHOT_KEY}=1")
     rundir = train(tmp_path / "logs", str(REPO / stage.config), f"demo_{stage.name}",
@@ -183,7 +196,7 @@ def test_demo_stage_trains_and_its_script_samples(stage, autoencoder, teacher, i
     assert ckpt["global_step"] == 2
 
     cmds = demo.sample_commands({stage.name: rundir}, tmp_path / "samples", inputs, steps=2)
-    assert len(cmds) == (len(demo.TEXT_PROMPTS) if stage.name == "ldm_text" else 1)  # one per prompt
+    assert len(cmds) == (len(demo.TEXT_PROMPTS) if stage.name.startswith("ldm_text") else 1)  # one per prompt
     written = []
     for cmd in cmds:
         assert cmd[0] == sys.executable and cmd[1].startswith("scripts/")
@@ -207,6 +220,14 @@ def test_demo_stage_trains_and_its_script_samples(stage, autoencoder, teacher, i
             guide = cmd[cmd.index("--guide-model") + 1]
             assert Path(guide).name.endswith("step=000000001.ckpt") and Path(guide).parent.name == "trainstep_checkpoints"
             assert cmd[cmd.index("--guide-weight") + 1] == f"{demo.TEXT_GUIDE_WEIGHT:g}"
+    if stage.name == "ldm_text_shapes":  # the class UNet's own weights, frozen; the new blocks trained
+        start = torch.load(request.getfixturevalue("class_ckpt"), map_location="cpu", weights_only=False)["state_dict"]
+        state = ckpt["state_dict"]
+        frozen = [k for k in start if k.startswith("model.diffusion_model.")]
+        assert frozen and all(torch.equal(state[k], start[k]) for k in frozen)
+        new = [k for k in state if k.startswith("model.diffusion_model.") and k not in start]
+        assert new and all(k.split(".")[2:4] in (["input_blocks", "1"], ["output_blocks", "2"],
+                                                 ["output_blocks", "3"]) for k in new)
     if stage.name == "ldm_inpaint":  # known pixels are the input's
         for image, mask in zip(inputs["image"], inputs["mask"]):
             keep = np.asarray(Image.open(mask)) < 128
@@ -237,13 +258,14 @@ def test_write_inputs_cut_from_the_validation_set(tmp_path):
 
 def test_stage_selection():
     names = lambda stages: [s.name for s in stages]  # noqa: E731
-    assert names(demo.select_stages(None)) == ["autoencoder", "ldm_class", "ldm_text"]  # the stages with targets
-    every = ["autoencoder", "ldm_uncond", "ldm_class", "ldm_text", "ldm_sr", "ldm_semantic", "ldm_layout",
-             "ldm_inpaint"]
+    default = ["autoencoder", "ldm_class", "ldm_text", "ldm_text_shapes"]  # the stages with targets
+    assert names(demo.select_stages(None)) == default
+    every = ["autoencoder", "ldm_uncond", "ldm_class", "ldm_text", "ldm_text_shapes", "ldm_sr", "ldm_semantic",
+             "ldm_layout", "ldm_inpaint"]
     assert names(demo.select_stages(["all"])) == every
-    assert names(demo.select_stages(None, tasks=True)) == ["autoencoder", "ldm_class", "ldm_text", *every[4:]]
+    assert names(demo.select_stages(None, tasks=True)) == [*default, *every[5:]]
     assert names(demo.select_stages(["ldm_inpaint", "autoencoder"])) == ["autoencoder", "ldm_inpaint"]
-    assert names(demo.select_stages(["autoencoder"], tasks=True)) == ["autoencoder", *every[4:]]
+    assert names(demo.select_stages(["autoencoder"], tasks=True)) == ["autoencoder", *every[5:]]
     assert names(demo.select_stages(["autoencoder", "ldm_uncond"])) == ["autoencoder", "ldm_uncond"]
     with pytest.raises(ValueError, match="unknown stage"):
         demo.select_stages(["ldm_sr", "ldm_superres"])
@@ -319,7 +341,7 @@ def test_samples_are_autoguided_by_the_half_way_snapshot(what, tmp_path, monkeyp
     fake_snapshots(tmp_path / f"run_ldm_{other}", 10, 20)
     monkeypatch.setattr(demo, "run_stage", lambda name, *a, **k: tmp_path / f"run_{name}")
     monkeypatch.setattr(demo, "run", lambda cmd, commands, what: sampled.append(cmd) if what == "sampling" else None)
-    demo.main(["--no-report", f"--{what}-guide-weight", "0", "-l", str(tmp_path)])
+    demo.main(["--no-report", f"--{what}-guide-weight", "0", "--text-compose-weight", "0", "-l", str(tmp_path)])
     script = "sample_diffusion.py" if what == "class" else "txt2img.py"
     assert [("--guide-model" in cmd) for cmd in sampled] == [Path(cmd[1]).name != script for cmd in sampled]
 
@@ -393,6 +415,33 @@ def test_class_scale_reaches_the_class_samples_only(tmp_path, monkeypatch):
     assert default[default.index("--scale") + 1] == f"{demo.CLASS_SCALE:g}" == "3"
 
 
+def test_text_samples_compose_the_shape_and_colour_models(tmp_path, monkeypatch):
+    runs = {"ldm_text": tmp_path / "run_ldm_text", "ldm_text_shapes": tmp_path / "run_ldm_text_shapes"}
+    cmds = demo.sample_commands(runs, tmp_path / "out")
+    assert len(cmds) == len(demo.TEXT_PROMPTS)
+    for cmd, prompt in zip(cmds, demo.TEXT_PROMPTS):
+        flags = dict(zip(cmd[2::2], cmd[3::2]))
+        assert flags["-r"] == str(runs["ldm_text_shapes"]) and flags["--compose-model"] == str(runs["ldm_text"])
+        assert flags["--compose-weight"] == f"{demo.TEXT_COMPOSE_WEIGHT:g}" == "3" and flags["--prompt"] == prompt.text
+        assert "--guide-model" not in cmd  # the shape run has no snapshot; the colour run's is not needed
+        assert flags["--outdir"] == str(demo.samples_dir(tmp_path / "out", "ldm_text", runs["ldm_text"]))
+    fake_snapshots(runs["ldm_text"], 300, 600)
+    (alone, *_) = demo.sample_commands(runs, tmp_path / "out", text_compose_weight=0)
+    assert alone[alone.index("-r") + 1] == str(runs["ldm_text"]) and "--compose-model" not in alone
+    assert alone[alone.index("--guide-weight") + 1] == f"{demo.TEXT_GUIDE_WEIGHT:g}"
+    # the demo starts the shape model from this invocation's class run, else the logdir's latest
+    started = {}
+    fake_snapshots(tmp_path / "run_ldm_class", 500, 1000)
+    monkeypatch.setattr(demo, "run_stage", lambda name, *a, **k: (started.update({name: a}), tmp_path / f"run_{name}")[1])
+    monkeypatch.setattr(demo, "run", lambda cmd, commands, what: None)
+    demo.main(["--no-report", "-l", str(tmp_path)])
+    assert started["ldm_text_shapes"][-1] == tmp_path / "run_ldm_class" / "checkpoints" / "last.ckpt"
+    assert all(args[-1] is None for name, args in started.items() if name != "ldm_text_shapes")
+    (tmp_path / "logs" / "x_demo_autoencoder").mkdir(parents=True)  # an autoencoder, no class run
+    with pytest.raises(SystemExit, match="no run directory matching .*demo_ldm_class"):
+        demo.main(["--no-report", "--stages", "ldm_text_shapes", "-l", str(tmp_path / "logs")])
+
+
 def test_the_teacher_is_another_seed_than_the_judge(tmp_path, monkeypatch):
     commands = []
     ran = []
@@ -463,4 +512,4 @@ def test_demo_prints_its_wall_time_by_phase(tmp_path, monkeypatch, capsys):
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("Demo wall time: ")]
     assert len(line) == 1
     assert re.fullmatch(r"Demo wall time: \d+ s in all \(autoencoder \d+ s, teacher \d+ s, ldm_class \d+ s, "
-                        r"ldm_text \d+ s, sampling \d+ s\)\.", line[0]), line[0]
+                        r"ldm_text \d+ s, ldm_text_shapes \d+ s, sampling \d+ s\)\.", line[0]), line[0]
