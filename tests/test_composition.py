@@ -102,6 +102,9 @@ def test_txt2img_and_scoring_with_a_composed_model(two_text_runs, tmp_path, caps
     both = _txt2img(low, tmp_path / "both", "--compose-model", str(high), "--compose-weight", "2")
     assert "--compose-model added its guidance to 4 of 4 steps" in capsys.readouterr().out
     assert not np.array_equal(both, alone)
+    # with autoguidance of weight 0 (classifier-free guidance exactly) the composition is the same
+    assert np.array_equal(_txt2img(low, tmp_path / "guided", "--compose-model", str(high), "--compose-weight", "2",
+                                   "--guide-model", str(high), "--guide-weight", "0"), both)
     other, _ = write_run(tmp_path / "other", "text", seed=1)  # another first stage
     klass, _ = write_run(tmp_path / "class", "class")
     with pytest.raises(SystemExit, match="--compose-weight needs --compose-model"):
