@@ -374,8 +374,8 @@ def test_demo_help_runs_as_a_script():
 def test_demo_trains_the_latent_stages_on_the_new_autoencoder(tmp_path, monkeypatch):
     calls = []
 
-    def fake_run_stage(name, config, ae_ckpt, logdir, fast, commands, steps_factor=1, teacher=None):
-        calls.append(("stage", name, ae_ckpt, teacher))
+    def fake_run_stage(name, config, ae_ckpt, logdir, fast, commands, steps_factor=1, teacher=None, class_ckpt=None):
+        calls.append(("stage", name, ae_ckpt, teacher, class_ckpt))
         return tmp_path / f"run_{name}"
 
     fake_snapshots(tmp_path / "run_ldm_class", 500, 1000)
@@ -386,11 +386,13 @@ def test_demo_trains_the_latent_stages_on_the_new_autoencoder(tmp_path, monkeypa
     demo.main(["--no-report", "-l", str(tmp_path)])
     ae = tmp_path / "run_autoencoder" / "checkpoints" / "last.ckpt"
     teacher = tmp_path.resolve() / "demo_teacher"
-    assert calls[0] == ("stage", "autoencoder", None, None)
+    assert calls[0] == ("stage", "autoencoder", None, None, None)
     # the class model's REPA teacher is trained (seed 1) before the stage that needs it, and passed to it
     assert calls[1] == ("run", "scripts/train_classifier.py", str(teacher))
-    assert calls[2:4] == [("stage", "ldm_class", ae, teacher), ("stage", "ldm_text", ae, None)] and len(calls) == 7
-    assert [c[1] for c in calls[4:]] == ["scripts/sample_diffusion.py", *["scripts/txt2img.py"] * 2]
+    class_ckpt = tmp_path / "run_ldm_class" / "checkpoints" / "last.ckpt"
+    assert calls[2:5] == [("stage", "ldm_class", ae, teacher, None), ("stage", "ldm_text", ae, None, None),
+                          ("stage", "ldm_text_shapes", ae, None, class_ckpt)] and len(calls) == 8
+    assert [c[1] for c in calls[5:]] == ["scripts/sample_diffusion.py", *["scripts/txt2img.py"] * 2]
 
 
 def fake_snapshots(run_dir: Path, *steps: int) -> list[Path]:
