@@ -126,27 +126,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_composed(args: argparse.Namespace) -> Optional[Any]:
-    """The ``ComposedModel`` of --compose-model/--compose-weight, or None; bad values exit naming the flag."""
-    if args.compose_model is None:
-        if args.compose_weight is not None:
-            raise SystemExit("--compose-weight needs --compose-model")
-        return None
-    weight = args.scale if args.compose_weight is None else args.compose_weight
-    if not (weight >= 0 and weight != float("inf")):
-        raise SystemExit(f"--compose-weight {weight}: must be a finite number >= 0")
-    from ldm.inference import ComposedModel, load_run
-    from ldm.inference.conditioning import model_kind
-
-    try:
-        model = load_run(args.compose_model, prefer_ema=args.prefer_ema)
-    except (FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"--compose-model {args.compose_model}: {exc}") from exc
-    if model_kind(model) != "text":
-        raise SystemExit(f"--compose-model {args.compose_model}: not a text-conditioned model ({model_kind(model)})")
-    return ComposedModel(model, weight)
-
-
 def response_markdown(responses: list[dict[str, Any]]) -> str:
     rows = ["| step | prompts | response at t |", "|---|---|---|"]
     for r in responses:
@@ -195,7 +174,9 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     from ldm.inference.checks import downsampling_factor
 
     guide = load_guide(args)
-    compose = load_composed(args)
+    from ldm.inference.cli import check_composed, composed_from_args
+
+    compose = composed_from_args(args)
     checked_size = None
     responses = []
     for step, ckpt in ckpts:
@@ -207,12 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
             raise SystemExit(f"--run {run}: not a text-conditioned model ({model_kind(model)})")
         check_guide(guide, model, args)
         if compose is not None:
-            from ldm.inference import check_experts
-
-            try:
-                check_experts(compose.model, model, what="--compose-model and --run", same_schedule=False)
-            except ValueError as exc:
-                raise SystemExit(f"--compose-model {args.compose_model}: {exc}") from exc
+            check_composed(compose.model, model, f"--compose-model {args.compose_model}")
         size = int(model.image_size) * downsampling_factor(model)
         if size != checked_size and not usable_classifier(args.classifier, size=size):
             raise SystemExit(f"--classifier {args.classifier}: not a classifier of the synthetic data at {size} px "

@@ -17,10 +17,11 @@ from ldm.inference.images import safe_join, safe_name, save_grid, save_images, t
 from ldm.inference.loading import RunFiles, find_run, load_model
 from ldm.inference.pipelines import SamplingOptions
 from ldm.inference.runtime import PRECISIONS, seed_everything, select_device
-from ldm.inference.sampling import SAMPLER_NAMES, GuideModel, check_experts
+from ldm.inference.sampling import SAMPLER_NAMES, ComposedModel, GuideModel, check_experts
 
 __all__ = ["CONCAT_SAMPLERS", "LoadedModel", "TaskRun", "add_concat_task_args", "add_guide_args", "add_model_args",
-           "add_output_args", "add_sampling_args", "default_scale", "guide_from_args", "load_companion", "model_from_args",
+           "add_output_args", "add_sampling_args", "check_composed", "composed_from_args", "default_scale",
+           "guide_from_args", "load_companion", "model_from_args",
            "options_from_args", "Outputs", "start_task",
            "timestamp"]
 
@@ -119,15 +120,45 @@ def add_guide_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_companion(path: str, flag: str, model: Any, prefer_ema: bool = True) -> Any:
-    """A second model (a guide, a noise-level expert) from a run directory or checkpoint, on
-    ``model``'s device; SystemExit naming ``flag`` when it cannot be found or has no configs."""
+    """A second model (a guide, a noise-level expert, a composed model) from a run directory or
+    checkpoint, on ``model``'s device (the loader's default when ``model`` is None); SystemExit
+    naming ``flag`` when it cannot be found or has no configs."""
     try:
         run = find_run(path)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"{flag}: {exc}") from exc
     if not run.configs:
         raise SystemExit(f"{flag}: {run.logdir}/configs has no saved configs for {run.ckpt}")
-    return load_model(run.configs, run.ckpt, device=model.alphas_cumprod.device, prefer_ema=prefer_ema)
+    device = None if model is None else model.alphas_cumprod.device
+    return load_model(run.configs, run.ckpt, device=device, prefer_ema=prefer_ema)
+
+
+def check_composed(other: Any, model: Any, flag: str) -> None:
+    """A composed model must estimate the same latents as ``model`` (one first stage; its schedule
+    may differ); SystemExit naming ``flag`` otherwise."""
+    try:
+        check_experts(other, model, what="the composed models", same_schedule=False)
+    except ValueError as exc:
+        raise SystemExit(f"{flag}: {exc}") from exc
+
+
+def composed_from_args(args: argparse.Namespace, model: Any = None) -> Optional[ComposedModel]:
+    """--compose-model/--compose-weight (default: --scale) as a ``ComposedModel``: a text model on
+    ``model``'s device, checked to share its latents (both only when ``model`` is given)."""
+    if args.compose_model is None:
+        if args.compose_weight is not None:
+            raise SystemExit("--compose-weight needs --compose-model")
+        return None
+    flag = f"--compose-model {args.compose_model}"
+    weight = args.scale if args.compose_weight is None else args.compose_weight
+    if not (weight >= 0 and weight != float("inf")):
+        raise SystemExit(f"--compose-weight {weight}: must be a finite number >= 0")
+    other = load_companion(args.compose_model, flag, model, args.prefer_ema)
+    if model_kind(other) != "text":
+        raise SystemExit(f"{flag}: not a text-conditioned model ({model_kind(other)})")
+    if model is not None:
+        check_composed(other, model, flag)
+    return ComposedModel(other, weight)
 
 
 def check_guide_weight(weight: float) -> float:

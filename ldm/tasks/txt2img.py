@@ -30,9 +30,10 @@ from typing import Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from ldm.inference import (ComposedModel, HighNoiseExpert, check_experts, generate, initial_noise, latent_size, model_kind,
+from ldm.inference import (HighNoiseExpert, check_experts, generate, initial_noise, latent_size, model_kind,
                            prompt_conditioning)
-from ldm.inference.cli import (add_guide_args, add_model_args, add_output_args, add_sampling_args, guide_from_args,
+from ldm.inference.cli import (add_guide_args, add_model_args, add_output_args, add_sampling_args, composed_from_args,
+                               guide_from_args,
                                load_companion, start_task)
 
 
@@ -100,26 +101,6 @@ def load_expert(args: argparse.Namespace, model: torch.nn.Module) -> Optional[Hi
     return HighNoiseExpert(expert, args.switch_t)
 
 
-def load_composed(args: argparse.Namespace, model: torch.nn.Module) -> Optional[ComposedModel]:
-    """The --compose-model on the sampled model's device, checked to share its latents."""
-    if args.compose_model is None:
-        if args.compose_weight is not None:
-            raise SystemExit("--compose-weight needs --compose-model")
-        return None
-    flag = f"--compose-model {args.compose_model}"
-    weight = args.scale if args.compose_weight is None else args.compose_weight
-    if not (weight >= 0 and weight != float("inf")):
-        raise SystemExit(f"--compose-weight {weight}: must be a finite number >= 0")
-    other = load_companion(args.compose_model, flag, model, args.prefer_ema)
-    if model_kind(other) != "text":
-        raise SystemExit(f"{flag}: not a text-conditioned model ({model_kind(other)})")
-    try:
-        check_experts(other, model, what="the composed models", same_schedule=False)
-    except ValueError as exc:
-        raise SystemExit(f"{flag}: {exc}") from exc
-    return ComposedModel(other, weight)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
     args = parser().parse_args(argv)
     prompts = read_prompts(args)
@@ -133,7 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Path]:
     model, opts, out, generator = task.model, task.options, task.out, task.generator
     expert = load_expert(args, model)
     guide = guide_from_args(args, model)
-    compose = load_composed(args, model)
+    compose = composed_from_args(args, model)
     h, w = latent_size(model, args.H, args.W)
     shape = (args.n_samples, model.channels, h, w)
     fixed = initial_noise(shape, generator, model.alphas_cumprod.device) if args.fixed_code else None
