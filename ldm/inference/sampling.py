@@ -24,8 +24,7 @@ from ldm.models.diffusion.sampling import (SAMPLERS, AutoGuidance, ClassifierFre
                                            dpm_solver_sigmas, sample_vp, sigmas_from_alphas_cumprod, ve_to_vp)
 
 __all__ = ["SAMPLER_NAMES", "ComposedModel", "GuideModel", "HighNoiseExpert", "check_experts", "initial_noise",
-           "noise_levels",
-           "noise_to_level", "sample_latents"]
+           "noise_levels", "noise_to_level", "sample_latents"]
 
 # user-facing name -> sampler function key; "dpm" is DPM-Solver++(2M) as the original DPMSolverSampler
 SAMPLER_NAMES = {"ddim": "ddim", "plms": "plms", "dpm": "dpmpp_2m", "unipc": "unipc", "ddpm": "ddpm"}
