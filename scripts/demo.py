@@ -19,8 +19,9 @@ Default stages: autoencoder, ldm_class, ldm_text, ldm_text_shapes: the stages wi
 minutes on 2 CPU cores (the speed of the host decides; README). ldm_text learns the prompts' colours,
 ldm_text_shapes (the class model's UNet, frozen, with new cross-attention and caption encoder) their
 shapes; the text samples are the shape model's with the colour model's guidance direction added
-(composable diffusion, txt2img.py --compose-model; --text-compose-weight). The class stage's REPA teacher, a classifier of seed 1
-(the judge's is 0), is trained first into <logdir>/demo_teacher/ (ldm.models.diffusion.alignment).
+(composable diffusion, txt2img.py --compose-model; --text-compose-weight). The class stage's REPA
+teacher, a classifier of seed 1 (the judge's is 0), is trained first into <logdir>/demo_teacher/
+(ldm.models.diffusion.alignment).
 The class samples are autoguided by their run's half-way snapshot (--class-guide-weight; 0 samples
 with classifier-free guidance alone), as the text model's are when it is sampled alone (--text-guide-weight).
 Opt-in: ldm_uncond (an unconditional model, about 1.5 minutes more) and the task stages ldm_sr
@@ -39,8 +40,6 @@ classifier's features (not Inception FID). --no-report skips this. Last it print
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import shlex
 import subprocess
@@ -52,8 +51,8 @@ from typing import NamedTuple, Optional, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ldm.eval.demo_figures import (FAST, FULL, SEED, TEXT_PROMPTS, autoencoder_figures,  # noqa: E402
-                                   class_figures, text_figures)
+from ldm.eval.demo_figures import (FAST, FULL, SEED, TEXT_PROMPTS, PhaseTimer,  # noqa: E402
+                                   autoencoder_figures, class_figures, text_figures)
 from ldm.eval.demo_figures import SIZE as DEMO_SIZE  # noqa: E402  image side of the demo data (configs/demo/*.yaml)
 
 
@@ -92,28 +91,6 @@ TEXT_SAMPLER, TEXT_STEPS, TEXT_SCALE = "unipc", 20, 3.0  # how txt2img.py sample
 TEXT_COMPOSE_WEIGHT = 3.0
 CLASS_CKPT_KEY = "model.params.ckpt_path"  # where a stage started from the class model gets its checkpoint
 STARTS_FROM_CLASS = ("ldm_text_shapes",)
-
-
-class PhaseTimer:
-    """Wall time of the demo's phases, in the order they ran; ``clock`` is injectable for tests."""
-
-    def __init__(self, clock=time.monotonic):
-        self.clock = clock
-        self.start = clock()
-        self.phases: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, phase: str):
-        start = self.clock()
-        try:
-            yield
-        finally:
-            self.phases[phase] = self.phases.get(phase, 0.0) + self.clock() - start
-
-    def summary(self) -> str:
-        """``874 s in all (autoencoder 99 s, ...)``: the whole time since the timer started, then each phase."""
-        parts = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in self.phases.items())
-        return f"{self.clock() - self.start:.0f} s in all" + (f" ({parts})" if parts else "")
 
 
 def select_stages(names: Optional[Sequence[str]], tasks: bool = False) -> list[Stage]:
@@ -205,33 +182,11 @@ def run_stage(name: str, config: str, ae_ckpt: Path | None, logdir: Path, fast: 
 
 
 def write_inputs(folder: Path, size: int = DEMO_SIZE, n: int = N_INPUTS) -> dict[str, list[Path]]:
-    """Sampling inputs for the task scripts, cut from the synthetic validation set (never trained on):
-    ``image``/``mask`` (inpaint.py), ``lr`` (superres.py, ``DEMO_F`` times smaller: the latent's size), ``seg`` (semantic2img.py,
-    class indices) and ``layout`` (layout2img.py: one JSON with a layout per example, largest box first)."""
-    # Imported here so that --help and stage validation do not pay for loading torch.
-    import numpy as np
-    from PIL import Image
+    """The task scripts' sampling inputs at the demo's size and downsampling factor
+    (``ldm.data.synthetic.write_sampling_inputs``; imported here so that --help does not load torch)."""
+    from ldm.data.synthetic import write_sampling_inputs
 
-    from ldm.data.image_io import to_uint8
-    from ldm.data.synthetic import SyntheticShapesValidation, layout_boxes
-
-    folder.mkdir(parents=True, exist_ok=True)
-    data = SyntheticShapesValidation(size=size, length=n, lr_factor=DEMO_F, inpainting_masks=True)
-    files: dict[str, list[Path]] = {"image": [], "mask": [], "lr": [], "seg": [], "layout": []}
-    layouts = []
-    for i in range(n):
-        ex = data[i]
-        arrays = {"image": to_uint8(ex["image"]), "mask": (ex["mask"][..., 0] * 255).astype(np.uint8),
-                  "lr": to_uint8(ex["LR_image"]), "seg": ex["segmentation_index"].astype(np.uint8)}
-        for kind, arr in arrays.items():
-            path = folder / (f"shapes{i}.png" if kind == "image" else f"shapes{i}_{kind}.png")
-            Image.fromarray(arr).save(path)
-            files[kind].append(path)
-        layouts.append({"objects": [{"class": int(row[0]), "bbox": [float(v) for v in row[1:]]}
-                                    for row in layout_boxes(ex)]})
-    files["layout"].append(folder / "boxes.json")
-    files["layout"][0].write_text(json.dumps(layouts, indent=1))
-    return files
+    return write_sampling_inputs(folder, size=size, n=n, lr_factor=DEMO_F)
 
 
 SAMPLE_FOLDERS = {"ldm_uncond": "uncond", "ldm_class": "class", "ldm_text": "text", "ldm_text_shapes": "text",
@@ -261,11 +216,11 @@ def guide_args(run_dir: Path, what: str, weight: float) -> list[str]:
 
 
 def text_sampling(runs: dict[str, Path], text_guide_weight: float = TEXT_GUIDE_WEIGHT,
-                  text_compose_weight: float = TEXT_COMPOSE_WEIGHT) -> tuple[str, list[str], str]:
+                  text_compose_weight: float = TEXT_COMPOSE_WEIGHT) -> Optional[tuple[str, list[str], str]]:
     """How the demo samples text: (the stage whose samples are the text samples, the txt2img.py flags
-    that pick its model, a description). With both text stages and a positive ``text_compose_weight``,
-    the shape model composed with the colour model; otherwise the one text model there is, the colour
-    model autoguided by its half-way snapshot (``text_guide_weight``)."""
+    that pick its model, a description), None without a text stage. With both text stages and a
+    positive ``text_compose_weight``, the shape model composed with the colour model; otherwise the one
+    text model there is, the colour model autoguided by its half-way snapshot (``text_guide_weight``)."""
     if "ldm_text" in runs and "ldm_text_shapes" in runs and text_compose_weight:
         flags = ["-r", str(runs["ldm_text_shapes"]), "--compose-model", str(runs["ldm_text"]),
                  "--compose-weight", f"{text_compose_weight:g}"]
@@ -275,7 +230,9 @@ def text_sampling(runs: dict[str, Path], text_guide_weight: float = TEXT_GUIDE_W
         guided = f", autoguidance weight {text_guide_weight:g}" if text_guide_weight else ""
         return "ldm_text", ["-r", str(runs["ldm_text"]), *guide_args(runs["ldm_text"], "text", text_guide_weight)], \
             f"the text model{guided}"
-    return "ldm_text_shapes", ["-r", str(runs["ldm_text_shapes"])], "the shape model alone"
+    if "ldm_text_shapes" in runs:
+        return "ldm_text_shapes", ["-r", str(runs["ldm_text_shapes"])], "the shape model alone"
+    return None
 
 
 def sample_commands(runs: dict[str, Path], outdir: Path, inputs: Optional[dict[str, list[Path]]] = None,
@@ -310,8 +267,9 @@ def sample_commands(runs: dict[str, Path], outdir: Path, inputs: Optional[dict[s
         cmds.append([py, "scripts/sample_diffusion.py", "-r", str(runs["ldm_class"]), "-n", "16",
                      "--classes", *map(str, range(8)), "--scale", f"{class_scale:g}", *guide, "-c", n_steps(50),
                      "-l", dest("ldm_class")])
-    if runs.keys() & {"ldm_text", "ldm_text_shapes"}:
-        stage, model_flags, _ = text_sampling(runs, text_guide_weight, text_compose_weight)
+    text = text_sampling(runs, text_guide_weight, text_compose_weight)
+    if text is not None:
+        stage, model_flags, _ = text
         cmds += [[py, "scripts/txt2img.py", *model_flags, "--prompt", prompt.text, "--sampler", TEXT_SAMPLER,
                   "--steps", n_steps(TEXT_STEPS), "--scale", str(TEXT_SCALE), "--n_samples", "16",
                   "--outdir", dest(stage)] for prompt in TEXT_PROMPTS]
@@ -386,10 +344,9 @@ def write_demo_report(runs: dict[str, Path], logdir: Path, fast: bool, commands:
     from ldm.eval.html_report import format_figures, write_report
     from ldm.inference.images import safe_name
 
-    if not runs.keys() & {"autoencoder", "ldm_class", "ldm_text", "ldm_text_shapes"}:
+    text = text_sampling(runs, text_guide_weight, text_compose_weight)
+    if not runs.keys() & {"autoencoder", "ldm_class"} and text is None:
         return None
-    text = text_sampling(runs, text_guide_weight, text_compose_weight) if runs.keys() & {"ldm_text",
-                                                                                          "ldm_text_shapes"} else None
     sizes = FAST if fast else FULL
     outdir = logdir / "demo_samples"
     figures, images = [], []

@@ -67,8 +67,9 @@ def compose_settings(args: argparse.Namespace) -> dict[str, Any]:
     """None for the default, so that older scores files stay valid."""
     if args.compose_model is None:
         return {}
-    weight = args.scale if args.compose_weight is None else args.compose_weight
-    return {"compose_model": str(Path(args.compose_model).resolve()), "compose_weight": weight}
+    from ldm.inference.cli import compose_weight
+
+    return {"compose_model": str(Path(args.compose_model).resolve()), "compose_weight": compose_weight(args)}
 
 
 def mean_by_step(points: list[dict[str, Any]], key: str) -> dict[int, float]:

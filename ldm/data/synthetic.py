@@ -38,6 +38,7 @@ __all__ = [
     "VALIDATION_OFFSET",
     "caption_vocabulary",
     "layout_boxes",
+    "write_sampling_inputs",
 ]
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "hexagon", "star", "cross", "ring")
@@ -333,3 +334,35 @@ class SyntheticShapesValidation(SyntheticShapes):
         if "offset" in kwargs:
             raise ValueError("SyntheticShapesValidation fixes its offset; use SyntheticShapes to choose one")
         super().__init__(length=length, offset=VALIDATION_OFFSET, **kwargs)
+
+
+def write_sampling_inputs(folder: Any, size: int = 32, n: int = 2, lr_factor: int = 2) -> dict[str, list[Any]]:
+    """Sampling inputs for the task scripts, cut from the synthetic validation set (never trained on),
+    written into ``folder``: ``image``/``mask`` (inpaint.py), ``lr`` (superres.py, ``lr_factor`` times
+    smaller), ``seg`` (semantic2img.py, class indices) and ``layout`` (layout2img.py: one JSON with a
+    layout per example, largest box first). Returns the paths by kind."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    from ldm.data.image_io import to_uint8
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = SyntheticShapesValidation(size=size, length=n, lr_factor=lr_factor, inpainting_masks=True)
+    files: dict[str, list[Path]] = {"image": [], "mask": [], "lr": [], "seg": [], "layout": []}
+    layouts = []
+    for i in range(n):
+        ex = data[i]
+        arrays = {"image": to_uint8(ex["image"]), "mask": (ex["mask"][..., 0] * 255).astype(np.uint8),
+                  "lr": to_uint8(ex["LR_image"]), "seg": ex["segmentation_index"].astype(np.uint8)}
+        for kind, arr in arrays.items():
+            path = folder / (f"shapes{i}.png" if kind == "image" else f"shapes{i}_{kind}.png")
+            Image.fromarray(arr).save(path)
+            files[kind].append(path)
+        layouts.append({"objects": [{"class": int(row[0]), "bbox": [float(v) for v in row[1:]]}
+                                    for row in layout_boxes(ex)]})
+    files["layout"].append(folder / "boxes.json")
+    files["layout"][0].write_text(json.dumps(layouts, indent=1))
+    return files

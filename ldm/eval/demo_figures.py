@@ -5,12 +5,15 @@ with :mod:`ldm.eval.synthetic_scores` and returned as report :class:`~ldm.eval.h
   recognises the reconstructions (the ceiling of any decoded sample);
 * :func:`class_figures`: guided (optionally autoguided) class samples recognised as their class,
   relative to real images, and an FID-like score of the classifier's features (not Inception FID);
-* :func:`text_figures`: whether each prompt's samples show its colours and its first shape.
+* :func:`text_figures`: whether each prompt's samples show its colours and its first shape;
+* :class:`PhaseTimer`: the demo's wall time by phase, printed and reported.
 
 The issue-level targets are :class:`Targets`; :data:`FULL` and :data:`FAST` size the measurements.
 """
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence
 
@@ -20,8 +23,8 @@ if TYPE_CHECKING:
 
     from ldm.eval.html_report import Figure
 
-__all__ = ["FAST", "FULL", "SEED", "SIZE", "TEXT_PROMPTS", "Prompt", "Sizes", "Targets", "autoencoder_figures",
-           "class_figures", "text_figures", "uint8_to_tensor"]
+__all__ = ["FAST", "FULL", "SEED", "SIZE", "TEXT_PROMPTS", "PhaseTimer", "Prompt", "Sizes", "Targets",
+           "autoencoder_figures", "class_figures", "text_figures", "uint8_to_tensor"]
 
 SIZE = 32  # image side of the demo's synthetic data (configs/demo/*.yaml)
 SEED = 0   # noise of the class samples; also the judge's training seed (scripts/train_classifier.py's default)
@@ -149,3 +152,25 @@ def text_figures(samples_dir: Path, classifier: Path, n_real: int, prompts: Sequ
                    note="the caption names the largest object first; chance 12.5 %"),
         ]
     return figures
+
+
+class PhaseTimer:
+    """Wall time of the demo's phases, in the order they ran; ``clock`` is injectable for tests."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.start = clock()
+        self.phases: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = self.clock()
+        try:
+            yield
+        finally:
+            self.phases[phase] = self.phases.get(phase, 0.0) + self.clock() - start
+
+    def summary(self) -> str:
+        """``874 s in all (autoencoder 99 s, ...)``: the whole time since the timer started, then each phase."""
+        parts = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in self.phases.items())
+        return f"{self.clock() - self.start:.0f} s in all" + (f" ({parts})" if parts else "")

@@ -20,8 +20,8 @@ from ldm.inference.runtime import PRECISIONS, seed_everything, select_device
 from ldm.inference.sampling import SAMPLER_NAMES, ComposedModel, GuideModel, check_experts
 
 __all__ = ["CONCAT_SAMPLERS", "LoadedModel", "TaskRun", "add_concat_task_args", "add_guide_args", "add_model_args",
-           "add_output_args", "add_sampling_args", "check_composed", "composed_from_args", "default_scale",
-           "guide_from_args", "load_companion", "model_from_args",
+           "add_output_args", "add_sampling_args", "check_composed", "compose_weight", "composed_from_args",
+           "default_scale", "guide_from_args", "load_companion", "model_from_args",
            "options_from_args", "Outputs", "start_task",
            "timestamp"]
 
@@ -142,6 +142,14 @@ def check_composed(other: Any, model: Any, flag: str) -> None:
         raise SystemExit(f"{flag}: {exc}") from exc
 
 
+def compose_weight(args: argparse.Namespace) -> float:
+    """--compose-weight (default: --scale), refused unless a finite number >= 0."""
+    weight = args.scale if args.compose_weight is None else args.compose_weight
+    if not (weight >= 0 and weight != float("inf")):
+        raise SystemExit(f"--compose-weight {weight}: must be a finite number >= 0")
+    return weight
+
+
 def composed_from_args(args: argparse.Namespace, model: Any = None) -> Optional[ComposedModel]:
     """--compose-model/--compose-weight (default: --scale) as a ``ComposedModel``: a text model on
     ``model``'s device, checked to share its latents (both only when ``model`` is given)."""
@@ -150,9 +158,7 @@ def composed_from_args(args: argparse.Namespace, model: Any = None) -> Optional[
             raise SystemExit("--compose-weight needs --compose-model")
         return None
     flag = f"--compose-model {args.compose_model}"
-    weight = args.scale if args.compose_weight is None else args.compose_weight
-    if not (weight >= 0 and weight != float("inf")):
-        raise SystemExit(f"--compose-weight {weight}: must be a finite number >= 0")
+    weight = compose_weight(args)
     other = load_companion(args.compose_model, flag, model, args.prefer_ema)
     if model_kind(other) != "text":
         raise SystemExit(f"{flag}: not a text-conditioned model ({model_kind(other)})")

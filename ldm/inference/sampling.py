@@ -183,8 +183,6 @@ def sample_latents(
     if compose is not None:
         if expert is not None:
             raise ValueError("noise-level experts and composition cannot be combined; use one of them")
-        if compose.cond is None or compose.uncond is None:
-            raise ValueError("composition needs the second model's conditional and unconditional inputs")
         if compose.checked_with is not model:
             check_experts(compose.model, model, what="the composed models", same_schedule=False)
             compose.checked_with = model
