@@ -69,6 +69,24 @@ def test_train_writes_run_directory_then_resume_continues(tmp_path):
     assert {name: (rundir / "configs" / name).read_bytes() for name in first} == first
 
 
+def test_trainer_flags_of_the_command_line_are_recorded_and_kept_on_resume(tmp_path):
+    # --precision bf16-mixed trains on CPU under autocast with fp32 weights, and the run directory says so
+    assert train(tmp_path, "--precision", "bf16-mixed", max_steps=2) == 0
+    rundir = only_run(tmp_path)
+    (first,) = (rundir / "configs").glob("*-lightning.yaml")
+    trainer = OmegaConf.load(first).lightning.trainer
+    assert (trainer.precision, trainer.max_steps, trainer.accelerator) == ("bf16-mixed", 2, "cpu")
+    assert trainer.val_check_interval == 2  # the config's own keys stay
+    state = torch.load(rundir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert {v.dtype for k, v in state.items() if v.is_floating_point()} == {torch.float32}
+    # resumed without the flag, the run keeps its precision; the new --max_steps is recorded for this invocation
+    assert run(["--resume", str(rundir), "-t", "--logger", "csv", "--max_steps", "4"]) == 0
+    (second,) = set((rundir / "configs").glob("*-lightning.yaml")) - {first}
+    trainer = OmegaConf.load(second).lightning.trainer
+    assert (trainer.precision, trainer.max_steps) == ("bf16-mixed", 4)
+    assert OmegaConf.load(first).lightning.trainer.max_steps == 2
+
+
 def test_config_errors_exit_2_with_the_config_path(tmp_path, capsys):
     code = main(["--base", DEMO_AE, "-l", str(tmp_path), "model.params.ddconfig.ch_mlt=[1,2]"])
     assert code == 2

@@ -26,7 +26,7 @@ from ldm.trainer.loggers import build_logger
 from ldm.trainer.nonfinite import NonFiniteGuard
 from ldm.trainer.preemption import PreemptionCheckpoint
 from ldm.trainer.rundir import RunDir, new_run, resume_run
-from ldm.trainer.trainer_config import fsdp_strategy, normalise_trainer_config, num_devices
+from ldm.trainer.trainer_config import command_line_settings, fsdp_strategy, normalise_trainer_config, num_devices
 from ldm.util import count_params, instantiate_from_config
 
 
@@ -160,6 +160,8 @@ def _run(opt, overrides: list[str]) -> int:
     lightning_config = config.pop("lightning", OmegaConf.create())
     check_config_tree(OmegaConf.masked_copy(config, [k for k in ("model", "data") if k in config]))
     trainer_kwargs = normalise_trainer_config(_section(lightning_config, "trainer"), opt)
+    lightning_config.trainer = OmegaConf.merge(lightning_config.get("trainer") or {},
+                                               command_line_settings(trainer_kwargs, opt))
     if lightning_config.get("fsdp") is not None:  # FSDP with block-wise wrapping (docs/distributed.md)
         trainer_kwargs["strategy"] = fsdp_strategy(_section(lightning_config, "fsdp"), trainer_kwargs.get("strategy"))
     pl.seed_everything(opt.seed, workers=True)

@@ -46,7 +46,7 @@ def normalise_trainer_config(cfg: dict[str, Any], opt: Any) -> dict[str, Any]:
         except ValueError as exc:
             raise ConfigError("--gpus", str(exc)) from None
         cfg["accelerator"], cfg["devices"] = accelerator, devices
-    for key in ("accelerator", "num_nodes", "strategy", "precision", "max_steps", "max_epochs"):
+    for key in CLI_TRAINER_KEYS:
         value = getattr(opt, key, None)
         if value is not None:
             cfg[key] = value
@@ -61,6 +61,22 @@ def normalise_trainer_config(cfg: dict[str, Any], opt: Any) -> dict[str, Any]:
         raise ConfigError(f"lightning.trainer.{unknown[0]}", "not a Lightning 2 Trainer argument")
     check_accelerator(cfg)
     return cfg
+
+
+CLI_TRAINER_KEYS = ("accelerator", "num_nodes", "strategy", "precision", "max_steps", "max_epochs")
+
+
+def command_line_settings(trainer_kwargs: dict[str, Any], opt: Any) -> dict[str, Any]:
+    """The Trainer arguments that the command line set (``--precision``, ``--max_steps``, ``--gpus``, ...),
+    as the run directory's saved lightning config should record them: a run is then read and resumed
+    as it was trained, not as its config file alone says."""
+    keys = [k for k in CLI_TRAINER_KEYS if getattr(opt, k, None) is not None]
+    if getattr(opt, "gpus", None) is not None:
+        keys += ["accelerator", "devices"]
+    if getattr(opt, "devices", None) is not None:
+        keys.append("devices")
+    plain = (str, int, float, bool, list)  # an FSDP strategy object stays out of the YAML
+    return {k: trainer_kwargs[k] for k in dict.fromkeys(keys) if isinstance(trainer_kwargs.get(k), plain)}
 
 
 def _parse_devices(spec: str) -> int | str | list[int]:
