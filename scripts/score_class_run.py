@@ -38,6 +38,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"version": SCORES_VERSION, "classifier": str(Path(args.classifier).resolve()), "n_samples": args.n,
             "sampler": args.sampler, "steps": args.steps, "seed": args.seed, "n_real": args.n_real,
             **({"eta": args.eta} if args.eta else {}),  # absent at 0: files scored before --eta stay valid
+            **({"precision": args.precision} if args.precision != "fp32" else {}),  # the same for --precision
             **guide_settings(args)}
 
 
@@ -77,6 +78,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity, ddim only: 0 deterministic (default), "
                                                           "1 ancestral")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="the networks' autocast while sampling (default fp32; bf16 for a model trained in bf16-mixed, "
+                        "as scripts/demo.py samples it)")
     p.add_argument("--n-real", type=int, default=500, help="real validation images for the reference (default 500)")
     p.add_argument("--out", default=None, help="output folder (default <run>/eval/class_scores)")
     add_guide_flags(p)
@@ -131,7 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
         for scale in todo:
             s = class_sample_scores(model, args.classifier, args.n, sampler=args.sampler, steps=args.steps,
                                     scale=scale, seed=args.seed, n_real=args.n_real, size=size, progress=False,
-                                    guide=guide, eta=args.eta)
+                                    guide=guide, eta=args.eta, precision=args.precision)
             points.append({"step": step, "scale": scale, "checkpoint": ckpt.name, "accuracy": s.accuracy,
                            "relative_accuracy": s.relative_accuracy, "fid_like": s.fid_like,
                            "real_accuracy": s.real_accuracy})

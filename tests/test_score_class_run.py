@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -101,6 +102,23 @@ def test_eta_samples_ddim_stochastically_and_is_a_setting(class_run, tmp_path):
         script.main(_argv(run, clf, tmp_path / "o", "--eta", "1", "--sampler", "dpm"))
     with pytest.raises(SystemExit, match=r"--eta 2: must lie in \[0, 1\]"):
         script.main(_argv(run, clf, tmp_path / "o", "--eta", "2"))
+
+
+def test_precision_samples_under_autocast_and_is_a_setting(class_run, tmp_path):
+    from ldm.eval.synthetic_scores import class_sample_scores
+    from ldm.inference import load_run
+
+    run, clf = class_run
+    script = _script()
+    script.main(_argv(run, clf, tmp_path / "plain"))
+    assert "precision" not in json.loads((tmp_path / "plain" / "scores.json").read_text())["settings"]
+    bf16 = script.main(_argv(run, clf, tmp_path / "bf16", "--precision", "bf16"))
+    assert json.loads((tmp_path / "bf16" / "scores.json").read_text())["settings"]["precision"] == "bf16"
+    kwargs = dict(sampler="ddim", steps=2, scale=3.0, seed=0, n_real=8, size=16, progress=False)
+    expected = class_sample_scores(load_run(run), clf, 4, precision="bf16", **kwargs)
+    assert (bf16[-1]["accuracy"], bf16[-1]["fid_like"]) == (expected.accuracy, expected.fid_like)
+    fp32 = class_sample_scores(load_run(run), clf, 4, **kwargs)
+    assert fp32.samples.shape == expected.samples.shape and not np.array_equal(fp32.samples, expected.samples)
 
 
 def test_bad_arguments_are_named(class_run, tmp_path):

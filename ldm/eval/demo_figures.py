@@ -90,12 +90,13 @@ def autoencoder_figures(run_dir: Path, n: int, grid: Path, classifier: Optional[
 
 
 def class_figures(run_dir: Path, classifier: Path, sizes: Sizes, grid: Path, scale: float,
-                  guide: Optional[Path] = None, guide_weight: float = 0.0, size: int = SIZE) -> list["Figure"]:
+                  guide: Optional[Path] = None, guide_weight: float = 0.0, size: int = SIZE,
+                  precision: str = "fp32") -> list["Figure"]:
     """How often guided class samples of the run are recognised as their class by the classifier,
     relative to real validation images, and an FID-like score of the classifier's features. With
     ``guide`` (a weaker checkpoint of the same task, e.g. the run's half-way snapshot) and a positive
-    ``guide_weight`` the samples are autoguided by it. Writes the first 64 samples as a grid whose
-    column k is class k."""
+    ``guide_weight`` the samples are autoguided by it; ``precision`` is the sampling's autocast (bf16 for
+    a model trained in bf16-mixed). Writes the first 64 samples as a grid whose column k is class k."""
     from ldm.eval.html_report import Figure
     from ldm.eval.synthetic_scores import class_sample_scores
     from ldm.inference import GuideModel, load_run, save_grid
@@ -106,11 +107,13 @@ def class_figures(run_dir: Path, classifier: Path, sizes: Sizes, grid: Path, sca
     model = load_run(run_dir, device="cpu")
     guided = GuideModel(load_run(guide, device="cpu"), guide_weight) if guide is not None else None
     scores = class_sample_scores(model, classifier, sizes.class_samples, sampler="ddim", steps=sizes.class_steps,
-                                 scale=scale, seed=SEED, n_real=sizes.real_images, size=size, guide=guided)
+                                 scale=scale, seed=SEED, n_real=sizes.real_images, size=size, guide=guided,
+                                 precision=precision)
     save_grid(uint8_to_tensor(scores.samples[:64]), grid, nrow=8)  # column k: class k
     how = f"{sizes.class_samples} samples (class i mod 8), DDIM {sizes.class_steps} steps, guidance scale {scale:g}"
     if guide is not None:
         how += f", autoguidance weight {guide_weight:g} by {Path(guide).name}"
+    how += f", {precision} autocast" if precision != "fp32" else ""
     return [
         Figure(f"Classifier accuracy on {scores.n_real} real validation images", 100 * scores.real_accuracy,
                unit="%", digits=1, note=scores.extractor),

@@ -115,10 +115,11 @@ def real_reference(classifier_folder: Union[str, os.PathLike], n_real: int = 100
 def class_sample_scores(model: Any, classifier_folder: Union[str, os.PathLike], n_samples: int,
                         sampler: str = "ddim", steps: int = 50, scale: float = 3.0, seed: int = 0,
                         n_real: int = 1000, size: int = SIZE, progress: bool = True,
-                        guide: Any = None, eta: float = 0.0) -> ClassSampleScores:
+                        guide: Any = None, eta: float = 0.0, precision: str = "fp32") -> ClassSampleScores:
     """Sample ``n_samples`` class-conditional images (class i mod n_classes, noise seeded by (seed, i),
     ``ldm.eval.protocols.generation_batches``; ``guide``: a ``GuideModel`` for autoguidance; ``eta``:
-    DDIM's stochasticity, ddim only) and judge them with the classifier in ``classifier_folder``."""
+    DDIM's stochasticity, ddim only; ``precision``: the networks' autocast, fp32, fp16 or bf16) and judge
+    them with the classifier in ``classifier_folder``."""
     from ldm.eval.features import extract_features
     from ldm.eval.metrics import Statistics, accuracy, fid
     from ldm.eval.protocols import generation_batches
@@ -127,7 +128,7 @@ def class_sample_scores(model: Any, classifier_folder: Union[str, os.PathLike], 
     if n_samples < 2:
         raise ValueError(f"n_samples={n_samples}: the FID-like score needs at least 2 samples")
     ref = real_reference(classifier_folder, n_real, size)
-    opts = SamplingOptions(sampler=sampler, steps=steps, scale=scale, eta=eta, progress=False)
+    opts = SamplingOptions(sampler=sampler, steps=steps, scale=scale, eta=eta, progress=False, precision=precision)
     make = generation_batches(model, opts, seed, guide=guide)
     samples, labels = [], []
     for start in range(0, n_samples, SAMPLE_BATCH):
