@@ -207,3 +207,25 @@ def test_sample_latents_checks_the_expert(two_text_runs):
     mh.register_buffer("alphas_cumprod", mh.alphas_cumprod * 0.999, persistent=False)
     with pytest.raises(ValueError, match="different noise schedules"):
         sample_latents(ml, shape, cond=c, steps=2, progress=False, expert=HighNoiseExpert(mh, 50, cond=hc))
+
+
+def test_txt2img_renders_several_prompts_in_one_process(two_text_runs, tmp_path):
+    from PIL import Image
+
+    from ldm.inference.images import safe_name
+
+    run, prompts = two_text_runs[1], ["a red circle on a blue background", "a green square on a yellow background"]
+    common = ["-r", str(run), "--n_samples", "2", "--seed", "3", "--scale", "2", "--steps", "4", "--no-progress",
+              "--device", "cpu"]
+    load_script("txt2img").main([*common, "--prompt", *prompts, "--outdir", str(tmp_path / "both")])
+    for prompt in prompts:  # each prompt its folder of samples and its grid
+        assert len(list((tmp_path / "both" / "samples" / safe_name(prompt)).glob("*.png"))) == 2
+        assert (tmp_path / "both" / f"grid-{safe_name(prompt)}-0000.png").is_file()
+    # the first prompt's images are those of a run of it alone with the same seed; the next draw on
+    load_script("txt2img").main([*common, "--prompt", prompts[0], "--outdir", str(tmp_path / "one")])
+
+    def images(folder):
+        return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))])
+
+    first = images(tmp_path / "both" / "samples" / safe_name(prompts[0]))
+    assert np.array_equal(first, images(tmp_path / "one" / "samples" / safe_name(prompts[0])))

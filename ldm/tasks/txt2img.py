@@ -40,7 +40,9 @@ from ldm.inference.cli import (add_guide_args, add_model_args, add_output_args, 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("prompts")
-    g.add_argument("--prompt", default=None, help="the prompt to render")
+    g.add_argument("--prompt", nargs="+", default=None,
+                   help="the prompt to render; several are rendered one after another in one process (one model "
+                        "load), their noise drawn in turn from --seed's generator")
     g.add_argument("--from-file", "--from_file", dest="from_file", default=None,
                    help="a text file with one prompt per line (empty lines are skipped)")
     g.add_argument("--H", type=int, default=None, help="image height in px (default: the training size)")
@@ -77,7 +79,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
         return prompts
     if args.prompt is None:
         raise SystemExit("give a prompt with --prompt \"...\" or a file with --from-file")
-    return [args.prompt]
+    return list(args.prompt)
 
 
 def load_expert(args: argparse.Namespace, model: torch.nn.Module) -> Optional[HighNoiseExpert]:
