@@ -23,6 +23,7 @@ from PIL import Image
 
 from ldm.data.synthetic import SHAPES, SyntheticShapesValidation, layout_boxes
 from ldm.inference.layouts import read_layouts
+from ldm.trainer import precision
 from ldm.trainer.run import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -334,9 +335,8 @@ def test_samples_are_autoguided_by_the_half_way_snapshot(what, tmp_path, monkeyp
     assert f"{demo.SNAPSHOT_KEY}={2 * every}" in demo.step_overrides(config, 2)
     half, _ = fake_snapshots(run_dir, 2 * every, 4 * every)  # --steps-factor 2
     cmds = demo.sample_commands({stage: run_dir}, tmp_path, **{weight: 1.5})
-    assert len(cmds) == (len(demo.TEXT_PROMPTS) if what == "text" else 1)
-    for cmd in cmds:
-        assert cmd[cmd.index("--guide-model") + 1] == str(half) and cmd[cmd.index("--guide-weight") + 1] == "1.5"
+    (cmd,) = cmds  # the text prompts in one txt2img.py call
+    assert cmd[cmd.index("--guide-model") + 1] == str(half) and cmd[cmd.index("--guide-weight") + 1] == "1.5"
     sampled = []
     fake_snapshots(tmp_path / f"run_ldm_{other}", 10, 20)
     monkeypatch.setattr(demo, "run_stage", lambda name, *a, **k: tmp_path / f"run_{name}")
@@ -371,11 +371,15 @@ def test_demo_help_runs_as_a_script():
 
 
 
-def test_demo_trains_the_latent_stages_on_the_new_autoencoder(tmp_path, monkeypatch):
-    calls = []
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_demo_trains_the_latent_stages_on_the_new_autoencoder(tmp_path, monkeypatch, native_bf16):
+    calls, precisions = [], {}
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native_bf16)
 
-    def fake_run_stage(name, config, ae_ckpt, logdir, fast, commands, steps_factor=1, teacher=None, class_ckpt=None):
+    def fake_run_stage(name, config, ae_ckpt, logdir, fast, commands, steps_factor=1, teacher=None, class_ckpt=None,
+                       precision="32"):
         calls.append(("stage", name, ae_ckpt, teacher, class_ckpt))
+        precisions[name] = precision
         return tmp_path / f"run_{name}"
 
     fake_snapshots(tmp_path / "run_ldm_class", 500, 1000)
@@ -391,8 +395,14 @@ def test_demo_trains_the_latent_stages_on_the_new_autoencoder(tmp_path, monkeypa
     assert calls[1] == ("run", "scripts/train_classifier.py", str(teacher))
     class_ckpt = tmp_path / "run_ldm_class" / "checkpoints" / "last.ckpt"
     assert calls[2:5] == [("stage", "ldm_class", ae, teacher, None), ("stage", "ldm_text", ae, None, None),
-                          ("stage", "ldm_text_shapes", ae, None, class_ckpt)] and len(calls) == 8
-    assert [c[1] for c in calls[5:]] == ["scripts/sample_diffusion.py", *["scripts/txt2img.py"] * 2]
+                          ("stage", "ldm_text_shapes", ae, None, class_ckpt)] and len(calls) == 7
+    assert [c[1] for c in calls[5:]] == ["scripts/sample_diffusion.py", "scripts/txt2img.py"]  # both prompts at once
+    # --precision auto: the class and shape stages in bf16 autocast where the CPU has bf16 instructions; the
+    # autoencoder and the colour model (no colours in bf16) in fp32
+    mixed = "bf16-mixed" if native_bf16 else "32"
+    assert precisions == {"autoencoder": "32", "ldm_class": mixed, "ldm_text": "32", "ldm_text_shapes": mixed}
+    demo.main(["--no-report", "--precision", "32", "-l", str(tmp_path)])
+    assert set(precisions.values()) == {"32"}
 
 
 def fake_snapshots(run_dir: Path, *steps: int) -> list[Path]:
@@ -419,14 +429,15 @@ def test_class_scale_reaches_the_class_samples_only(tmp_path, monkeypatch):
 
 def test_text_samples_compose_the_shape_and_colour_models(tmp_path, monkeypatch):
     runs = {"ldm_text": tmp_path / "run_ldm_text", "ldm_text_shapes": tmp_path / "run_ldm_text_shapes"}
-    cmds = demo.sample_commands(runs, tmp_path / "out")
-    assert len(cmds) == len(demo.TEXT_PROMPTS)
-    for cmd, prompt in zip(cmds, demo.TEXT_PROMPTS):
-        flags = dict(zip(cmd[2::2], cmd[3::2]))
-        assert flags["-r"] == str(runs["ldm_text_shapes"]) and flags["--compose-model"] == str(runs["ldm_text"])
-        assert flags["--compose-weight"] == f"{demo.TEXT_COMPOSE_WEIGHT:g}" == "3" and flags["--prompt"] == prompt.text
-        assert "--guide-model" not in cmd  # the shape run has no snapshot; the colour run's is not needed
-        assert flags["--outdir"] == str(demo.samples_dir(tmp_path / "out", "ldm_text", runs["ldm_text"]))
+    (cmd,) = demo.sample_commands(runs, tmp_path / "out")  # one txt2img.py call renders every prompt
+    at = cmd.index("--prompt")
+    assert cmd[at + 1:at + 1 + len(demo.TEXT_PROMPTS)] == [p.text for p in demo.TEXT_PROMPTS]
+    rest = at + 1 + len(demo.TEXT_PROMPTS)
+    flags = dict(zip(cmd[2:at:2], cmd[3:at:2])) | dict(zip(cmd[rest::2], cmd[rest + 1::2]))
+    assert flags["-r"] == str(runs["ldm_text_shapes"]) and flags["--compose-model"] == str(runs["ldm_text"])
+    assert flags["--compose-weight"] == f"{demo.TEXT_COMPOSE_WEIGHT:g}" == "3" and flags["--sampler"] == "unipc"
+    assert "--guide-model" not in cmd  # the shape run has no snapshot; the colour run's is not needed
+    assert flags["--outdir"] == str(demo.samples_dir(tmp_path / "out", "ldm_text", runs["ldm_text"]))
     fake_snapshots(runs["ldm_text"], 300, 600)
     (alone, *_) = demo.sample_commands(runs, tmp_path / "out", text_compose_weight=0)
     assert alone[alone.index("-r") + 1] == str(runs["ldm_text"]) and "--compose-model" not in alone
@@ -515,3 +526,49 @@ def test_demo_prints_its_wall_time_by_phase(tmp_path, monkeypatch, capsys):
     assert len(line) == 1
     assert re.fullmatch(r"Demo wall time: \d+ s in all \(autoencoder \d+ s, teacher \d+ s, ldm_class \d+ s, "
                         r"ldm_text \d+ s, ldm_text_shapes \d+ s, sampling \d+ s\)\.", line[0]), line[0]
+
+
+def test_precision_auto_picks_bf16_only_where_the_cpu_computes_it(monkeypatch):
+    assert precision.cpu_training_precision("auto", native_bf16=True) == "bf16-mixed"
+    assert precision.cpu_training_precision("auto", native_bf16=False) == "32"
+    assert [precision.cpu_training_precision(c, native_bf16=True) for c in ("32", "bf16-mixed")] == ["32", "bf16-mixed"]
+    with pytest.raises(ValueError, match="--precision must be one of auto, 32, bf16-mixed, got '16-mixed'"):
+        precision.cpu_training_precision("16-mixed")
+    # the probes of torch.cpu: either instruction set suffices; a missing or failing probe counts as absent
+    for avx512_bf16, amx, expected in [(False, False, False), (True, False, True), (False, True, True)]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        assert precision.cpu_has_native_bf16() is expected
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+
+    def broken():
+        raise RuntimeError("no backend")
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", broken)
+    assert precision.cpu_has_native_bf16() is False
+
+
+def test_run_stage_passes_the_precision_to_main_py(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(demo, "run", lambda cmd, commands, what: ran.append(cmd))
+    monkeypatch.setattr(demo, "latest_run", lambda logdir, name: tmp_path / name)
+    for given in ("bf16-mixed", "32"):
+        demo.run_stage("ldm_class", "configs/demo/ldm_class.yaml", None, tmp_path, False, [], precision=given)
+    assert ran[0][ran[0].index("--precision") + 1] == "bf16-mixed" and "--precision" not in ran[1]
+    # the class model is sampled in the autocast it was trained in
+    runs = {"ldm_class": tmp_path / "run_ldm_class"}
+    fake_snapshots(runs["ldm_class"], 500, 1000)
+    (cmd,) = demo.sample_commands(runs, tmp_path, class_precision="bf16")
+    assert cmd[cmd.index("--precision") + 1] == "bf16" and "--precision" not in demo.sample_commands(runs, tmp_path)[0]
+    figures = []
+
+    def fake_class_figures(run_dir, classifier, sizes, grid, *args, **kwargs):
+        figures.append(kwargs["precision"])
+        grid.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(grid)
+        return []
+
+    monkeypatch.setattr(demo, "class_figures", fake_class_figures)
+    monkeypatch.setattr(demo, "ensure_classifier", lambda *a, **k: tmp_path / "judge")
+    demo.write_demo_report(runs, tmp_path, False, [], [], class_precision="bf16")
+    assert figures == ["bf16"]
