@@ -15,8 +15,8 @@ diffusion model is sampled with its script (scripts/sample_diffusion.py, txt2img
     python scripts/demo.py --stages ldm_class --steps-factor 2 --class-scale 5   # the class target, on the
                                                                              # latest autoencoder
 
-Default stages: autoencoder, ldm_class, ldm_text, ldm_text_shapes: the stages with targets, 13 to 26
-minutes on 2 CPU cores (the speed of the host decides; README). ldm_text learns the prompts' colours,
+Default stages: autoencoder, ldm_class, ldm_text, ldm_text_shapes: the stages with targets, about 15
+minutes on 2 CPU cores with bf16 instructions (--precision), more without (the host decides; README). ldm_text learns the prompts' colours,
 ldm_text_shapes (the class model's UNet, frozen, with new cross-attention and caption encoder) their
 shapes; the text samples are the shape model's with the colour model's guidance direction added
 (composable diffusion, txt2img.py --compose-model; --text-compose-weight). The class stage's REPA
@@ -408,7 +408,7 @@ def parser() -> argparse.ArgumentParser:
                    help="a short smoke run (also LDM_DEMO_FAST=1)")
     p.add_argument("--steps-factor", type=int, default=1, metavar="K",
                    help="train every stage K times as many steps (its learning-rate schedule, validation and "
-                        "image logging scaled alike); the default stages take about K x 13 to 26 minutes on 2 CPU cores")
+                        "image logging scaled alike); the default stages take about K x 15 minutes or more on 2 CPU cores")
     p.add_argument("--class-scale", type=float, default=CLASS_SCALE, metavar="S",
                    help=f"classifier-free guidance scale of the class samples and their figures (default "
                         f"{CLASS_SCALE:g}; 5 was the better one after 2000 and more steps, docs/reproduction.md)")
