@@ -197,7 +197,7 @@ def test_demo_stage_trains_and_its_script_samples(stage, autoencoder, teacher, i
     assert ckpt["global_step"] == 2
 
     cmds = demo.sample_commands({stage.name: rundir}, tmp_path / "samples", inputs, steps=2)
-    assert len(cmds) == (len(demo.TEXT_PROMPTS) if stage.name.startswith("ldm_text") else 1)  # one per prompt
+    assert len(cmds) == 1  # the text stages: every prompt in one txt2img.py call
     written = []
     for cmd in cmds:
         assert cmd[0] == sys.executable and cmd[1].startswith("scripts/")
@@ -217,10 +217,10 @@ def test_demo_stage_trains_and_its_script_samples(stage, autoencoder, teacher, i
         assert Path(guide).name.endswith("step=000000001.ckpt") and Path(guide).parent.name == "trainstep_checkpoints"
         assert cmd[cmd.index("--guide-weight") + 1] == f"{demo.CLASS_GUIDE_WEIGHT:g}" == "2"
     if stage.name == "ldm_text":  # every prompt's samples autoguided by the step-1 snapshot
-        for cmd in cmds:
-            guide = cmd[cmd.index("--guide-model") + 1]
-            assert Path(guide).name.endswith("step=000000001.ckpt") and Path(guide).parent.name == "trainstep_checkpoints"
-            assert cmd[cmd.index("--guide-weight") + 1] == f"{demo.TEXT_GUIDE_WEIGHT:g}"
+        (cmd,) = cmds
+        guide = cmd[cmd.index("--guide-model") + 1]
+        assert Path(guide).name.endswith("step=000000001.ckpt") and Path(guide).parent.name == "trainstep_checkpoints"
+        assert cmd[cmd.index("--guide-weight") + 1] == f"{demo.TEXT_GUIDE_WEIGHT:g}"
     if stage.name == "ldm_text_shapes":  # the class UNet's own weights, frozen; the new blocks trained
         start = torch.load(request.getfixturevalue("class_ckpt"), map_location="cpu", weights_only=False)["state_dict"]
         state = ckpt["state_dict"]
@@ -308,10 +308,10 @@ def test_steps_factor_scales_every_step_count_of_a_stage():
     assert 2 * sched.max_decay_steps == scaled.lightning.trainer.max_steps
     assert scaled.model.params.lossconfig.params.disc_start > scaled.lightning.trainer.max_steps
     overrides = demo.step_overrides("configs/demo/ldm_class.yaml", 2)
-    assert overrides == ["lightning.trainer.max_steps=2000", "lightning.trainer.val_check_interval=2000",
-                         "lightning.callbacks.image_logger.params.batch_frequency=2000",
-                         "lightning.callbacks.step_checkpoint.params.every_n_train_steps=1000",
-                         "model.params.scheduler_config.params.max_decay_steps=2000"]
+    assert overrides == ["lightning.trainer.max_steps=2700", "lightning.trainer.val_check_interval=2700",
+                         "lightning.callbacks.image_logger.params.batch_frequency=2700",
+                         "lightning.callbacks.step_checkpoint.params.every_n_train_steps=1350",
+                         "model.params.scheduler_config.params.max_decay_steps=2700"]
     cls = OmegaConf.load(REPO / "configs/demo/ldm_class.yaml")  # its decay ends at the last step too
     assert cls.model.params.scheduler_config.params.max_decay_steps == cls.lightning.trainer.max_steps
     assert demo.step_overrides("configs/demo/ldm_class.yaml", 1) == []
