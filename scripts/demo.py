@@ -16,12 +16,11 @@ diffusion model is sampled with its script (scripts/sample_diffusion.py, txt2img
                                                                              # latest autoencoder
 
 Default stages: autoencoder, ldm_class, ldm_text, ldm_text_shapes: the stages with targets, about 15
-minutes on 2 CPU cores with bf16 instructions (--precision), more without (the host decides; README). ldm_text learns the prompts' colours,
-ldm_text_shapes (the class model's UNet, frozen, with new cross-attention and caption encoder) their
-shapes; the text samples are the shape model's with the colour model's guidance direction added
-(composable diffusion, txt2img.py --compose-model; --text-compose-weight). The class stage's REPA
-teacher, a classifier of seed 1 (the judge's is 0), is trained first into <logdir>/demo_teacher/
-(ldm.models.diffusion.alignment).
+minutes on 2 CPU cores with bf16 instructions (--precision), more without (the host decides; README). ldm_text
+learns the prompts' colours, ldm_text_shapes (the class model's UNet, frozen, with new cross-attention and
+caption encoder) their shapes; the text samples are the shape model's with the colour model's guidance
+direction added (composable diffusion, txt2img.py --compose-model; --text-compose-weight). The class stage's
+REPA teacher, a classifier of seed 1 (the judge's is 0), is trained first into <logdir>/demo_teacher/.
 The class samples are autoguided by their run's half-way snapshot (--class-guide-weight; 0 samples
 with classifier-free guidance alone), as the text model's are when it is sampled alone (--text-guide-weight).
 Opt-in: ldm_uncond (an unconditional model, about 1.5 minutes more) and the task stages ldm_sr
@@ -272,8 +271,9 @@ def sample_commands(runs: dict[str, Path], outdir: Path, inputs: Optional[dict[s
     if "ldm_class" in runs:
         guide = guide_args(runs["ldm_class"], "class", class_guide_weight)
         cmds.append([py, "scripts/sample_diffusion.py", "-r", str(runs["ldm_class"]), "-n", "16",
-                     "--classes", *map(str, range(8)), "--scale", f"{class_scale:g}", *guide, "-c", n_steps(CLASS_STEPS),
-                     *(["--precision", class_precision] if class_precision != "fp32" else []), "-l", dest("ldm_class")])
+                     "--classes", *map(str, range(8)), "--scale", f"{class_scale:g}", *guide,
+                     "-c", n_steps(CLASS_STEPS), *(["--precision", class_precision] if class_precision != "fp32" else []),
+                     "-l", dest("ldm_class")])
     text = text_sampling(runs, text_guide_weight, text_compose_weight)
     if text is not None:
         stage, model_flags, _ = text

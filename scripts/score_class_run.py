@@ -67,6 +67,7 @@ def write_plots(out: Path, points: list[dict[str, Any]], real_accuracy: Optional
 
 def parser() -> argparse.ArgumentParser:
     from ldm.eval.guided_scoring import add_guide_flags
+    from ldm.inference.runtime import PRECISIONS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-r", "--run", required=True, help="run directory of a class-conditional model")
@@ -78,7 +79,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity, ddim only: 0 deterministic (default), "
                                                           "1 ancestral")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="the networks' autocast while sampling (default fp32; bf16 for a model trained in bf16-mixed, "
                         "as scripts/demo.py samples it)")
     p.add_argument("--n-real", type=int, default=500, help="real validation images for the reference (default 500)")

@@ -22,6 +22,10 @@ DROPPED = ("weights_summary", "progress_bar_refresh_rate", "flush_logs_every_n_s
            "log_gpu_memory", "truncated_bptt_steps", "auto_scale_batch_size", "auto_lr_find")
 
 
+# Trainer arguments that have a command-line flag of their own (ldm.trainer.cli); --gpus and --devices map to more.
+CLI_TRAINER_KEYS = ("accelerator", "num_nodes", "strategy", "precision", "max_steps", "max_epochs")
+
+
 def trainer_parameters() -> set[str]:
     return {n for n in inspect.signature(pl.Trainer.__init__).parameters if n != "self"}
 
@@ -61,9 +65,6 @@ def normalise_trainer_config(cfg: dict[str, Any], opt: Any) -> dict[str, Any]:
         raise ConfigError(f"lightning.trainer.{unknown[0]}", "not a Lightning 2 Trainer argument")
     check_accelerator(cfg)
     return cfg
-
-
-CLI_TRAINER_KEYS = ("accelerator", "num_nodes", "strategy", "precision", "max_steps", "max_epochs")
 
 
 def command_line_settings(trainer_kwargs: dict[str, Any], opt: Any) -> dict[str, Any]:
